@@ -1,0 +1,367 @@
+"""Decoding one batch of 30-second windows: greedy, sampling with best-of, beam search.
+
+The logit rules are Whisper's (openai/whisper ``decoding.py``): suppressed non-speech tokens,
+a blank-suppressed first token, and timestamp rules (timestamps come in pairs, never
+decrease, the first is at most ``max_initial_timestamp``, and a timestamp is forced when the
+timestamps together are more likely than any text token). They run vectorised over rows.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field, replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from whisperforge.audio import TIME_PRECISION
+from whisperforge.models.inference import DecoderState, InferenceSession
+from whisperforge.tokenizer import TASKS, Tokenizer, normalize_language
+
+NEG_INF = float("-inf")
+
+
+@dataclass(frozen=True)
+class DecodingOptions:
+    """How to decode one window; checked in ``__post_init__`` (the one place)."""
+
+    task: str = "transcribe"
+    language: str | None = None
+    temperature: float = 0.0
+    sample_len: int | None = None  # max new tokens; default: half the text context (224)
+    best_of: int | None = None  # independent samples when temperature > 0
+    beam_size: int | None = None  # beam search when temperature == 0
+    patience: float | None = None  # beam search: stop after beam_size * patience finished
+    length_penalty: float | None = None  # None: rank by mean log-prob; else Google NMT alpha
+    prompt: tuple[int, ...] | None = None  # previous-context tokens (after <|startofprev|>)
+    suppress_blank: bool = True
+    suppress_tokens: bool = True  # Whisper's non-speech symbol list and special tokens
+    without_timestamps: bool = False
+    max_initial_timestamp: float | None = 1.0
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, not {self.task!r}")
+        object.__setattr__(self, "language", normalize_language(self.language))
+        if self.temperature < 0:
+            raise ValueError("temperature must be >= 0")
+        if self.beam_size is not None and self.beam_size < 1:
+            raise ValueError("beam_size must be >= 1")
+        if self.beam_size is not None and self.temperature > 0:
+            raise ValueError("beam search (beam_size) needs temperature 0")
+        if self.best_of is not None and self.best_of < 1:
+            raise ValueError("best_of must be >= 1")
+        if self.patience is not None and (self.beam_size is None or self.patience <= 0):
+            raise ValueError("patience needs beam_size and must be > 0")
+        if self.length_penalty is not None and not 0 <= self.length_penalty <= 1:
+            raise ValueError("length_penalty must be between 0 and 1")
+
+
+@dataclass
+class DecodingResult:
+    """Decoded window. ``tokens`` hold text and timestamp ids (no prompt, no end token)."""
+
+    tokens: list[int]
+    text: str
+    avg_logprob: float
+    sum_logprob: float
+    no_speech_prob: float
+    temperature: float
+    compression_ratio: float
+    language: str | None = None
+    language_probs: dict[str, float] = field(default_factory=dict)
+
+
+def compression_ratio(text: str) -> float:
+    """Bytes of ``text`` over bytes of its zlib compression (high means repetitive)."""
+    raw = text.encode("utf-8")
+    return len(raw) / len(zlib.compress(raw)) if raw else 0.0
+
+
+@torch.inference_mode()
+def detect_language(
+    session: InferenceSession, tokenizer: Tokenizer, audio_features: Tensor
+) -> list[dict[str, float]]:
+    """Language probabilities per row of ``(rows, n_audio_ctx, d_model)`` encoder states."""
+    if not tokenizer.multilingual:
+        return [{"en": 1.0} for _ in range(audio_features.shape[0])]
+    state = session.start(audio_features, [1] * audio_features.shape[0], 0)
+    hidden = session.prompt(state, [[tokenizer.sot]] * audio_features.shape[0])
+    logits = session.logits(hidden[:, -1])
+    codes = list(tokenizer.language_tokens)
+    ids = torch.tensor([tokenizer.language_tokens[c] for c in codes])
+    probs = logits[:, ids].softmax(-1).tolist()
+    return [dict(zip(codes, row)) for row in probs]
+
+
+class LogitRules:
+    """Whisper's per-step logit filters, vectorised over rows."""
+
+    def __init__(self, tokenizer: Tokenizer, suppress: list[int], options: DecodingOptions):
+        self.tok = tokenizer
+        self.options = options
+        self.suppress = torch.tensor(suppress if options.suppress_tokens else [], dtype=torch.long)
+        self.blank = torch.tensor(tokenizer.encode(" ") + [tokenizer.eot], dtype=torch.long)
+        precision = options.max_initial_timestamp
+        self.max_initial = None if precision is None else round(precision / TIME_PRECISION)
+
+    def __call__(self, logits: Tensor, sampled: list[list[int]], first: bool) -> Tensor:
+        """Mask ``logits`` ``(rows, vocab)`` in place given each row's sampled tokens."""
+        if self.suppress.numel():
+            logits[:, self.suppress] = NEG_INF
+        if first and self.options.suppress_blank:
+            logits[:, self.blank] = NEG_INF
+        if not self.options.without_timestamps:
+            self._timestamps(logits, sampled, first)
+        return logits
+
+    def _timestamps(self, logits: Tensor, sampled: list[list[int]], first: bool) -> None:
+        tb, eot = self.tok.timestamp_begin, self.tok.eot
+        logits[:, self.tok.no_timestamps] = NEG_INF
+        if first:
+            logits[:, :tb] = NEG_INF
+            if self.max_initial is not None:
+                logits[:, tb + self.max_initial + 1 :] = NEG_INF
+        else:
+            ids = torch.arange(logits.shape[1])
+            limits = []
+            for row, seq in enumerate(sampled):
+                last = len(seq) >= 1 and seq[-1] >= tb
+                penultimate = len(seq) < 2 or seq[-2] >= tb
+                if last and penultimate:
+                    logits[row, tb:] = NEG_INF
+                elif last:
+                    logits[row, :eot] = NEG_INF
+                stamps = [t for t in seq if t >= tb]
+                if not stamps:
+                    limits.append(tb)
+                else:
+                    limits.append(stamps[-1] if last and not penultimate else stamps[-1] + 1)
+            limit = torch.tensor(limits)[:, None]
+            logits.masked_fill_((ids[None] >= tb) & (ids[None] < limit), NEG_INF)
+        logprobs = F.log_softmax(logits, dim=-1)
+        stamp_lp = logprobs[:, tb:].logsumexp(dim=-1)
+        text_lp = logprobs[:, :tb].max(dim=-1).values
+        force = stamp_lp > text_lp
+        if force.any():
+            logits[force, :tb] = NEG_INF
+
+
+@dataclass
+class _Batch:
+    """Prompts and bookkeeping for one decoding call."""
+
+    prompts: list[list[int]]
+    sot_index: list[int]  # position of <|startoftranscript|> in each prompt
+    languages: list[str | None]
+
+
+def build_prompts(
+    tokenizer: Tokenizer, options: DecodingOptions, languages: list[str | None], n_ctx: int
+) -> _Batch:
+    """Each row's prompt: ``[<|startofprev|> prompt...] <|sot|> [lang task] [<|notimestamps|>]``."""
+    prompts, sot_index = [], []
+    for language in languages:
+        head: list[int] = []
+        if options.prompt:
+            head = [tokenizer.sot_prev] + list(options.prompt)[-(n_ctx // 2 - 1) :]
+        seq = head + tokenizer.sot_sequence(language, options.task)
+        if options.without_timestamps:
+            seq.append(tokenizer.no_timestamps)
+        prompts.append(seq)
+        sot_index.append(len(head))
+    return _Batch(prompts, sot_index, languages)
+
+
+def _no_speech_probs(session, hidden: Tensor, batch: _Batch, tokenizer: Tokenizer) -> list[float]:
+    if tokenizer.no_speech is None:
+        return [0.0] * len(batch.prompts)
+    width = hidden.shape[1]
+    rows = torch.arange(hidden.shape[0])
+    cols = torch.tensor([width - len(p) + i for p, i in zip(batch.prompts, batch.sot_index)])
+    probs = session.logits(hidden[rows, cols]).softmax(-1)[:, tokenizer.no_speech]
+    return probs.tolist()
+
+
+def _finish(tokenizer, tokens, sum_lp, no_speech, temperature, language) -> DecodingResult:
+    text = tokenizer.decode(tokens)
+    return DecodingResult(
+        tokens=tokens,
+        text=text,
+        avg_logprob=sum_lp / (len(tokens) + 1),
+        sum_logprob=sum_lp,
+        no_speech_prob=no_speech,
+        temperature=temperature,
+        compression_ratio=compression_ratio(text),
+        language=language,
+    )
+
+
+def _rank(scores: list[float], lengths: list[int], length_penalty: float | None) -> int:
+    """Index of the best candidate by length-normalised log-probability."""
+
+    def score(i: int) -> float:
+        n = lengths[i]
+        penalty = n if length_penalty is None else ((5 + n) / 6) ** length_penalty
+        return scores[i] / max(penalty, 1e-9)
+
+    return max(range(len(scores)), key=score)
+
+
+@torch.inference_mode()
+def decode(
+    session: InferenceSession,
+    tokenizer: Tokenizer,
+    suppress: list[int],
+    audio_features: Tensor,
+    options: DecodingOptions,
+    languages: list[str | None] | None = None,
+    generator: torch.Generator | None = None,
+) -> list[DecodingResult]:
+    """Decode rows of encoder states ``(rows, n_audio_ctx, d_model)``, one result per row.
+
+    ``languages`` gives each row's language (multilingual models); default
+    ``options.language`` for every row. Beam search when ``options.beam_size`` is set and the
+    temperature is 0; ``best_of`` samples otherwise when the temperature is above 0.
+    """
+    rows = audio_features.shape[0]
+    languages = languages or [options.language] * rows
+    batch = build_prompts(tokenizer, options, languages, session.n_text_ctx)
+    sample_len = options.sample_len or session.n_text_ctx // 2
+    max_prompt = max(len(p) for p in batch.prompts)
+    sample_len = min(sample_len, session.n_text_ctx - max_prompt)
+    rules = LogitRules(tokenizer, suppress, options)
+    if options.beam_size is not None and options.temperature == 0:
+        run = _beam_search
+        group = options.beam_size
+    else:
+        run = _sample
+        group = (options.best_of or 1) if options.temperature > 0 else 1
+    return run(session, tokenizer, rules, audio_features, batch, options, sample_len, group, generator)
+
+
+def _prefill(session, audio_features, batch, group, sample_len):
+    """Start caches for ``group`` copies of each row and run the prompts."""
+    index = torch.arange(audio_features.shape[0]).repeat_interleave(group)
+    feats = audio_features.index_select(0, index) if group > 1 else audio_features
+    prompts = [batch.prompts[i] for i in index.tolist()]
+    state = session.start(feats, [len(p) for p in prompts], sample_len)
+    hidden = session.prompt(state, prompts)
+    return state, hidden, index
+
+
+def _sample(session, tok, rules, audio_features, batch, options, sample_len, group, generator):
+    """Greedy (temperature 0) or sampled decoding; the best of ``group`` samples per row.
+
+    Finished rows are pruned from the caches once a quarter of the live rows have ended;
+    until then they ride along and their outputs are ignored.
+    """
+    state, hidden, _ = _prefill(session, audio_features, batch, group, sample_len)
+    no_speech = _no_speech_probs(session, hidden[::group], batch, tok)
+    n = state.pad.shape[0]
+    sampled: list[list[int]] = [[] for _ in range(n)]
+    sum_lp, done = [0.0] * n, [False] * n
+    active = list(range(n))  # state row j decodes candidate active[j]
+    logits = session.logits(hidden[:, -1])
+    for step in range(sample_len):
+        logits = rules(logits, [sampled[r] for r in active], first=step == 0)
+        if options.temperature == 0:
+            next_tokens = logits.argmax(dim=-1)
+        else:
+            probs = F.softmax(logits / options.temperature, dim=-1)
+            next_tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        picked = F.log_softmax(logits, dim=-1).gather(1, next_tokens[:, None])[:, 0].tolist()
+        for j, (r, token) in enumerate(zip(active, next_tokens.tolist())):
+            if done[r]:
+                continue
+            sum_lp[r] += picked[j]
+            if token == tok.eot:
+                done[r] = True
+            else:
+                sampled[r].append(token)
+        live = [j for j, r in enumerate(active) if not done[r]]
+        if not live:
+            break
+        if len(active) - len(live) >= max(1, len(active) // 4):
+            keep = torch.tensor(live)
+            state, next_tokens = state.select(keep), next_tokens[keep]
+            active = [active[j] for j in live]
+        logits = session.logits(session.step(state, next_tokens)[:, -1])
+    return _choose(tok, sampled, sum_lp, no_speech, batch, options, group)
+
+
+def _choose(tok, sampled, sum_lp, no_speech, batch, options, group) -> list[DecodingResult]:
+    results = []
+    for row in range(len(batch.prompts)):
+        cands = range(row * group, (row + 1) * group)
+        best = _rank(
+            [sum_lp[c] for c in cands], [len(sampled[c]) for c in cands], options.length_penalty
+        )
+        c = row * group + best
+        results.append(
+            _finish(tok, sampled[c], sum_lp[c], no_speech[row], options.temperature, batch.languages[row])
+        )
+    return results
+
+
+def _beam_search(session, tok, rules, audio_features, batch, options, sample_len, beams, generator):
+    """Beam search as in openai/whisper: ``beams`` live hypotheses per row, finished ones kept
+    until ``beams * patience`` have ended; ranked by length-normalised log-probability."""
+    state, hidden, _ = _prefill(session, audio_features, batch, beams, sample_len)
+    no_speech = _no_speech_probs(session, hidden[::beams], batch, tok)
+    n_audio = len(batch.prompts)
+    max_finished = round(beams * (options.patience or 1.0))
+    seqs: list[list[int]] = [[] for _ in range(n_audio * beams)]
+    scores = [0.0] * (n_audio * beams)
+    finished: list[dict[tuple[int, ...], float]] = [{} for _ in range(n_audio)]
+    logits = session.logits(hidden[:, -1])
+    for step in range(sample_len):
+        logits = rules(logits, seqs, first=step == 0)
+        logprobs = F.log_softmax(logits, dim=-1)
+        top_lp, top_ids = logprobs.topk(beams + 1, dim=-1)
+        top_lp, top_ids = top_lp.tolist(), top_ids.tolist()
+        new_seqs, new_scores, source, next_tokens = [], [], [], []
+        for a in range(n_audio):
+            cands = {}
+            for r in range(a * beams, (a + 1) * beams):
+                for lp, t in zip(top_lp[r], top_ids[r]):
+                    key = (*seqs[r], t)
+                    cands[key] = (scores[r] + lp, r)
+            ranked = sorted(cands.items(), key=lambda kv: -kv[1][0])
+            kept = 0
+            for key, (score, r) in ranked:
+                if key[-1] == tok.eot:
+                    if len(finished[a]) < max_finished:
+                        finished[a][key[:-1]] = score
+                    continue
+                new_seqs.append(list(key))
+                new_scores.append(score)
+                source.append(r)
+                next_tokens.append(key[-1])
+                kept += 1
+                if kept == beams:
+                    break
+        seqs, scores = new_seqs, new_scores
+        if all(len(f) >= max_finished for f in finished):
+            break
+        state = state.select(torch.tensor(source))
+        logits = session.logits(session.step(state, torch.tensor(next_tokens))[:, -1])
+    results = []
+    for a in range(n_audio):
+        cands = finished[a] or {
+            tuple(seqs[r]): scores[r] for r in range(a * beams, (a + 1) * beams)
+        }
+        keys = list(cands)
+        best = keys[_rank([cands[k] for k in keys], [len(k) for k in keys], options.length_penalty)]
+        results.append(
+            _finish(tok, list(best), cands[best], no_speech[a], 0.0, batch.languages[a])
+        )
+    return results
+
+
+def with_temperature(options: DecodingOptions, temperature: float) -> DecodingOptions:
+    """Options for a fallback pass at ``temperature`` (beam search only at 0)."""
+    if temperature > 0:
+        return replace(options, temperature=temperature, beam_size=None, patience=None)
+    return replace(options, temperature=temperature, best_of=None)

@@ -1,0 +1,213 @@
+"""A lean incremental forward pass over a Hugging Face Whisper model's own weights.
+
+``transformers``' generic ``generate`` spends most of a CPU decoding step in Python
+bookkeeping. This module runs the same arithmetic with fused q/k/v projections, a
+preallocated key/value cache and cross-attention keys/values computed once per window, and
+reads its weights from the ``WhisperForConditionalGeneration`` it wraps (no copy on disk,
+so students and fine-tuned models decode the same way). Outputs match the transformers
+forward pass to float32 rounding (tested).
+
+Rows of a batch may have prompts of different lengths: prompts are right-aligned in the
+cache, each token keeps its own learned position, and the empty slots on the left are
+masked. Shapes: ``(batch, n_mels, 3000)`` features -> ``(batch, 1500, d_model)`` encoder
+states; decoder steps take ``(batch, n_new)`` tokens and return ``(batch, n_new, vocab)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@dataclass
+class _Layer:
+    ln1: tuple[Tensor, Tensor]
+    qkv_w: Tensor
+    qkv_b: Tensor
+    out_w: Tensor
+    out_b: Tensor
+    ln2: tuple[Tensor, Tensor]
+    cq_w: Tensor
+    cq_b: Tensor
+    ckv_w: Tensor
+    ckv_b: Tensor
+    cout_w: Tensor
+    cout_b: Tensor
+    ln3: tuple[Tensor, Tensor]
+    fc1_w: Tensor
+    fc1_b: Tensor
+    fc2_w: Tensor
+    fc2_b: Tensor
+
+
+def _ln(module) -> tuple[Tensor, Tensor]:
+    return module.weight, module.bias
+
+
+def _fuse_layer(layer) -> _Layer:
+    sa, ca = layer.self_attn, layer.encoder_attn
+    zeros = torch.zeros_like(sa.q_proj.bias)
+    return _Layer(
+        ln1=_ln(layer.self_attn_layer_norm),
+        qkv_w=torch.cat([sa.q_proj.weight, sa.k_proj.weight, sa.v_proj.weight]),
+        qkv_b=torch.cat([sa.q_proj.bias, zeros, sa.v_proj.bias]),
+        out_w=sa.out_proj.weight,
+        out_b=sa.out_proj.bias,
+        ln2=_ln(layer.encoder_attn_layer_norm),
+        cq_w=ca.q_proj.weight,
+        cq_b=ca.q_proj.bias,
+        ckv_w=torch.cat([ca.k_proj.weight, ca.v_proj.weight]),
+        ckv_b=torch.cat([zeros, ca.v_proj.bias]),
+        cout_w=ca.out_proj.weight,
+        cout_b=ca.out_proj.bias,
+        ln3=_ln(layer.final_layer_norm),
+        fc1_w=layer.fc1.weight,
+        fc1_b=layer.fc1.bias,
+        fc2_w=layer.fc2.weight,
+        fc2_b=layer.fc2.bias,
+    )
+
+
+@dataclass
+class DecoderState:
+    """Caches of one batch of decoding rows.
+
+    ``self_k``/``self_v``: per layer ``(rows, heads, max_slots, head_dim)``; ``cross``: per
+    layer ``(k, v)`` each ``(rows, heads, n_audio_ctx, head_dim)``; ``pad``: ``(rows,
+    max_slots)`` True where a slot is empty; ``length``: slots used so far (same for all
+    rows); ``positions``: ``(rows,)`` next learned position of each row.
+    """
+
+    self_k: list[Tensor]
+    self_v: list[Tensor]
+    cross: list[tuple[Tensor, Tensor]]
+    pad: Tensor
+    length: int
+    positions: Tensor
+
+    def select(self, index: Tensor) -> DecoderState:
+        """Keep (and reorder, repeat) rows ``index``: beam search and finished-row pruning."""
+        return DecoderState(
+            [k.index_select(0, index) for k in self.self_k],
+            [v.index_select(0, index) for v in self.self_v],
+            [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.cross],
+            self.pad.index_select(0, index),
+            self.length,
+            self.positions.index_select(0, index),
+        )
+
+
+class InferenceSession:
+    """Encoder + incremental decoder over a ``WhisperForConditionalGeneration``'s weights."""
+
+    def __init__(self, hf_model: torch.nn.Module):
+        self.hf_model = hf_model
+        decoder = hf_model.model.decoder
+        self.encoder = hf_model.model.encoder
+        self.embed = decoder.embed_tokens.weight
+        self.positions = decoder.embed_positions.weight
+        self.final_ln = _ln(decoder.layer_norm)
+        self.n_heads = hf_model.config.decoder_attention_heads
+        self.d_model = hf_model.config.d_model
+        self.n_text_ctx = hf_model.config.max_target_positions
+        with torch.no_grad():
+            self.layers = [_fuse_layer(layer) for layer in decoder.layers]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed.dtype
+
+    @torch.inference_mode()
+    def encode(self, features: Tensor) -> Tensor:
+        """``(batch, n_mels, n_frames)`` log-mel -> ``(batch, n_audio_ctx, d_model)``."""
+        features = features.to(device=self.embed.device, dtype=self.dtype)
+        return self.encoder(features).last_hidden_state
+
+    def _heads(self, x: Tensor) -> Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, self.n_heads, -1).transpose(1, 2)
+
+    @torch.inference_mode()
+    def start(self, audio_features: Tensor, prompt_lengths: list[int], max_new: int) -> DecoderState:
+        """Allocate caches for rows whose prompts have ``prompt_lengths`` tokens."""
+        rows = audio_features.shape[0]
+        slots = max(prompt_lengths) + max_new
+        dh = self.d_model // self.n_heads
+        kw = dict(device=audio_features.device, dtype=audio_features.dtype)
+        cross = []
+        for layer in self.layers:
+            kv = F.linear(audio_features, layer.ckv_w, layer.ckv_b)
+            k, v = kv.chunk(2, dim=-1)
+            cross.append((self._heads(k).contiguous(), self._heads(v).contiguous()))
+        width = max(prompt_lengths)
+        pad = torch.ones(rows, slots, dtype=torch.bool, device=audio_features.device)
+        for i, n in enumerate(prompt_lengths):
+            pad[i, width - n :] = False
+        return DecoderState(
+            [torch.zeros(rows, self.n_heads, slots, dh, **kw) for _ in self.layers],
+            [torch.zeros(rows, self.n_heads, slots, dh, **kw) for _ in self.layers],
+            cross,
+            pad,
+            0,
+            torch.zeros(rows, dtype=torch.long, device=audio_features.device),
+        )
+
+    @torch.inference_mode()
+    def prompt(self, state: DecoderState, prompts: list[list[int]]) -> Tensor:
+        """Run the (right-aligned) prompts; returns hidden states ``(rows, width, d_model)``."""
+        width = max(len(p) for p in prompts)
+        device = state.pad.device
+        tokens = torch.zeros(len(prompts), width, dtype=torch.long, device=device)
+        pos = torch.zeros_like(tokens)
+        for i, p in enumerate(prompts):
+            tokens[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+            pos[i, width - len(p) :] = torch.arange(len(p))
+        state.positions = torch.tensor([len(p) for p in prompts], device=device)
+        causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
+        allowed = causal[None] & ~state.pad[:, None, :width]
+        # a padded query row attends nowhere; let it see itself so softmax stays finite
+        allowed |= torch.eye(width, dtype=torch.bool, device=device)[None]
+        return self._run(state, tokens, pos, allowed[:, None])
+
+    @torch.inference_mode()
+    def step(self, state: DecoderState, tokens: Tensor) -> Tensor:
+        """One new token per row ``(rows,)``; returns hidden states ``(rows, 1, d_model)``."""
+        pos = state.positions[:, None]
+        state.positions = state.positions + 1
+        allowed = ~state.pad[:, None, None, : state.length + 1]
+        allowed[..., state.length] = True
+        return self._run(state, tokens[:, None], pos, allowed)
+
+    @torch.inference_mode()
+    def logits(self, hidden: Tensor) -> Tensor:
+        """``(..., d_model)`` final hidden states -> ``(..., vocab)`` float32 logits."""
+        return F.linear(hidden, self.embed).float()
+
+    def _run(self, state: DecoderState, tokens: Tensor, pos: Tensor, allowed: Tensor) -> Tensor:
+        t = tokens.shape[1]
+        lo, hi = state.length, state.length + t
+        x = F.embedding(tokens, self.embed) + F.embedding(pos, self.positions)
+        for i, layer in enumerate(self.layers):
+            h = F.layer_norm(x, (self.d_model,), *layer.ln1)
+            q, k, v = map(self._heads, F.linear(h, layer.qkv_w, layer.qkv_b).chunk(3, dim=-1))
+            state.self_k[i][:, :, lo:hi] = k
+            state.self_v[i][:, :, lo:hi] = v
+            a = F.scaled_dot_product_attention(
+                q, state.self_k[i][:, :, :hi], state.self_v[i][:, :, :hi], attn_mask=allowed
+            )
+            x = x + F.linear(self._merge(a), layer.out_w, layer.out_b)
+            h = F.layer_norm(x, (self.d_model,), *layer.ln2)
+            q = self._heads(F.linear(h, layer.cq_w, layer.cq_b))
+            a = F.scaled_dot_product_attention(q, *state.cross[i])
+            x = x + F.linear(self._merge(a), layer.cout_w, layer.cout_b)
+            h = F.layer_norm(x, (self.d_model,), *layer.ln3)
+            x = x + F.linear(F.gelu(F.linear(h, layer.fc1_w, layer.fc1_b)), layer.fc2_w, layer.fc2_b)
+        state.length = hi
+        return F.layer_norm(x, (self.d_model,), *self.final_ln)
+
+    def _merge(self, a: Tensor) -> Tensor:
+        b, _, t, _ = a.shape
+        return a.transpose(1, 2).reshape(b, t, self.d_model)

@@ -1,0 +1,159 @@
+"""Resolve a model reference to a Hugging Face folder and load it.
+
+A reference is one of: a short name (``whisperforge models`` lists them), a local Hugging
+Face folder, a local CTranslate2 folder (converted once into the cache), or a hub id such as
+``openai/whisper-small`` (used when the hub is reachable or the model is already cached).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from whisperforge.models.convert import cache_dir, convert_ct2_to_hf
+from whisperforge.models.presets import PRESETS, preset_files
+from whisperforge.tokenizer import Tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+class ModelNotFoundError(LookupError):
+    """A model reference that names no known model, folder or reachable hub repository."""
+
+
+def available_models() -> list[str]:
+    return sorted(PRESETS)
+
+
+def _is_hf_folder(path: Path) -> bool:
+    config = path / "config.json"
+    if not config.exists() or not any(path.glob("*.safetensors")):
+        return False
+    return json.loads(config.read_text()).get("model_type") == "whisper"
+
+
+def _is_ct2_folder(path: Path) -> bool:
+    return (path / "model.bin").exists() and (path / "tokenizer.json").exists()
+
+
+def _convert_preset(name: str) -> Path:
+    preset = PRESETS[name]
+    dest = cache_dir() / "models" / f"{name}-{preset.sha256[:12]}"
+    if (dest / "whisperforge.json").exists():
+        return dest
+    parts, meta = preset_files(preset)
+    return convert_ct2_to_hf(
+        parts, meta, dest, multilingual=preset.multilingual, expected_sha256=preset.sha256
+    )
+
+
+def _convert_local_ct2(folder: Path) -> Path:
+    stat = (folder / "model.bin").stat()
+    key = f"{folder.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()
+    dest = cache_dir() / "models" / f"ct2-{folder.name}-{hashlib.sha256(key).hexdigest()[:12]}"
+    if (dest / "whisperforge.json").exists():
+        return dest
+    vocab = json.loads((folder / "config.json").read_text()) if (folder / "config.json").exists() else {}
+    multilingual = len(vocab.get("lang_ids", [])) > 0 and _vocab_size(folder) >= 51865
+    return convert_ct2_to_hf([folder / "model.bin"], folder, dest, multilingual=multilingual)
+
+
+def _vocab_size(folder: Path) -> int:
+    vocabulary = folder / "vocabulary.txt"
+    if vocabulary.exists():
+        return sum(1 for _ in vocabulary.open(encoding="utf-8"))
+    return len(json.loads((folder / "tokenizer.json").read_text())["model"]["vocab"])
+
+
+def _from_hub(ref: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "*.txt"]
+    try:
+        return Path(snapshot_download(ref, allow_patterns=patterns, local_files_only=True))
+    except Exception as cached_error:  # noqa: BLE001 - any miss means "not cached"
+        logger.debug("%s not in the hub cache: %s", ref, cached_error)
+    try:
+        return Path(snapshot_download(ref, allow_patterns=patterns))
+    except Exception as error:  # huggingface_hub raises many types for "offline"/"not found"
+        raise ModelNotFoundError(
+            f"model '{ref}' is not a local folder and could not be fetched from the Hugging "
+            f"Face Hub ({type(error).__name__}); the hub may be unreachable from here. "
+            f"Use a short name ({', '.join(available_models())}) or a local folder."
+        ) from error
+
+
+def resolve_model(ref: str | Path) -> Path:
+    """Return a local Hugging Face folder for ``ref``, converting or fetching once if needed."""
+    ref_str = str(ref)
+    if ref_str in PRESETS:
+        return _convert_preset(ref_str)
+    path = Path(ref_str).expanduser()
+    if path.is_dir():
+        if _is_hf_folder(path):
+            return path
+        if _is_ct2_folder(path):
+            return _convert_local_ct2(path)
+        raise ModelNotFoundError(
+            f"'{ref_str}' is a folder but holds neither a Hugging Face Whisper model "
+            "(config.json + *.safetensors) nor a CTranslate2 one (model.bin + tokenizer.json)"
+        )
+    if "/" in ref_str and not path.exists() and not ref_str.startswith((".", "/", "~")):
+        return _from_hub(ref_str)
+    raise ModelNotFoundError(
+        f"unknown model '{ref_str}'; available: {', '.join(available_models())} "
+        "(or a local model folder, or a Hugging Face hub id like openai/whisper-small)"
+    )
+
+
+@dataclass
+class ModelBundle:
+    """A loaded Whisper model with what decoding needs beside the network."""
+
+    name: str
+    path: Path
+    model: torch.nn.Module  # transformers WhisperForConditionalGeneration, in eval mode
+    tokenizer: Tokenizer
+    suppress_tokens: list[int] = field(default_factory=list)
+
+    @property
+    def multilingual(self) -> bool:
+        return self.tokenizer.multilingual
+
+    @property
+    def n_mels(self) -> int:
+        return self.model.config.num_mel_bins
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def _is_multilingual(folder: Path, config) -> bool:
+    gen = folder / "generation_config.json"
+    if gen.exists():
+        flag = json.loads(gen.read_text()).get("is_multilingual")
+        if flag is not None:
+            return bool(flag)
+    return config.vocab_size >= 51865
+
+
+def load_model(
+    ref: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> ModelBundle:
+    """Load a Whisper model for inference (eval mode, no gradients needed)."""
+    from transformers import WhisperForConditionalGeneration
+
+    folder = resolve_model(ref)
+    model = WhisperForConditionalGeneration.from_pretrained(folder, dtype=dtype)
+    model.to(device).eval()
+    tokenizer = Tokenizer.from_file(folder / "tokenizer.json", _is_multilingual(folder, model.config))
+    suppress = list(model.config.suppress_tokens or []) + tokenizer.non_speech_suppression()
+    return ModelBundle(str(ref), folder, model, tokenizer, sorted(set(suppress)))

@@ -1,0 +1,47 @@
+"""Result types shared by transcription, writers, evaluation and the server."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One stretch of transcribed speech.
+
+    ``start`` and ``end`` are seconds from the start of the file; ``tokens`` are the text
+    token ids (no special or timestamp tokens); ``avg_logprob`` is the mean log-probability
+    per sampled token; ``no_speech_prob`` the probability of ``<|nospeech|>`` at the first
+    decoding step of the window the segment came from.
+    """
+
+    id: int
+    start: float
+    end: float
+    text: str
+    tokens: tuple[int, ...] = ()
+    avg_logprob: float = 0.0
+    compression_ratio: float = 0.0
+    no_speech_prob: float = 0.0
+    temperature: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["tokens"] = list(self.tokens)
+        return d
+
+
+@dataclass
+class TranscriptionInfo:
+    """What a transcription was made from: the audio, the language and the options used."""
+
+    language: str
+    language_probability: float
+    duration: float
+    options: dict[str, Any] = field(default_factory=dict)
+    model: str = ""
+    all_language_probs: list[tuple[str, float]] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

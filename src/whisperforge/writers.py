@@ -1,0 +1,187 @@
+"""Write transcription results as txt, srt, vtt, json or tsv (the formats of openai-whisper).
+
+Differences from openai-whisper's ``utils.py`` writers, on purpose:
+
+- WebVTT timestamps always carry hours (``00:00:01.500``), like SRT; every player accepts it.
+- Segments whose text is empty after stripping are left out of txt/srt/vtt/tsv (an empty cue
+  is malformed SRT); srt indices count the cues written, from 1. JSON keeps every segment.
+- Files are written atomically (temp file in the same folder, then ``os.replace``), so a
+  killed run leaves either the previous file or the complete new one, never half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from whisperforge.segments import Segment, TranscriptionInfo
+
+FORMATS = ("txt", "srt", "vtt", "json", "tsv")
+MS_PER_SECOND = 1000
+MS_PER_MINUTE = 60 * MS_PER_SECOND
+MS_PER_HOUR = 60 * MS_PER_MINUTE
+
+
+def format_timestamp(seconds: float, decimal_marker: str = ".") -> str:
+    """``HH:MM:SS<marker>mmm``, rounded to the nearest millisecond; hours may exceed 99.
+
+    >>> format_timestamp(3661.5, ",")
+    '01:01:01,500'
+    """
+    if not seconds >= 0:
+        raise ValueError(f"timestamp must be a non-negative number of seconds, got {seconds!r}")
+    ms = round(seconds * MS_PER_SECOND)
+    hours, ms = divmod(ms, MS_PER_HOUR)
+    minutes, ms = divmod(ms, MS_PER_MINUTE)
+    secs, ms = divmod(ms, MS_PER_SECOND)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}{decimal_marker}{ms:03d}"
+
+
+def _cue_text(text: str) -> str:
+    # "-->" inside a cue would read as a timing line, and a blank line ends the cue.
+    lines = (line.strip() for line in text.replace("-->", "->").splitlines())
+    return "\n".join(line for line in lines if line)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _spoken(segments: Iterable[Segment]) -> list[Segment]:
+    return [s for s in segments if s.text.strip()]
+
+
+def format_txt(segments: Sequence[Segment], info: TranscriptionInfo) -> str:
+    """One stripped segment text per line."""
+    return "".join(f"{s.text.strip()}\n" for s in _spoken(segments))
+
+
+def _format_cues(segments: Sequence[Segment], marker: str, numbered: bool) -> list[str]:
+    cues = []
+    for index, s in enumerate(_spoken(segments), start=1):
+        timing = f"{format_timestamp(s.start, marker)} --> {format_timestamp(s.end, marker)}"
+        number = f"{index}\n" if numbered else ""
+        cues.append(f"{number}{timing}\n{_cue_text(s.text)}\n\n")
+    return cues
+
+
+def format_srt(segments: Sequence[Segment], info: TranscriptionInfo) -> str:
+    """SubRip: 1-based cue numbers, ``HH:MM:SS,mmm --> HH:MM:SS,mmm``, blank line between cues."""
+    return "".join(_format_cues(segments, ",", numbered=True))
+
+
+def format_vtt(segments: Sequence[Segment], info: TranscriptionInfo) -> str:
+    """WebVTT: ``WEBVTT`` header, then ``HH:MM:SS.mmm --> HH:MM:SS.mmm`` cues."""
+    return "WEBVTT\n\n" + "".join(_format_cues(segments, ".", numbered=False))
+
+
+def format_tsv(segments: Sequence[Segment], info: TranscriptionInfo) -> str:
+    """Header ``start\\tend\\ttext``, then integer milliseconds and one-line text per segment."""
+    rows = ["start\tend\ttext\n"]
+    for s in _spoken(segments):
+        start, end = round(s.start * MS_PER_SECOND), round(s.end * MS_PER_SECOND)
+        rows.append(f"{start}\t{end}\t{_one_line(s.text)}\n")
+    return "".join(rows)
+
+
+def _finite(value: Any) -> Any:
+    # NaN/Infinity are not JSON; browsers and jq reject them.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def format_json(segments: Sequence[Segment], info: TranscriptionInfo) -> str:
+    """``{"text", "segments", "language", "info"}``; non-finite floats become ``null``.
+
+    ``text`` is the non-empty segment texts joined as decoded (they carry their own leading
+    spaces, or none in languages written without spaces), then stripped; ``segments`` lists
+    every segment unchanged.
+    """
+    result = {
+        "text": "".join(s.text for s in _spoken(segments)).strip(),
+        "segments": [s.to_dict() for s in segments],
+        "language": info.language,
+        "info": info.to_dict(),
+    }
+    return json.dumps(_finite(result), ensure_ascii=False, indent=2, default=str) + "\n"
+
+
+_FORMATTERS: dict[str, Callable[[Sequence[Segment], TranscriptionInfo], str]] = {
+    "txt": format_txt,
+    "srt": format_srt,
+    "vtt": format_vtt,
+    "json": format_json,
+    "tsv": format_tsv,
+}
+
+
+def resolve_formats(formats: str | Iterable[str]) -> list[str]:
+    """Validate and expand formats: ``"all"`` -> :data:`FORMATS`; duplicates dropped, order kept."""
+    requested = [formats] if isinstance(formats, str) else list(formats)
+    resolved: list[str] = []
+    for fmt in requested:
+        fmt = fmt.lower()
+        if fmt not in FORMATS and fmt != "all":
+            raise ValueError(f"unknown output format {fmt!r}; available: {', '.join(FORMATS)}, all")
+        for name in FORMATS if fmt == "all" else (fmt,):
+            if name not in resolved:
+                resolved.append(name)
+    return resolved
+
+
+def format_result(segments: Iterable[Segment], info: TranscriptionInfo, fmt: str) -> str:
+    """The text of one output file in format ``fmt`` (one of :data:`FORMATS`, not ``"all"``)."""
+    name = fmt.lower()
+    if name not in _FORMATTERS:
+        raise ValueError(
+            f"unknown output format {fmt!r} for format_result; available: {', '.join(FORMATS)}"
+            " (write_result also takes 'all')"
+        )
+    return _FORMATTERS[name](list(segments), info)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_result(
+    segments: Iterable[Segment],
+    info: TranscriptionInfo,
+    output_dir: str | os.PathLike[str],
+    stem: str,
+    formats: str | Iterable[str] = "all",
+) -> list[Path]:
+    """Write ``<output_dir>/<stem>.<fmt>`` for each format (``"all"`` = :data:`FORMATS`).
+
+    ``segments`` may be a lazy iterator; it is consumed once. ``output_dir`` is created if
+    missing. Each file is UTF-8 and written atomically. Returns the paths written, in order.
+    """
+    names = resolve_formats(formats)
+    segments = list(segments)
+    out_dir = Path(output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name in names:
+        path = out_dir / f"{stem}.{name}"
+        _write_atomic(path, _FORMATTERS[name](segments, info))
+        paths.append(path)
+    return paths
