@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import BinaryIO, TypeAlias, TypeVar
@@ -122,7 +123,7 @@ def _check_path(path: Path, name: str) -> None:
         raise AudioError(f"cannot decode {name!r}: empty file (0 bytes)")
 
 
-def _decode_file(open_source, name: str) -> tuple[np.ndarray, int]:
+def _decode_file(open_source: Callable[[], str | BinaryIO], name: str) -> tuple[np.ndarray, int]:
     """Try soundfile, then PyAV. ``open_source()`` gives a fresh path or stream for each try."""
     try:
         samples, rate = sf.read(open_source(), dtype="float32", always_2d=True)

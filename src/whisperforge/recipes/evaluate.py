@@ -1,0 +1,168 @@
+"""Evaluate a model on a manifest: corpus WER/CER, error rates, hallucination, throughput.
+
+The protocol (``docs/evaluation.md``): corpus-level rates (total errors over total reference
+words), Whisper's English normaliser for English and the basic normaliser otherwise, the
+count of repeated word 5-grams in hypotheses (a hallucination indicator), and throughput as
+seconds of audio per wall-clock second of the whole loop (decoding audio files included),
+with the thread count and batch size recorded next to it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from whisperforge.metrics import char_errors, repeated_ngram_count, word_errors
+from whisperforge.transcribe import Transcriber
+
+
+@dataclass
+class EvalItem:
+    """One utterance to evaluate: an audio path (or array) and its reference text."""
+
+    audio: object
+    text: str
+    language: str | None = None
+    speaker: str | None = None
+    duration: float | None = None
+    id: str | None = None
+
+
+def _group_rates(rows: list[dict]) -> dict:
+    words = sum(r["ref_words"] for r in rows)
+    chars = sum(r["ref_chars"] for r in rows)
+    word_err = sum(r["word_errors"] for r in rows)
+    char_err = sum(r["char_errors"] for r in rows)
+    return {
+        "utterances": len(rows),
+        "audio_seconds": round(sum(r["duration"] for r in rows), 3),
+        "wer": word_err / words if words else 0.0,
+        "cer": char_err / chars if chars else 0.0,
+    }
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Corpus totals over per-utterance rows (errors summed, then divided)."""
+    totals = defaultdict(int)
+    for r in rows:
+        for key in ("ref_words", "substitutions", "deletions", "insertions", "repeated_5grams"):
+            totals[key] += r[key]
+    words = totals["ref_words"]
+    summary = _group_rates(rows)
+    summary.update(
+        substitution_rate=totals["substitutions"] / words if words else 0.0,
+        deletion_rate=totals["deletions"] / words if words else 0.0,
+        insertion_rate=totals["insertions"] / words if words else 0.0,
+        repeated_5grams=totals["repeated_5grams"],
+        ref_words=words,
+    )
+    return summary
+
+
+def _row(item: EvalItem, hypothesis: str, language: str, duration: float) -> dict:
+    words = word_errors(item.text, hypothesis, language=language)
+    chars = char_errors(item.text, hypothesis, language=language)
+    return {
+        "id": item.id,
+        "audio": str(item.audio) if isinstance(item.audio, (str, Path)) else "<array>",
+        "speaker": item.speaker,
+        "language": language,
+        "duration": duration,
+        "reference": item.text,
+        "hypothesis": hypothesis,
+        "ref_words": words.ref_words,
+        "word_errors": words.errors,
+        "substitutions": words.substitutions,
+        "deletions": words.deletions,
+        "insertions": words.insertions,
+        "ref_chars": chars.ref_words,
+        "char_errors": chars.errors,
+        "wer": words.wer,
+        "cer": chars.wer,
+        "repeated_5grams": repeated_ngram_count(hypothesis, 5, language=language),
+    }
+
+
+def evaluate(
+    transcriber: Transcriber, items: Iterable[EvalItem], progress=None, **options
+) -> dict:
+    """Transcribe ``items`` and score them; returns the report (see module docstring).
+
+    ``progress`` is called once per finished utterance with its row (or error dict).
+    """
+    items = list(items)
+    start = time.perf_counter()
+    rows, failed = [], []
+    results = transcriber.transcribe_batch([i.audio for i in items], **options)
+    for item, result in zip(items, results):
+        if result.error is not None:
+            failed.append({"id": item.id, "audio": str(item.audio), "error": result.error})
+            if progress:
+                progress(failed[-1])
+            continue
+        language = item.language or options.get("language") or result.info.language
+        rows.append(_row(item, result.text, language, result.info.duration))
+        if progress:
+            progress(rows[-1])
+    wall = time.perf_counter() - start
+    report = summarize(rows)
+    audio = report["audio_seconds"]
+    report.update(
+        model=transcriber.bundle.name,
+        wall_seconds=round(wall, 3),
+        throughput=audio / wall if wall > 0 else 0.0,
+        failed=failed,
+        by_speaker=_by(rows, "speaker"),
+        by_language=_by(rows, "language"),
+        options=options,
+        machine=machine_info(),
+        utterances=rows,
+    )
+    return report
+
+
+def _by(rows: list[dict], key: str) -> dict:
+    groups = defaultdict(list)
+    for r in rows:
+        if r[key] is not None:
+            groups[r[key]].append(r)
+    return {name: _group_rates(group) for name, group in sorted(groups.items())}
+
+
+def machine_info() -> dict:
+    """Where a speed figure was measured: CPU, threads, library versions."""
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def write_report(report: dict, path: str | Path) -> None:
+    """Write the report as JSON, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def items_from_manifest(path: str | Path) -> tuple[list[EvalItem], list[dict]]:
+    """Utterances of a JSONL manifest (paths relative to it) and the rows skipped, with why."""
+    from whisperforge.data.manifest import read_manifest
+
+    utterances, report = read_manifest(path)
+    items = [
+        EvalItem(u.audio_path, u.text, u.language, u.speaker, u.duration, u.id) for u in utterances
+    ]
+    return items, report.skipped

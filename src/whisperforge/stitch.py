@@ -1,0 +1,147 @@
+"""Turn a window's decoded tokens into timed segments, and merge overlapping windows.
+
+Timestamp token ``timestamp_begin + i`` marks ``i * 0.02`` s from the window start. A segment
+is the text between two timestamps; text after the last timestamp is an unfinished segment
+that runs to the window end.
+
+Chunked long-form decodes overlapping windows independently. ``merge_windows`` aligns the
+tail of the transcript so far with the head of the next window on their text tokens (the
+overlap offset with the largest share of equal tokens, as Distil-Whisper/HF's chunked
+pipeline does) and cuts in the middle of the agreeing stretch, so each word is taken from
+the window where it sat furthest from an edge. Without an alignment (no speech in the
+overlap) it cuts at the middle of the overlap in time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from whisperforge.audio import TIME_PRECISION
+
+
+@dataclass
+class RawSegment:
+    """A segment before detokenisation: absolute seconds and text token ids."""
+
+    start: float
+    end: float
+    tokens: list[int]
+    complete: bool = True  # closed by a timestamp token (False: ran into the window end)
+    avg_logprob: float = 0.0
+    compression_ratio: float = 0.0
+    no_speech_prob: float = 0.0
+    temperature: float = 0.0
+    window_id: int = 0
+
+
+def parse_window(
+    tokens: list[int], timestamp_begin: int, offset: float, window_end: float, result, window_id=0
+) -> tuple[list[RawSegment], float]:
+    """Segments of one window, and how far (seconds from ``offset``) they are final.
+
+    The second value is what sequential decoding advances by: up to the last complete
+    segment's end, or the whole window when the text has no unfinished tail.
+    """
+    meta = dict(
+        avg_logprob=result.avg_logprob,
+        compression_ratio=result.compression_ratio,
+        no_speech_prob=result.no_speech_prob,
+        temperature=result.temperature,
+        window_id=window_id,
+    )
+    duration = window_end - offset
+
+    def at(token: int) -> float:
+        return offset + (token - timestamp_begin) * TIME_PRECISION
+
+    is_ts = [t >= timestamp_begin for t in tokens]
+    segments: list[RawSegment] = []
+    start_token, text, last_closed = None, [], None
+    for token, ts in zip(tokens, is_ts):
+        if not ts:
+            text.append(token)
+            continue
+        if start_token is None or not text:
+            start_token = token  # opening timestamp (or a repeated one)
+            continue
+        segments.append(RawSegment(at(start_token), at(token), text, True, **meta))
+        last_closed, start_token, text = token, None, []
+    if not segments and not text:
+        return [], duration
+    if text:  # unfinished: no closing timestamp before the end of the window
+        start = at(start_token) if start_token is not None else offset
+        segments.append(RawSegment(start, window_end, text, False, **meta))
+        if last_closed is None:
+            return segments, duration
+        return segments, at(last_closed) - offset
+    return segments, duration
+
+
+def _text_tokens(segments: list[RawSegment]) -> list[tuple[int, int, int]]:
+    """(token, segment index, position in segment) for every text token."""
+    return [(t, i, j) for i, s in enumerate(segments) for j, t in enumerate(s.tokens)]
+
+
+def _best_overlap(left: list[int], right: list[int]) -> tuple[int, int] | None:
+    """Cut points ``(keep left[:a], keep right[b:])`` aligning left's tail with right's head."""
+    best, best_score = None, 0.0
+    left_arr, right_arr = np.array(left), np.array(right)
+    n_left, n_right = len(left), len(right)
+    for i in range(1, n_left + n_right):
+        l0, l1 = max(0, n_left - i), min(n_left, n_left + n_right - i)
+        r0, r1 = max(0, i - n_left), min(n_right, i)
+        matches = int((left_arr[l0:l1] == right_arr[r0:r1]).sum())
+        score = matches / i + i / 10000.0  # share of agreeing tokens; ties go to longer
+        if matches > 1 and score > best_score:
+            best, best_score = ((l0 + l1) // 2, (r0 + r1) // 2), score
+    return best
+
+
+def _split(segments: list[RawSegment], flat, cut: int, keep_head: bool) -> list[RawSegment]:
+    """Keep the text tokens before (head) or from (tail) flat index ``cut``."""
+    if not flat:
+        return [] if not keep_head else segments
+    if cut >= len(flat):
+        return segments if keep_head else []
+    _, seg_i, pos = flat[cut]
+    seg = segments[seg_i]
+    if keep_head:
+        head = [replace(seg, tokens=seg.tokens[:pos], complete=False)] if pos else []
+        return segments[:seg_i] + head
+    return [replace(seg, tokens=seg.tokens[pos:])] + segments[seg_i + 1 :]
+
+
+def merge_windows(windows: list[list[RawSegment]]) -> list[RawSegment]:
+    """Merge the segments of consecutive overlapping windows into one list."""
+    merged: list[RawSegment] = []
+    for segments in windows:
+        if not merged or not segments:
+            merged = merged + segments
+            continue
+        left_flat, right_flat = _text_tokens(merged), _text_tokens(segments)
+        # only the last window's worth of the transcript can overlap the next window
+        tail = max(0, len(left_flat) - len(right_flat))
+        cut = _best_overlap([t for t, _, _ in left_flat[tail:]], [t for t, _, _ in right_flat])
+        if cut is not None:
+            cut = (cut[0] + tail, cut[1])
+        if cut is None:
+            middle = (segments[0].start + merged[-1].end) / 2
+            merged = [s for s in merged if s.start < middle] + [
+                s for s in segments if s.start >= middle
+            ]
+            continue
+        merged = _split(merged, left_flat, cut[0], True) + _split(
+            segments, right_flat, cut[1], False
+        )
+    return _monotonic([s for s in merged if s.tokens])
+
+
+def _monotonic(segments: list[RawSegment]) -> list[RawSegment]:
+    """Clamp times so segments never start before the previous one or end before they start."""
+    out: list[RawSegment] = []
+    for seg in segments:
+        start = max(seg.start, out[-1].start if out else 0.0)
+        out.append(replace(seg, start=start, end=max(seg.end, start)))
+    return out

@@ -1,0 +1,450 @@
+"""Transcription: plan windows -> encode and decode them in batches -> stitch segments.
+
+Two long-form modes (``docs/transcribe.md``):
+
+- ``chunked`` (Distil-Whisper, HF pipeline): 30 s windows that overlap by ``2 * stride``
+  seconds, decoded independently (so windows of one file batch together) and merged where
+  their token streams agree in the overlap.
+- ``sequential`` (openai-whisper): each window starts where the last complete segment of the
+  previous one ended, optionally conditioned on the previous text, with temperature fallback.
+  Several files advance in lockstep so their windows still share a batch.
+
+Audio of at most 30 s is one window in both modes. ``transcribe()`` returns a lazy
+``(segments, info)`` pair in faster-whisper's manner; ``Transcriber.transcribe_batch`` streams
+results for many files, one ``FileResult`` each, reporting unreadable files without stopping.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field, fields
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from whisperforge.audio import (
+    N_SAMPLES,
+    SAMPLE_RATE,
+    TIME_PRECISION,
+    AudioError,
+    AudioSource,
+    load_audio,
+    log_mel_spectrogram,
+)
+from whisperforge.decoding import (
+    DecodingOptions,
+    DecodingResult,
+    decode,
+    detect_language,
+    with_temperature,
+)
+from whisperforge.models.inference import InferenceSession
+from whisperforge.models.loading import ModelBundle, load_model
+from whisperforge.models.presets import DEFAULT_MODEL
+from whisperforge.segments import Segment, TranscriptionInfo
+from whisperforge.stitch import RawSegment, merge_windows, parse_window
+from whisperforge.tokenizer import TASKS, normalize_language
+
+logger = logging.getLogger(__name__)
+LONG_FORM_MODES = ("chunked", "sequential")
+WINDOW_SECONDS = N_SAMPLES / SAMPLE_RATE
+
+
+@dataclass(frozen=True)
+class TranscribeOptions:
+    """Options of ``transcribe``, named as in openai-whisper / faster-whisper; checked once."""
+
+    language: str | None = None  # None: detect from the first 30 s (multilingual models)
+    task: str = "transcribe"
+    beam_size: int = 1  # 1: greedy
+    best_of: int = 5
+    patience: float = 1.0
+    length_penalty: float | None = None
+    temperature: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    compression_ratio_threshold: float | None = 2.4
+    log_prob_threshold: float | None = -1.0
+    no_speech_threshold: float | None = 0.6
+    condition_on_previous_text: bool = True
+    prompt_reset_on_temperature: float = 0.5
+    initial_prompt: str | None = None
+    without_timestamps: bool = False
+    max_initial_timestamp: float = 1.0
+    suppress_blank: bool = True
+    long_form: str = "chunked"
+    stride_length: float = 5.0  # chunked: seconds of context on each side of a window
+    batch_size: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "language", normalize_language(self.language))
+        temps = self.temperature
+        temps = (float(temps),) if isinstance(temps, (int, float)) else tuple(map(float, temps))
+        object.__setattr__(self, "temperature", temps)
+        if not temps or any(t < 0 for t in temps):
+            raise ValueError("temperature must be one or more values >= 0")
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, not {self.task!r}")
+        if self.long_form not in LONG_FORM_MODES:
+            raise ValueError(f"long_form must be one of {LONG_FORM_MODES}, not {self.long_form!r}")
+        if self.beam_size < 1 or self.best_of < 1 or self.batch_size < 1:
+            raise ValueError("beam_size, best_of and batch_size must be >= 1")
+        if not 0 <= self.stride_length < WINDOW_SECONDS / 2:
+            raise ValueError(f"stride_length must be in [0, {WINDOW_SECONDS / 2}) seconds")
+
+    def decoding(self) -> DecodingOptions:
+        """Decoding options of the first (lowest-temperature) pass."""
+        beam = self.beam_size if self.beam_size > 1 else None
+        return with_temperature(
+            DecodingOptions(
+                task=self.task,
+                language=self.language,
+                beam_size=beam,
+                best_of=self.best_of,
+                patience=self.patience if beam else None,
+                length_penalty=self.length_penalty,
+                without_timestamps=self.without_timestamps,
+                max_initial_timestamp=self.max_initial_timestamp,
+                suppress_blank=self.suppress_blank,
+            ),
+            self.temperature[0],
+        )
+
+    @classmethod
+    def from_kwargs(cls, **kwargs) -> TranscribeOptions:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise TypeError(f"unknown transcribe option(s): {', '.join(unknown)}")
+        return cls(**kwargs)
+
+
+@dataclass
+class FileResult:
+    """The outcome of one input: segments and info, or the error that stopped it."""
+
+    index: int
+    source: object
+    segments: list[Segment] = field(default_factory=list)
+    info: TranscriptionInfo | None = None
+    error: str | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(s.text for s in self.segments).strip()
+
+
+@dataclass
+class _File:
+    """Per-file state while its windows are in flight."""
+
+    index: int
+    source: object
+    audio: np.ndarray
+    language: str | None
+    language_probs: dict[str, float] | None = None
+    windows: list[tuple[float, float]] = field(default_factory=list)  # chunked plan
+    decoded: dict[int, list[RawSegment]] = field(default_factory=dict)
+    seek: int = 0  # sequential: next window start, in samples
+    context: list[int] = field(default_factory=list)  # sequential: previous tokens
+    raw: list[RawSegment] = field(default_factory=list)
+
+    @property
+    def duration(self) -> float:
+        return len(self.audio) / SAMPLE_RATE
+
+
+def plan_windows(duration: float, stride: float) -> list[tuple[float, float]]:
+    """Chunked mode: ``(start, end)`` seconds of 30 s windows overlapping by ``2 * stride``."""
+    if duration <= WINDOW_SECONDS:
+        return [(0.0, duration)]
+    step = WINDOW_SECONDS - 2 * stride
+    starts = np.arange(0.0, max(duration - 2 * stride, 1e-9), step)
+    windows = [(float(s), float(min(s + WINDOW_SECONDS, duration))) for s in starts]
+    if windows[-1][1] < duration:
+        windows.append((float(windows[-1][0] + step), duration))
+    return windows
+
+
+class Transcriber:
+    """A loaded model ready to transcribe; holds the fused inference weights."""
+
+    def __init__(self, model: str | ModelBundle = DEFAULT_MODEL, device: str = "cpu"):
+        self.bundle = model if isinstance(model, ModelBundle) else load_model(model, device)
+        self.session = InferenceSession(self.bundle.model)
+
+    @property
+    def tokenizer(self):
+        return self.bundle.tokenizer
+
+    def check(self, options: TranscribeOptions) -> None:
+        """Reject options this model cannot honour (English-only models)."""
+        if not self.bundle.multilingual:
+            if options.language not in (None, "en"):
+                raise ValueError(f"model '{self.bundle.name}' is English-only; language must be en")
+            if options.task == "translate":
+                raise ValueError(f"model '{self.bundle.name}' is English-only; it cannot translate")
+
+    def transcribe(
+        self, audio: AudioSource, **options
+    ) -> tuple[Iterator[Segment], TranscriptionInfo]:
+        """Transcribe one input; segments are produced lazily, info eagerly."""
+        opts = TranscribeOptions.from_kwargs(**options)
+        self.check(opts)
+        state = _File(0, audio, load_audio(audio), opts.language)
+        if state.language is None and self.bundle.multilingual:
+            # the language comes from the first window's encoding, which decoding reuses:
+            # run eagerly rather than encode that window twice
+            result = next(self._run([state], opts, None))
+            return iter(result.segments), result.info
+        info = self._info(state, opts)
+        results = self._run([state], opts, None)
+        return (s for r in results for s in r.segments), info
+
+    def transcribe_batch(
+        self,
+        sources: Iterable[AudioSource],
+        progress: Callable[[float], None] | None = None,
+        **options,
+    ) -> Iterator[FileResult]:
+        """Transcribe many inputs, batching windows across them; results in input order.
+
+        A source that cannot be decoded yields a ``FileResult`` with ``error`` set and the
+        rest go on. ``progress`` is called with the seconds of audio each window covered.
+        """
+        opts = TranscribeOptions.from_kwargs(**options)
+        self.check(opts)
+        pending: dict[int, FileResult] = {}
+        next_out = 0
+        for result in self._run(self._load_all(sources, opts, pending), opts, progress):
+            pending[result.index] = result
+            while next_out in pending:
+                yield pending.pop(next_out)
+                next_out += 1
+        for index in sorted(pending):
+            yield pending.pop(index)
+
+    def _load_all(self, sources, opts, failed: dict[int, FileResult]) -> Iterator[_File]:
+        for index, source in enumerate(sources):
+            try:
+                yield _File(index, source, load_audio(source), opts.language)
+            except AudioError as error:
+                failed[index] = FileResult(index, source, error=str(error))
+
+    def _info(self, f: _File, opts: TranscribeOptions) -> TranscriptionInfo:
+        language = f.language or "en"
+        probs = f.language_probs or {language: 1.0}
+        ranked = sorted(probs.items(), key=lambda kv: -kv[1])
+        return TranscriptionInfo(
+            language=language,
+            language_probability=float(probs.get(language, 1.0)),
+            duration=f.duration,
+            options=asdict(opts),
+            model=self.bundle.name,
+            all_language_probs=ranked[:10] if f.language_probs else None,
+        )
+
+    def _run(self, files: Iterable[_File], opts, progress) -> Iterator[FileResult]:
+        run = self._run_chunked if opts.long_form == "chunked" else self._run_sequential
+        torch.manual_seed(opts.seed)
+        for f in run(files, opts, progress):
+            segments = _to_segments(f.raw, self.tokenizer)
+            yield FileResult(f.index, f.source, segments, self._info(f, opts))
+
+    # -- shared window machinery -------------------------------------------------------
+
+    def _encode(self, windows: list[np.ndarray]) -> torch.Tensor:
+        mel = log_mel_spectrogram(np.stack([_pad(w) for w in windows]), n_mels=self.bundle.n_mels)
+        return self.session.encode(mel.to(self.bundle.device))
+
+    def _detect(self, files: list[_File], first_windows: list[np.ndarray], enc=None) -> None:
+        enc = self._encode(first_windows) if enc is None else enc
+        for f, probs in zip(files, detect_language(self.session, self.tokenizer, enc)):
+            f.language_probs = probs
+            f.language = max(probs, key=probs.get)
+
+    def _decode_with_fallback(self, enc, languages, contexts, opts) -> list[DecodingResult]:
+        """Decode rows at rising temperatures until each passes the quality thresholds."""
+        results: list[DecodingResult | None] = [None] * enc.shape[0]
+        pending = list(range(enc.shape[0]))
+        base = opts.decoding()
+        for temperature in opts.temperature:
+            index = torch.tensor(pending)
+            decoded = decode(
+                self.session,
+                self.tokenizer,
+                self.bundle.suppress_tokens,
+                enc.index_select(0, index) if len(pending) < enc.shape[0] else enc,
+                with_temperature(base, temperature),
+                [languages[i] for i in pending],
+                [contexts[i] for i in pending],
+            )
+            retry = []
+            for i, result in zip(pending, decoded):
+                results[i] = result
+                if _needs_fallback(result, opts):
+                    retry.append(i)
+            pending = retry
+            if not pending:
+                break
+        return results
+
+    # -- chunked -------------------------------------------------------------------------
+
+    def _run_chunked(self, files, opts, progress) -> Iterator[_File]:
+        queue: list[tuple[_File, int]] = []
+        open_files: dict[int, _File] = {}
+        file_iter = iter(files)
+        exhausted = False
+        while True:
+            while not exhausted and len(queue) < opts.batch_size:
+                f = next(file_iter, None)
+                if f is None:
+                    exhausted = True
+                    break
+                f.windows = plan_windows(f.duration, opts.stride_length)
+                open_files[f.index] = f
+                queue.extend((f, w) for w in range(len(f.windows)))
+            if not queue:
+                return
+            batch, queue = queue[: opts.batch_size], queue[opts.batch_size :]
+            self._chunked_batch(batch, opts, progress)
+            for f in {id(f): f for f, _ in batch}.values():
+                if len(f.decoded) == len(f.windows):
+                    f.raw = merge_windows([f.decoded[w] for w in range(len(f.windows))])
+                    yield open_files.pop(f.index)
+
+    def _chunked_batch(self, batch, opts, progress) -> None:
+        spans = [f.windows[w] for f, w in batch]
+        audio = [f.audio[int(s * SAMPLE_RATE) : int(e * SAMPLE_RATE)] for (f, _), (s, e) in zip(batch, spans)]
+        enc = self._encode(audio)
+        first = [i for i, (f, w) in enumerate(batch) if w == 0 and f.language is None]
+        if first and self.bundle.multilingual:
+            self._detect([batch[i][0] for i in first], [], enc[first])
+        languages = [f.language for f, _ in batch]
+        contexts = [self._initial_context(opts)] * len(batch)
+        for (f, w), (start, end), result in zip(
+            batch, spans, self._decode_with_fallback(enc, languages, contexts, opts)
+        ):
+            f.decoded[w] = [] if _is_silence(result, opts) else parse_window(
+                result.tokens, self.tokenizer.timestamp_begin, start, end, result, window_id=w
+            )[0]
+            if progress:
+                progress(end - start if w == 0 else end - start - opts.stride_length * 2)
+
+    def _initial_context(self, opts) -> list[int] | None:
+        if not opts.initial_prompt:
+            return None
+        return self.tokenizer.encode(" " + opts.initial_prompt.strip())
+
+    # -- sequential ----------------------------------------------------------------------
+
+    def _run_sequential(self, files, opts, progress) -> Iterator[_File]:
+        active: list[_File] = []
+        file_iter = iter(files)
+        exhausted = False
+        while True:
+            while not exhausted and len(active) < opts.batch_size:
+                f = next(file_iter, None)
+                if f is None:
+                    exhausted = True
+                    break
+                f.context = self._initial_context(opts) or []
+                active.append(f)
+            if not active:
+                return
+            self._sequential_batch(active, opts, progress)
+            for f in [f for f in active if f.seek >= len(f.audio)]:
+                active.remove(f)
+                yield f
+
+    def _sequential_batch(self, active: list[_File], opts, progress) -> None:
+        windows = [f.audio[f.seek : f.seek + N_SAMPLES] for f in active]
+        enc = self._encode(windows)
+        need = [i for i, f in enumerate(active) if f.language is None]
+        if need and self.bundle.multilingual:
+            self._detect([active[i] for i in need], [], enc[need])
+        languages = [f.language for f in active]
+        contexts = [f.context if opts.condition_on_previous_text else None for f in active]
+        results = self._decode_with_fallback(enc, languages, contexts, opts)
+        for f, window, result in zip(active, windows, results):
+            offset = f.seek / SAMPLE_RATE
+            duration = len(window) / SAMPLE_RATE
+            if _is_silence(result, opts):
+                advance = duration
+            else:
+                segments, advance = parse_window(
+                    result.tokens, self.tokenizer.timestamp_begin, offset, offset + duration, result
+                )
+                complete = [s for s in segments if s.complete or advance >= duration]
+                f.raw.extend(complete)
+                f.context.extend(result.tokens)
+                if result.temperature > opts.prompt_reset_on_temperature:
+                    f.context = []
+            advance = max(advance, TIME_PRECISION) if advance < duration else duration
+            f.seek += max(int(round(advance * SAMPLE_RATE)), 1)
+            if progress:
+                progress(min(advance, duration))
+
+
+def _pad(window: np.ndarray) -> np.ndarray:
+    return window if len(window) == N_SAMPLES else np.pad(window, (0, N_SAMPLES - len(window)))
+
+
+def _needs_fallback(result: DecodingResult, opts: TranscribeOptions) -> bool:
+    """openai-whisper's rule: too repetitive or too unlikely, unless it is silence."""
+    if _is_silence(result, opts):
+        return False
+    too_repetitive = (
+        opts.compression_ratio_threshold is not None
+        and result.compression_ratio > opts.compression_ratio_threshold
+    )
+    too_unlikely = opts.log_prob_threshold is not None and result.avg_logprob < opts.log_prob_threshold
+    return too_repetitive or too_unlikely
+
+
+def _is_silence(result: DecodingResult, opts: TranscribeOptions) -> bool:
+    if opts.no_speech_threshold is None or result.no_speech_prob <= opts.no_speech_threshold:
+        return False
+    return opts.log_prob_threshold is None or result.avg_logprob < opts.log_prob_threshold
+
+
+def _to_segments(raw: list[RawSegment], tokenizer) -> list[Segment]:
+    segments = []
+    for seg in raw:
+        text = tokenizer.decode(seg.tokens)
+        if not text.strip():
+            continue
+        segments.append(
+            Segment(
+                id=len(segments),
+                start=round(seg.start, 3),
+                end=round(seg.end, 3),
+                text=text,
+                tokens=tuple(seg.tokens),
+                avg_logprob=seg.avg_logprob,
+                compression_ratio=seg.compression_ratio,
+                no_speech_prob=seg.no_speech_prob,
+                temperature=seg.temperature,
+            )
+        )
+    return segments
+
+
+@lru_cache(maxsize=2)
+def get_transcriber(model: str = DEFAULT_MODEL, device: str = "cpu") -> Transcriber:
+    """A process-wide ``Transcriber`` per (model, device), loaded on first use."""
+    return Transcriber(model, device)
+
+
+def transcribe(
+    audio: AudioSource, model: str | ModelBundle = DEFAULT_MODEL, **options
+) -> tuple[Iterator[Segment], TranscriptionInfo]:
+    """Transcribe ``audio`` (path, bytes, file object or 16 kHz array) with ``model``.
+
+    Returns ``(segments, info)``: a lazy iterator of ``Segment`` and a ``TranscriptionInfo``
+    recording the language and every option used. Options: see ``TranscribeOptions``.
+    """
+    transcriber = Transcriber(model) if isinstance(model, ModelBundle) else get_transcriber(model)
+    return transcriber.transcribe(audio, **options)
