@@ -68,15 +68,16 @@ def parse_window(
             continue
         segments.append(RawSegment(at(start_token), at(token), text, True, **meta))
         last_closed, start_token, text = token, None, []
-    if not segments and not text:
-        return [], duration
     if text:  # unfinished: no closing timestamp before the end of the window
         start = at(start_token) if start_token is not None else offset
         segments.append(RawSegment(start, window_end, text, False, **meta))
-        if last_closed is None:
-            return segments, duration
-        return segments, at(last_closed) - offset
-    return segments, duration
+    # openai-whisper's seek rule: a window that ends "text <|t|>" said all it had to say;
+    # otherwise (an opened, empty or unfinished segment at the end) resume at the last
+    # closed segment, so speech cut by the window edge is decoded again in the next one
+    single_ending = len(tokens) >= 2 and is_ts[-1] and not is_ts[-2]
+    if single_ending or last_closed is None:
+        return segments, duration
+    return segments, at(last_closed) - offset
 
 
 def _text_tokens(segments: list[RawSegment]) -> list[tuple[int, int, int]]:

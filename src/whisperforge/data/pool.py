@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +26,10 @@ from whisperforge.data.text import (
 
 logger = logging.getLogger(__name__)
 POOL_CARD = "pool.json"
+MIN_WORD_COUNT = {"en": 3}
+"""Default: drop sentences with a word seen fewer times in the pool (others: 1, no filter)."""
+EVAL_FRACTION = {"en": 0.03}
+"""Default share of a language's sentences in dev and in test (others: 0.1)."""
 
 
 @dataclass
@@ -43,54 +48,97 @@ def _hash_order(sentence: str) -> bytes:
     return hashlib.sha1(sentence_key(sentence).encode("utf-8")).digest()
 
 
-def build_pool(
-    language: str = "en",
-    sources: list[str] | None = None,
-    limits: TextLimits = TextLimits(),
-    dev_fraction: float = 0.03,
-    test_fraction: float = 0.03,
-    max_per_source: dict[str, int] | None = None,
-) -> TextPool:
-    """Read, clean and split the sentences of ``sources`` (default: all for ``language``).
-
-    ``max_per_source`` caps a source (e.g. ``{"kjv": 4000}`` so archaic text does not dominate);
-    the kept sentences are chosen by hash, so the choice is stable. A sentence found in two
-    sources counts for the first. Split membership depends only on the sentence (see
-    ``text.assign_split``), so the splits never share a sentence.
-    """
-    names = list(sources) if sources else list(DEFAULT_SOURCES.get(language, ()))
-    if not names:
-        raise ValueError(f"no default text sources for language {language!r}; pass sources")
-    caps = max_per_source or {}
-    pool, seen = TextPool(language), set()
+def _collect(names, language, limits, caps) -> dict[str, dict]:
+    """Clean each source; drop sentences an earlier source already gave; apply caps."""
+    collected, seen = {}, set()
     for name in names:
         source = get_source(name, language)
         sentences, rejected = clean_sentences(read_source(source), language, limits)
         fresh = [s for s in sentences if sentence_key(s) not in seen]
+        duplicates = len(sentences) - len(fresh)
         if name in caps and len(fresh) > caps[name]:
             fresh = sorted(fresh, key=_hash_order)[: caps[name]]
         seen.update(sentence_key(s) for s in fresh)
+        collected[name] = {"source": source, "sentences": fresh, "rejected": rejected}
+        collected[name]["duplicates_of_earlier_sources"] = duplicates
+    return collected
+
+
+def _drop_rare_words(collected: dict[str, dict], min_word_count: int) -> None:
+    """Drop sentences with a word seen fewer than ``min_word_count`` times in the whole pool:
+    rare words (``stertorously``, names) are what TTS voices mispronounce and ASR misspells."""
+    if min_word_count <= 1:
+        return
+    counts = Counter(
+        w for entry in collected.values() for s in entry["sentences"] for w in _words(s)
+    )
+    for entry in collected.values():
+        kept = [
+            s for s in entry["sentences"] if all(counts[w] >= min_word_count for w in _words(s))
+        ]
+        if len(kept) < len(entry["sentences"]):
+            entry["rejected"]["rare word"] = len(entry["sentences"]) - len(kept)
+        entry["sentences"] = kept
+
+
+def _words(sentence: str) -> list[str]:
+    return re.findall(r"[^\W\d_]+(?:'[^\W\d_]+)?", sentence.lower())
+
+
+def build_pool(
+    language: str = "en",
+    sources: list[str] | None = None,
+    limits: TextLimits | None = None,
+    dev_fraction: float | None = None,
+    test_fraction: float | None = None,
+    max_per_source: dict[str, int] | None = None,
+    min_word_count: int | None = None,
+) -> TextPool:
+    """Read, clean and split the sentences of ``sources`` (default: all for ``language``).
+
+    ``dev_fraction``/``test_fraction`` default to ``EVAL_FRACTION`` of the language (small pools
+    give a larger share so their dev and test sets are not tiny). ``max_per_source`` caps a
+    source (e.g. ``{"kjv": 4000}``); the kept sentences are chosen by hash, so the choice is
+    stable. A sentence found in two sources counts for the first. ``min_word_count`` (default
+    ``MIN_WORD_COUNT`` of the language) drops sentences with rare words. Split membership
+    depends only on the sentence (``text.assign_split``): the splits never share a sentence.
+    """
+    limits = limits or TextLimits()
+    default = EVAL_FRACTION.get(language, 0.1)
+    dev_fraction = default if dev_fraction is None else dev_fraction
+    test_fraction = default if test_fraction is None else test_fraction
+    if min_word_count is None:
+        min_word_count = MIN_WORD_COUNT.get(language, 1)
+    names = list(sources) if sources else list(DEFAULT_SOURCES.get(language, ()))
+    if not names:
+        raise ValueError(f"no default text sources for language {language!r}; pass sources")
+    collected = _collect(names, language, limits, max_per_source or {})
+    _drop_rare_words(collected, min_word_count)
+    pool = TextPool(language)
+    for name, entry in collected.items():
         counts = Counter()
-        for sentence in fresh:
+        for sentence in entry["sentences"]:
             split = assign_split(sentence, dev_fraction, test_fraction)
             pool.splits[split].append(sentence)
             counts[split] += 1
         pool.sources[name] = {
-            "licence": source.licence,
-            "kept": dict(counts),
-            "rejected": dict(sorted(rejected.items())),
-            "duplicates_of_earlier_sources": len(sentences) - len(fresh),
+            "licence": entry["source"].licence,
+            "kept": dict(sorted(counts.items())),
+            "rejected": dict(sorted(entry["rejected"].items())),
+            "duplicates_of_earlier_sources": entry["duplicates_of_earlier_sources"],
         }
-        logger.info("text source %s: kept %d, rejected %s", name, len(fresh), rejected)
+        logger.info("text source %s: kept %d, rejected %s", name, counts.total(), entry["rejected"])
     for split in SPLITS:
         pool.splits[split].sort(key=_hash_order)
     return pool
 
 
-def write_pool(pools: list[TextPool], out_dir: str | Path, limits: TextLimits = TextLimits()) -> Path:
+def write_pool(
+    pools: list[TextPool], out_dir: str | Path, limits: TextLimits | None = None
+) -> Path:
     """Write ``<out>/<lang>/<split>.txt`` and ``<out>/pool.json``; returns the card path."""
     out = Path(out_dir)
-    card = {"limits": asdict(limits), "languages": {}}
+    card = {"limits": asdict(limits or TextLimits()), "languages": {}}
     for pool in pools:
         folder = out / pool.language
         folder.mkdir(parents=True, exist_ok=True)

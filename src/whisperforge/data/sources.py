@@ -20,8 +20,12 @@ logger = logging.getLogger(__name__)
 
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
 WORDNET_DIR = Path("/usr/share/wordnet")
-# Fortune files that are mostly ASCII art, code, shell hints or other languages.
-_FORTUNE_SKIP = {"art", "ascii-art", "debian", "linux", "linuxcookie", "perl", "translate-me"}
+# Fortune files that are mostly ASCII art, code, shell hints, other languages, dictionary-style
+# definitions ("bugs, pl. n.") or Zippy's non sequiturs.
+_FORTUNE_SKIP = {
+    "art", "ascii-art", "debian", "definitions", "linux", "linuxcookie", "perl", "translate-me",
+    "zippy",
+}  # fmt: skip
 _FORTUNE_MAX_LINES = 6  # longer entries are poems, dialogues and stories
 
 
@@ -146,7 +150,9 @@ SOURCES: dict[str, TextSource] = {
         "vi-basic", "vi", _package_file("vi_sentences.txt"), "CC0 (written for whisperforge)"
     ),
 }
-DEFAULT_SOURCES = {"en": ("conversation", "wordnet", "fortunes", "kjv"), "vi": ("vi-basic",)}
+DEFAULT_SOURCES = {"en": ("conversation", "wordnet", "fortunes"), "vi": ("vi-basic",)}
+"""Sources used when none are named. kjv is opt-in: archaic, and full of names no model can
+spell (whisper-base missed most of them in our check)."""
 
 
 def get_source(spec: str, language: str = "en") -> TextSource:

@@ -54,7 +54,7 @@ class TextLimits:
     """Which normalised sentences are kept: word counts and characters (~14 chars per second
     of speech, so 250 characters stay well inside Whisper's 30 s window)."""
 
-    min_words: int = 3
+    min_words: int = 4
     max_words: int = 35
     max_chars: int = 250
 

@@ -169,7 +169,7 @@ class Festival(Engine):
         lines = [f"(voice_{voice.engine_voice})"]
         if voice.engine_voice.endswith("_hts"):  # HTS: rate via the engine's -r; no pitch
             lines.append(
-                f"(set! hts_engine_params (append hts_engine_params (list (list \"-r\" {rate:.4f}))))"
+                f'(set! hts_engine_params (append hts_engine_params (list (list "-r" {rate:.4f}))))'
             )
         else:  # diphone voices: default stretch 1.1, LR intonation targets
             lines.append(f"(Parameter.set 'Duration_Stretch {1.1 / rate:.4f})")
@@ -191,7 +191,9 @@ class Festival(Engine):
         self.require()
         with tempfile.TemporaryDirectory(prefix="wf-festival-") as tmp:
             outs = [Path(tmp) / f"{i}.wav" for i in range(len(items))]
-            script = [self._commands(t, voice, r, p, o) for (t, r, p), o in zip(items, outs)]
+            script = [
+                self._commands(t, voice, r, p, o) for (t, r, p), o in zip(items, outs, strict=True)
+            ]
             (Path(tmp) / "batch.scm").write_text("\n".join(script) + "\n", "utf-8")
             _run(["festival", "-b", str(Path(tmp) / "batch.scm")], TIMEOUT_S * len(items))
             return [_read_wav(o) for o in outs]
@@ -320,8 +322,7 @@ def get_voice(name: str, language: str | None = None) -> Voice:
     if engine == "piper" and engine_voice.endswith(".onnx"):
         return Voice(name, "piper", engine_voice, language or "en", pitch_shift=False)
     raise ValueError(
-        f"unknown voice {name!r}; known: {', '.join(VOICES)} (or espeak:<voice>, "
-        "piper:<file.onnx>)"
+        f"unknown voice {name!r}; known: {', '.join(VOICES)} (or espeak:<voice>, piper:<file.onnx>)"
     )
 
 

@@ -1,0 +1,146 @@
+"""Model conversion and loading with the real Whisper weights."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import JFK
+from whisperforge.audio import load_audio, log_mel_spectrogram
+from whisperforge.decoding import DecodingOptions, decode
+from whisperforge.models import ModelNotFoundError, resolve_model
+from whisperforge.models.convert import ChecksumError, convert_ct2_to_hf
+from whisperforge.models.ct2 import CT2FormatError
+from whisperforge.models.inference import InferenceSession
+from whisperforge.models.presets import PRESETS, preset_files
+
+
+def _windows() -> list[np.ndarray]:
+    jfk = load_audio(JFK)
+    return [jfk, jfk[: 16000 * 3], np.concatenate([jfk, jfk, jfk])[: 16000 * 30]]
+
+
+@pytest.mark.parametrize("timestamps", [False, True])
+def test_converted_tiny_en_reproduces_ctranslate2_greedy_ids(tiny_en, timestamps):
+    ctranslate2 = pytest.importorskip("ctranslate2")
+    parts, meta = preset_files(PRESETS["whisper-tiny.en"])
+    reference = ctranslate2.models.Whisper(
+        str(meta), device="cpu", compute_type="float32", intra_threads=2
+    )
+    session = InferenceSession(tiny_en.model)
+    tok = tiny_en.tokenizer
+    features = log_mel_spectrogram(np.stack([np.pad(w, (0, 480000 - len(w))) for w in _windows()]))
+    prompt = [tok.sot] if timestamps else [tok.sot, tok.no_timestamps]
+    expected = reference.generate(
+        ctranslate2.StorageView.from_array(np.ascontiguousarray(features.numpy())),
+        [prompt] * len(features),
+        beam_size=1,
+    )
+    ours = decode(
+        session,
+        tok,
+        tiny_en.suppress_tokens,
+        session.encode(features),
+        DecodingOptions(without_timestamps=not timestamps),
+    )
+    for want, got in zip(expected, ours):
+        assert got.tokens == want.sequences_ids[0]
+        assert len(got.tokens) > 5
+
+
+def test_incremental_decoder_matches_transformers_forward(tiny_en):
+    session = InferenceSession(tiny_en.model)
+    features = log_mel_spectrogram(load_audio(JFK))[None]
+    tokens = [tiny_en.tokenizer.sot, tiny_en.tokenizer.no_timestamps, 843, 523, 616, 5891]
+    with torch.inference_mode():
+        enc = session.encode(features)
+        want = tiny_en.model(input_features=features, decoder_input_ids=torch.tensor([tokens]))
+        state = session.start(enc, [2], 8)
+        got = [session.logits(session.prompt(state, [tokens[:2]]))[0, -1]]
+        for t in tokens[2:]:
+            got.append(session.logits(session.step(state, torch.tensor([t])))[0, -1])
+    torch.testing.assert_close(torch.stack(got), want.logits[0, 1:], atol=2e-4, rtol=1e-4)
+
+
+def test_variable_length_prompts_in_one_batch_match_single_rows(tiny_en):
+    session = InferenceSession(tiny_en.model)
+    tok = tiny_en.tokenizer
+    features = log_mel_spectrogram(load_audio(JFK))[None].repeat(2, 1, 1)
+    context = tok.encode(" Fellow citizens, here is the speech.")
+    opts = DecodingOptions(without_timestamps=True)
+    enc = session.encode(features)
+    batched = decode(session, tok, tiny_en.suppress_tokens, enc, opts, contexts=[context, None])
+    alone = [
+        decode(session, tok, tiny_en.suppress_tokens, enc[:1], opts, contexts=[c])[0]
+        for c in (context, None)
+    ]
+    assert [r.tokens for r in batched] == [r.tokens for r in alone]
+
+
+def test_converted_folder_loads_in_transformers_pipeline(tiny_en):
+    from transformers import pipeline
+
+    asr = pipeline("automatic-speech-recognition", model=str(tiny_en.path), device="cpu")
+    text = asr(load_audio(JFK))["text"]
+    assert "ask not what your country can do for you" in text.lower()
+
+
+def test_unknown_model_lists_available_names():
+    with pytest.raises(ModelNotFoundError, match="whisper-base, whisper-tiny.en"):
+        resolve_model("whisper-huge")
+
+
+def test_unreachable_hub_id_says_so(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(ModelNotFoundError, match="could not be fetched from the Hugging Face Hub"):
+        resolve_model("openai/whisper-small")
+
+
+def test_local_ct2_folder_is_converted_into_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("WHISPERFORGE_CACHE", str(tmp_path / "cache"))
+    _, meta = preset_files(PRESETS["whisper-tiny.en"])
+    folder = resolve_model(meta)
+    assert (folder / "model.safetensors").exists()
+    assert json.loads((folder / "whisperforge.json").read_text())["source_bytes"] == 75_537_502
+    assert resolve_model(meta) == folder  # second call reuses the cache entry
+
+
+def test_checksum_mismatch_is_refused_and_leaves_nothing(tmp_path):
+    parts, meta = preset_files(PRESETS["whisper-tiny.en"])
+    dest = tmp_path / "models" / "tiny"
+    with pytest.raises(ChecksumError, match="reinstall"):
+        convert_ct2_to_hf(parts, meta, dest, multilingual=False, expected_sha256="0" * 64)
+    assert not dest.exists()
+    assert [p.name for p in dest.parent.iterdir()] == [".tiny.lock"]
+
+
+def test_failed_conversion_leaves_no_half_written_cache(tmp_path):
+    parts, meta = preset_files(PRESETS["whisper-tiny.en"])
+    truncated = tmp_path / "model.bin"
+    with open(parts[0], "rb") as f:
+        truncated.write_bytes(f.read(5_000_000))
+    dest = tmp_path / "models" / "broken"
+    with pytest.raises(CT2FormatError, match="truncated"):
+        convert_ct2_to_hf([truncated], meta, dest, multilingual=False)
+    assert not dest.exists()
+    leftovers = [p.name for p in dest.parent.iterdir() if not p.name.endswith(".lock")]
+    assert leftovers == []
+
+
+def test_killed_conversion_is_redone(monkeypatch, tmp_path):
+    """A destination without the completion stamp (e.g. copied by hand) is rebuilt."""
+    monkeypatch.setenv("WHISPERFORGE_CACHE", str(tmp_path))
+    preset = PRESETS["whisper-tiny.en"]
+    dest = tmp_path / "models" / f"whisper-tiny.en-{preset.sha256[:12]}"
+    dest.mkdir(parents=True)
+    (dest / "config.json").write_text("{}")
+    folder = resolve_model("whisper-tiny.en")
+    assert (folder / "whisperforge.json").exists()
+    assert os.path.getsize(folder / "model.safetensors") > 70_000_000
+    assert Path(folder) == dest

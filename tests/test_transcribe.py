@@ -1,0 +1,104 @@
+"""Transcription with real weights on real and synthetic speech."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.conftest import JFK, JFK_TEXT
+from whisperforge.audio import SAMPLE_RATE, load_audio
+from whisperforge.metrics import corpus_error_rates, normalize_text
+from whisperforge.transcribe import TranscribeOptions, plan_windows, transcribe
+
+
+def test_jfk_whisper_base_exact(base_transcriber):
+    segments, info = transcribe(JFK, model=base_transcriber.bundle)
+    segments = list(segments)
+    text = "".join(s.text for s in segments).strip()
+    assert text == JFK_TEXT
+    assert info.language == "en" and info.language_probability > 0.9
+    assert info.options["beam_size"] == 1 and info.duration == pytest.approx(11.0, abs=0.01)
+    assert segments[0].start == 0.0 and 10.0 <= segments[-1].end <= 11.0
+
+
+@pytest.mark.parametrize("mode", ["chunked", "sequential"])
+def test_jfk_beam_search_and_modes(base_transcriber, mode):
+    segments, _ = base_transcriber.transcribe(JFK, long_form=mode, beam_size=5, language="en")
+    text = "".join(s.text for s in segments)
+    assert normalize_text(text) == normalize_text(JFK_TEXT)
+
+
+def test_tiny_en_without_timestamps(tiny_en):
+    segments, info = transcribe(JFK, model=tiny_en, without_timestamps=True)
+    text = "".join(s.text for s in segments)
+    assert normalize_text(text) == normalize_text(JFK_TEXT)
+    assert info.language == "en"
+
+
+def test_english_only_model_refuses_other_languages(tiny_en):
+    with pytest.raises(ValueError, match="English-only"):
+        transcribe(JFK, model=tiny_en, language="de")
+    with pytest.raises(ValueError, match="cannot translate"):
+        transcribe(JFK, model=tiny_en, task="translate")
+
+
+def test_options_are_validated_in_one_place():
+    with pytest.raises(ValueError, match="long_form"):
+        TranscribeOptions(long_form="streaming")
+    with pytest.raises(ValueError, match="unknown language"):
+        TranscribeOptions(language="klingon")
+    with pytest.raises(TypeError, match="unknown transcribe option"):
+        TranscribeOptions.from_kwargs(beamsize=3)
+    assert TranscribeOptions(language="English").language == "en"
+
+
+def test_silence_and_tiny_clip_give_no_hallucinated_text(base_transcriber):
+    results = list(
+        base_transcriber.transcribe_batch(
+            [np.zeros(SAMPLE_RATE * 5, np.float32), np.zeros(1600, np.float32)], language="en"
+        )
+    )
+    for r in results:
+        assert r.error is None
+        assert len(r.text.split()) <= 2  # at most a stray word, never a made-up sentence
+
+
+def test_batch_equals_one_by_one(base_transcriber, speech_clips):
+    files = [p for p, _ in speech_clips[:6]]
+    batched = [r.text for r in base_transcriber.transcribe_batch(files, batch_size=4, language="en")]
+    single = [r.text for r in base_transcriber.transcribe_batch(files, batch_size=1, language="en")]
+    assert batched == single
+
+
+def test_bad_file_in_batch_is_reported_and_others_go_on(base_transcriber, tmp_path):
+    bad = tmp_path / "broken.mp3"
+    bad.write_bytes(b"\x00\x01 not audio at all" * 50)
+    results = list(base_transcriber.transcribe_batch([JFK, bad, JFK], language="en"))
+    assert [r.error is None for r in results] == [True, False, True]
+    assert "broken.mp3" in results[1].error
+    assert normalize_text(results[2].text) == normalize_text(JFK_TEXT)
+
+
+def test_plan_windows_cover_the_audio_with_overlap():
+    assert plan_windows(12.0, 5.0) == [(0.0, 12.0)]
+    windows = plan_windows(125.0, 5.0)
+    assert windows[0] == (0.0, 30.0) and windows[-1][1] == 125.0
+    for (s0, e0), (s1, _) in zip(windows, windows[1:]):
+        assert e0 - s1 == pytest.approx(10.0)  # 2 * stride of shared context
+    assert all(e - s <= 30.0 for s, e in windows)
+
+
+@pytest.mark.parametrize("mode", ["chunked", "sequential"])
+def test_long_form_matches_short_form(base_transcriber, speech_clips, long_recording, mode):
+    """Several minutes of joined clips give the words the clips gave one by one."""
+    path, reference = long_recording
+    assert len(load_audio(path)) / SAMPLE_RATE > 170  # about three minutes
+    short = list(base_transcriber.transcribe_batch([p for p, _ in speech_clips], language="en"))
+    short_wer = corpus_error_rates([t for _, t in speech_clips], [r.text for r in short])["wer"]
+    segments, _ = base_transcriber.transcribe(path, long_form=mode, language="en")
+    segments = list(segments)
+    long_wer = corpus_error_rates([reference], ["".join(s.text for s in segments)])["wer"]
+    assert short_wer < 0.10
+    assert long_wer <= short_wer + 0.02, (mode, short_wer, long_wer)
+    starts = [s.start for s in segments]
+    assert starts == sorted(starts) and segments[-1].end > 165
