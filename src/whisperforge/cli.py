@@ -127,11 +127,11 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from whisperforge.recipes.evaluate import evaluate, items_from_manifest, write_report
+    from whisperforge.recipes.evaluate import evaluate, items_from_source, write_report
 
-    items, skipped = items_from_manifest(args.manifest)
+    items, skipped = items_from_source(args.manifest, split=args.split)
     for row in skipped:
-        print(f"skipped: {row}", file=sys.stderr)
+        print(f"skipped line {row['line']}: {row['reason']}", file=sys.stderr)
     if args.limit:
         items = items[: args.limit]
     if not items:
@@ -202,7 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_transcribe)
 
     p = sub.add_parser("evaluate", help="WER/CER/throughput of a model on a manifest")
-    p.add_argument("--manifest", required=True, type=Path, help="JSONL manifest")
+    p.add_argument(
+        "--manifest", required=True,
+        help="JSONL manifest, corpus folder, audiofolder, saved or hub HF dataset",
+    )  # fmt: skip
+    p.add_argument("--split", default="test", help="split of a corpus folder or dataset")
     _add_decoding_args(p)
     p.add_argument("--report", type=Path, default=None, help="write the JSON report here")
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N utterances")
@@ -233,12 +237,13 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     from whisperforge.audio import AudioError
+    from whisperforge.data.manifest import ManifestError
     from whisperforge.models.convert import ChecksumError
     from whisperforge.models.loading import ModelNotFoundError
     from whisperforge.models.presets import WeightsNotInstalledError
 
     expected = (
-        CLIError, AudioError, ModelNotFoundError, WeightsNotInstalledError, ChecksumError,
+        CLIError, AudioError, ManifestError, ModelNotFoundError, WeightsNotInstalledError, ChecksumError,
         ValueError, FileNotFoundError, PermissionError,
     )  # fmt: skip
     try:

@@ -16,19 +16,6 @@ import sys
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_VOICES = (
-    "flite:kal16",
-    "flite:rms",
-    "flite:slt",
-    "festival:kal",
-    "festival:kdl",
-    "festival:slt-hts",
-    "piper:joe",
-    "flite:awb",
-)
-"""English voices whisper-base understands (WER < 12 %, docs/data.md); the last one is held
-out of train by default."""
-
 
 def _csv(values: list[str] | None) -> list[str]:
     """``--voices a,b c`` -> ``[a, b, c]``."""
@@ -102,7 +89,9 @@ def _add_synth(sub) -> None:
     p = sub.add_parser("synth", help="synthesise a speech corpus from a text pool")
     p.add_argument("--texts", nargs="+", required=True, help="pool folders or text files")
     p.add_argument("--hours", type=float, required=True, help="total hours over all splits")
-    p.add_argument("--voices", nargs="+", help=f"voices (default: {','.join(DEFAULT_VOICES)})")
+    p.add_argument(
+        "--voices", nargs="+", help="voices, e.g. flite:slt,piper:joe (default: tts.DEFAULT_VOICES)"
+    )
     p.add_argument("--out", required=True, help="corpus folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1, help="parallel processes")
@@ -112,7 +101,7 @@ def _add_synth(sub) -> None:
     p.add_argument("--dev-fraction", type=float, default=0.05)
     p.add_argument("--test-fraction", type=float, default=0.05)
     p.add_argument(
-        "--rate-range", type=_pair, default=(0.85, 1.05), help="speaking rate, e.g. 0.85,1.05"
+        "--rate-range", type=_pair, default=(0.8, 1.0), help="speaking rate, e.g. 0.8,1.0"
     )
     p.add_argument("--pitch-range", type=_pair, default=(-2.0, 2.0), help="semitones, e.g. -2,2")
     p.add_argument("--no-augment", action="store_true", help="no noise/speed/telephone/reverb")
@@ -125,6 +114,7 @@ def _add_synth(sub) -> None:
 def run_synth(args) -> int:
     from whisperforge.data.augment import AugmentConfig
     from whisperforge.data.synth import SynthOptions, build_corpus
+    from whisperforge.data.tts import DEFAULT_VOICES
 
     held_out = _csv(args.held_out_voices)
     options = SynthOptions(
@@ -227,7 +217,7 @@ def _add_voices(sub) -> None:
 
 
 def run_voices(args) -> int:
-    from whisperforge.data.tts import VOICES, available_voices, get_engine
+    from whisperforge.data.tts import DEFAULT_VOICES, VOICES, available_voices, get_engine
 
     installed = {v.name for v in available_voices()}
     for name, voice in VOICES.items():

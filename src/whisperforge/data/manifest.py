@@ -127,6 +127,12 @@ def check_row(utt: Utterance, check_audio: bool = True, max_duration: float | No
         return "empty text"
     if utt.audio is None and utt.array is None:
         return "missing audio: no 'audio' path"
+    if utt.duration is None and check_audio and utt.audio is not None:
+        if not os.path.isfile(utt.audio):
+            return f"missing file: {utt.audio}"
+        utt.duration = _file_duration(utt.audio)  # optional in a manifest: read the header
+        if utt.duration is None:  # a format without a cheap header (mp3, m4a): decoded later
+            return None
     d = utt.duration
     if not isinstance(d, (int, float)) or isinstance(d, bool) or not math.isfinite(d):
         return f"bad duration: {d!r} is not a number of seconds"

@@ -67,7 +67,7 @@ class SynthOptions:
     held_out_voices: tuple[str, ...] | None = None
     dev_fraction: float = 0.05
     test_fraction: float = 0.05
-    rate_range: tuple[float, float] = (0.85, 1.05)
+    rate_range: tuple[float, float] = (0.8, 1.0)
     pitch_range: tuple[float, float] = (-2.0, 2.0)
     level_db: tuple[float, float] = (-12.0, -1.0)
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)

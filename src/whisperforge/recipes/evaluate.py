@@ -124,7 +124,7 @@ def evaluate(
         by_language=_by(rows, "language"),
         options=options,
         machine=machine_info(),
-        utterances=rows,
+        per_utterance=rows,
     )
     return report
 
@@ -157,12 +157,19 @@ def write_report(report: dict, path: str | Path) -> None:
     os.replace(tmp, path)
 
 
-def items_from_manifest(path: str | Path) -> tuple[list[EvalItem], list[dict]]:
-    """Utterances of a JSONL manifest (paths relative to it) and the rows skipped, with why."""
-    from whisperforge.data.manifest import read_manifest
+def items_from_source(
+    source: str | Path, split: str = "test"
+) -> tuple[list[EvalItem], list[dict]]:
+    """Utterances of a manifest (or corpus folder, audiofolder, HF dataset) and the rows
+    skipped, each with its reason."""
+    from whisperforge.audio import load_audio
+    from whisperforge.data.hf import load_utterances
 
-    utterances, report = read_manifest(path)
-    items = [
-        EvalItem(u.audio_path, u.text, u.language, u.speaker, u.duration, u.id) for u in utterances
-    ]
-    return items, report.skipped
+    report = load_utterances(source, split=split)
+    items = []
+    for u in report.kept:
+        audio = u.audio if u.audio is not None else load_audio(u.array, u.sampling_rate)
+        utt_id = u.extra.get("id") or (Path(u.audio).stem if u.audio else None)
+        items.append(EvalItem(audio, u.text, u.language, u.voice, u.duration, utt_id))
+    skipped = [{"line": s.line, "reason": s.reason} for s in report.skipped]
+    return items, skipped

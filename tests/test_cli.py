@@ -1,0 +1,124 @@
+"""The command line, end to end: real weights, real files, bad files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tests.conftest import JFK, JFK_TEXT
+from whisperforge.cli import main
+from whisperforge.metrics import normalize_text
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory) -> dict[str, str]:
+    """Each broken or awkward input, and 'ok' or 'error' for what must happen."""
+    d = tmp_path_factory.mktemp("bad")
+    (d / "empty.wav").write_bytes(b"")
+    (d / "truncated.wav").write_bytes(JFK.read_bytes()[:40])
+    (d / "random.mp3").write_bytes(np.random.default_rng(0).bytes(20000))
+    (d / "text.flac").write_text("this is not audio\n" * 100)
+    sf.write(d / "short.wav", np.zeros(1600, np.float32) + 0.01, 16000)
+    sf.write(d / "silence.wav", np.zeros(16000 * 3, np.float32), 16000)
+    nan = np.full(16000, np.nan, np.float32)
+    sf.write(d / "nan.wav", nan, 16000, subtype="FLOAT")
+    jfk, _ = sf.read(JFK, dtype="float32")
+    import soxr
+
+    stereo = soxr.resample(jfk, 16000, 44100)
+    sf.write(d / "stereo44k.wav", np.stack([stereo, stereo * 0.5], axis=1), 44100)
+    shutil.copy(JFK, d / "discours de président — ünïcødé.wav")
+    return {
+        str(d / "empty.wav"): "error",
+        str(d / "truncated.wav"): "error",
+        str(d / "random.mp3"): "error",
+        str(d / "text.flac"): "error",
+        str(d / "nan.wav"): "error",
+        str(d / "short.wav"): "ok",
+        str(d / "silence.wav"): "ok",
+        str(d / "stereo44k.wav"): "jfk",
+        str(d / "discours de président — ünïcødé.wav"): "jfk",
+    }
+
+
+def test_transcribe_cli_reports_each_bad_file_and_goes_on(bad_inputs, capsys, tmp_path):
+    files = list(bad_inputs)
+    code = main(["transcribe", *files, "--model", "whisper-tiny.en", "-q",
+                 "--output-dir", str(tmp_path), "--output-format", "json"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1  # some inputs failed
+    assert "Traceback" not in err
+    error_lines = [line for line in err.splitlines() if line.startswith("error:")]
+    expected_errors = [f for f, want in bad_inputs.items() if want == "error"]
+    assert len(error_lines) == len(expected_errors)
+    for f in expected_errors:
+        name = f.rsplit("/", 1)[-1]
+        assert sum(name in line for line in error_lines) == 1, name
+    for f, want in bad_inputs.items():
+        stem = f.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+        written = tmp_path / f"{stem}.json"
+        assert written.exists() == (want != "error"), f
+        if want == "jfk":
+            text = json.loads(written.read_text())["text"]
+            assert normalize_text(text) == normalize_text(JFK_TEXT)
+
+
+def test_transcribe_cli_prints_segments_and_writes_all_formats(capsys, tmp_path):
+    code = main(["transcribe", str(JFK), "--model", "whisper-tiny.en",
+                 "--output-dir", str(tmp_path), "--output-format", "all"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "[00:00.000 --> " in out and "ask not what your country" in out
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".srt", ".tsv", ".txt", ".vtt"]
+    assert "00:00:00,000 --> " in (tmp_path / "jfk.srt").read_text()
+
+
+def test_cli_errors_are_one_line_without_traceback():
+    for argv in (
+        ["transcribe", str(JFK), "--model", "no-such-model"],
+        ["transcribe", "/nonexistent/file.wav", "--model", "whisper-tiny.en"],
+        ["transcribe", str(JFK), "--model", "whisper-tiny.en", "--language", "klingon"],
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "whisperforge.cli", *argv, "-q"],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert proc.returncode in (1, 2), argv
+        assert "Traceback" not in proc.stderr
+        lines = [line for line in proc.stderr.strip().splitlines() if "error" in line]
+        assert len(lines) == 1, proc.stderr
+
+
+def test_models_lists_presets_with_sizes(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "whisper-base" in out and "145 MB" in out and "whisper-tiny.en" in out
+
+
+def test_evaluate_reports_wer_per_speaker(speech_clips, tmp_path, capsys):
+    manifest = tmp_path / "test.jsonl"
+    rows = [
+        {"audio": str(p), "text": t, "language": "en", "speaker": p.stem[-1] in "02468" and "slt" or "kal"}
+        for p, t in speech_clips[:8]
+    ]
+    rows.append({"audio": "missing.wav", "text": "gone", "language": "en"})
+    manifest.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    report_path = tmp_path / "report.json"
+    code = main(["evaluate", "--manifest", str(manifest), "--model", "whisper-base",
+                 "--language", "en", "--report", str(report_path), "-q"])  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "missing" in captured.err  # the skipped row is reported, not silently dropped
+    report = json.loads(report_path.read_text())
+    assert report["utterances"] == 8 and len(report["skipped"]) == 1
+    assert report["wer"] < 0.15 and report["throughput"] > 0
+    assert set(report["by_speaker"]) == {"slt", "kal"}
+    assert {"substitution_rate", "deletion_rate", "insertion_rate", "cer", "repeated_5grams"} <= set(report)
+    assert len(report["per_utterance"]) == 8 and "hypothesis" in report["per_utterance"][0]
+    assert "WER" in captured.out
