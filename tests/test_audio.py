@@ -187,7 +187,8 @@ def test_compressed_formats_decode(tmp_path, suffix, codec):
     assert len(audio) == pytest.approx(SAMPLE_RATE, abs=0.1 * SAMPLE_RATE)  # codec priming aside
     assert peak_frequency(audio) == pytest.approx(440, abs=2)
     assert 0.4 < np.abs(audio).max() < 0.6
-    np.testing.assert_array_equal(load_audio(path.read_bytes()), audio)  # in-memory, same path
+    # in-memory bytes carry no file name: libsndfile may decode mp3 there instead of PyAV
+    np.testing.assert_allclose(load_audio(path.read_bytes()), audio, atol=1e-4)
 
 
 def test_unicode_file_name(tmp_path, jfk):

@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 import soundfile as sf
-
 from tests.conftest import JFK, JFK_TEXT
+
 from whisperforge.cli import main
 from whisperforge.metrics import normalize_text
 
@@ -104,7 +104,12 @@ def test_models_lists_presets_with_sizes(capsys):
 def test_evaluate_reports_wer_per_speaker(speech_clips, tmp_path, capsys):
     manifest = tmp_path / "test.jsonl"
     rows = [
-        {"audio": str(p), "text": t, "language": "en", "speaker": p.stem[-1] in "02468" and "slt" or "kal"}
+        {
+            "audio": str(p),
+            "text": t,
+            "language": "en",
+            "speaker": p.stem[-1] in "02468" and "slt" or "kal",
+        }
         for p, t in speech_clips[:8]
     ]
     rows.append({"audio": "missing.wav", "text": "gone", "language": "en"})
@@ -119,6 +124,12 @@ def test_evaluate_reports_wer_per_speaker(speech_clips, tmp_path, capsys):
     assert report["utterances"] == 8 and len(report["skipped"]) == 1
     assert report["wer"] < 0.15 and report["throughput"] > 0
     assert set(report["by_speaker"]) == {"slt", "kal"}
-    assert {"substitution_rate", "deletion_rate", "insertion_rate", "cer", "repeated_5grams"} <= set(report)
+    assert {
+        "substitution_rate",
+        "deletion_rate",
+        "insertion_rate",
+        "cer",
+        "repeated_5grams",
+    } <= set(report)
     assert len(report["per_utterance"]) == 8 and "hypothesis" in report["per_utterance"][0]
     assert "WER" in captured.out

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from tests.conftest import JFK
+
 from whisperforge.audio import load_audio, log_mel_spectrogram
 from whisperforge.decoding import DecodingOptions, decode
 from whisperforge.models import ModelNotFoundError, resolve_model

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from tests.conftest import JFK, JFK_TEXT
+
 from whisperforge.audio import SAMPLE_RATE, load_audio
 from whisperforge.metrics import corpus_error_rates, normalize_text
 from whisperforge.transcribe import TranscribeOptions, plan_windows, transcribe
@@ -65,7 +65,9 @@ def test_silence_and_tiny_clip_give_no_hallucinated_text(base_transcriber):
 
 def test_batch_equals_one_by_one(base_transcriber, speech_clips):
     files = [p for p, _ in speech_clips[:6]]
-    batched = [r.text for r in base_transcriber.transcribe_batch(files, batch_size=4, language="en")]
+    batched = [
+        r.text for r in base_transcriber.transcribe_batch(files, batch_size=4, language="en")
+    ]
     single = [r.text for r in base_transcriber.transcribe_batch(files, batch_size=1, language="en")]
     assert batched == single
 
@@ -83,7 +85,7 @@ def test_plan_windows_cover_the_audio_with_overlap():
     assert plan_windows(12.0, 5.0) == [(0.0, 12.0)]
     windows = plan_windows(125.0, 5.0)
     assert windows[0] == (0.0, 30.0) and windows[-1][1] == 125.0
-    for (s0, e0), (s1, _) in zip(windows, windows[1:]):
+    for (_, e0), (s1, _) in zip(windows, windows[1:]):
         assert e0 - s1 == pytest.approx(10.0)  # 2 * stride of shared context
     assert all(e - s <= 30.0 for s, e in windows)
 

@@ -1,7 +1,7 @@
 """Audio in, features out: decode anything to 16 kHz mono float32, then log-mel features.
 
-Decoding: soundfile (libsndfile) first, which opens wav, flac, ogg and mp3; PyAV (the FFmpeg
-libraries, no ``ffmpeg`` program needed) for everything else (m4a, mp4, webm, ...). Channels are
+Decoding: soundfile (libsndfile) for its own formats (wav, flac, ogg, aiff) and bytes; PyAV (the
+FFmpeg libraries, no ``ffmpeg`` program needed) for everything else (mp3, m4a, mp4, webm, ...). Channels are
 averaged and the rate is converted with soxr at quality ``"HQ"`` (the librosa / HF ``datasets``
 default). Amplitudes are left as decoded, never clipped or normalised.
 
@@ -123,8 +123,16 @@ def _check_path(path: Path, name: str) -> None:
         raise AudioError(f"cannot decode {name!r}: empty file (0 bytes)")
 
 
+# libsndfile's own formats; for anything else (mp3 included: libsndfile's mpg123 prints
+# notes on stderr for corrupt files) PyAV goes first
+_SOUNDFILE_SUFFIXES = {".wav", ".wave", ".flac", ".ogg", ".oga", ".aif", ".aiff", ".au", ".caf"}
+
+
 def _decode_file(open_source: Callable[[], str | BinaryIO], name: str) -> tuple[np.ndarray, int]:
     """Try soundfile, then PyAV. ``open_source()`` gives a fresh path or stream for each try."""
+    suffix = Path(name).suffix.lower() if not name.startswith("<") else ""
+    if suffix and suffix not in _SOUNDFILE_SUFFIXES:
+        return _decode_with_pyav(open_source(), name)
     try:
         samples, rate = sf.read(open_source(), dtype="float32", always_2d=True)
     except sf.SoundFileError as err:

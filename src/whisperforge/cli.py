@@ -113,7 +113,9 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
             if len(args.files) > 1:
                 bar.write(f"==> {path} [{result.info.language}]")
             for seg in result.segments:
-                bar.write(f"[{_format_time(seg.start)} --> {_format_time(seg.end)}] {seg.text.strip()}")
+                bar.write(
+                    f"[{_format_time(seg.start)} --> {_format_time(seg.end)}] {seg.text.strip()}"
+                )
         if write_files:
             stem = Path(path).stem
             for written in write_result(result.segments, result.info, out_dir, stem, formats):
@@ -138,7 +140,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise CLIError(f"{args.manifest}: no usable utterances")
     transcriber = _transcriber(args)
     bar = tqdm(total=len(items), unit="utt", disable=args.quiet or None, file=sys.stderr)
-    report = evaluate(transcriber, items, progress=lambda _: bar.update(1), **_decoding_options(args))
+    report = evaluate(
+        transcriber, items, progress=lambda _: bar.update(1), **_decoding_options(args)
+    )
     bar.close()
     report["manifest"] = str(args.manifest)
     report["skipped"] = skipped
@@ -151,7 +155,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _print_report(r: dict) -> None:
     print(f"model       {r['model']}")
-    print(f"utterances  {r['utterances']} ({r['audio_seconds']:.1f} s of audio), failed {len(r['failed'])}")
+    print(
+        f"utterances  {r['utterances']} ({r['audio_seconds']:.1f} s of audio), "
+        f"failed {len(r['failed'])}"
+    )
     print(
         f"WER         {100 * r['wer']:.2f} %  (sub {100 * r['substitution_rate']:.2f}, "
         f"del {100 * r['deletion_rate']:.2f}, ins {100 * r['insertion_rate']:.2f})"
@@ -164,7 +171,10 @@ def _print_report(r: dict) -> None:
     )
     if len(r["by_speaker"]) > 1:
         for name, g in r["by_speaker"].items():
-            print(f"  {name:<24} WER {100 * g['wer']:6.2f} %  CER {100 * g['cer']:6.2f} %  n={g['utterances']}")
+            print(
+                f"  {name:<24} WER {100 * g['wer']:6.2f} %  CER {100 * g['cer']:6.2f} %  "
+                f"n={g['utterances']}"
+            )
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -174,7 +184,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     print(f"{'name':<18} {'params':>7} {'size':>9}  {'status':<13} description")
     for name, p in PRESETS.items():
         installed = all(package_dir(pkg) is not None for pkg in p.packages)
-        converted = (cache_dir() / "models" / f"{name}-{p.sha256[:12]}" / "whisperforge.json").exists()
+        converted = (
+            cache_dir() / "models" / f"{name}-{p.sha256[:12]}" / "whisperforge.json"
+        ).exists()
         status = "ready" if converted else ("installed" if installed else "not installed")
         default = " (default)" if name == DEFAULT_MODEL else ""
         size = f"{p.size_bytes / 1e6:.0f} MB"
@@ -194,7 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("transcribe", help="transcribe audio files")
-    p.add_argument("files", nargs="+", help="audio files (wav, flac, ogg, mp3, m4a, mp4, webm, ...)")
+    p.add_argument(
+        "files", nargs="+", help="audio files (wav, flac, ogg, mp3, m4a, mp4, webm, ...)"
+    )
     _add_decoding_args(p)
     p.add_argument("--output-format", choices=("txt", "srt", "vtt", "json", "tsv", "all"))
     p.add_argument("--output-dir", default=None, help="write result files here")
@@ -243,8 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     from whisperforge.models.presets import WeightsNotInstalledError
 
     expected = (
-        CLIError, AudioError, ManifestError, ModelNotFoundError, WeightsNotInstalledError, ChecksumError,
-        ValueError, FileNotFoundError, PermissionError,
+        CLIError, AudioError, ManifestError, ModelNotFoundError, WeightsNotInstalledError,
+        ChecksumError, ValueError, FileNotFoundError, PermissionError,
     )  # fmt: skip
     try:
         return args.func(args)

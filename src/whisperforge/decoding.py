@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from whisperforge.audio import TIME_PRECISION
-from whisperforge.models.inference import DecoderState, InferenceSession
+from whisperforge.models.inference import InferenceSession
 from whisperforge.tokenizer import TASKS, Tokenizer, normalize_language
 
 NEG_INF = float("-inf")
@@ -230,9 +230,10 @@ def decode(
 ) -> list[DecodingResult]:
     """Decode rows of encoder states ``(rows, n_audio_ctx, d_model)``, one result per row.
 
-    ``languages`` gives each row's language (multilingual models); default
-    ``options.language`` for every row; ``contexts`` each row's previous-text tokens. Beam search when ``options.beam_size`` is set and the
-    temperature is 0; ``best_of`` samples otherwise when the temperature is above 0.
+    ``languages`` gives each row's language (multilingual models; default
+    ``options.language``), ``contexts`` each row's previous-text tokens. Beam search when
+    ``options.beam_size`` is set and the temperature is 0; ``best_of`` samples otherwise when
+    the temperature is above 0.
     """
     rows = audio_features.shape[0]
     languages = languages or [options.language] * rows
@@ -247,7 +248,9 @@ def decode(
     else:
         run = _sample
         group = (options.best_of or 1) if options.temperature > 0 else 1
-    return run(session, tokenizer, rules, audio_features, batch, options, sample_len, group, generator)
+    return run(
+        session, tokenizer, rules, audio_features, batch, options, sample_len, group, generator
+    )
 
 
 def _prefill(session, audio_features, batch, group, sample_len):
@@ -309,7 +312,14 @@ def _choose(tok, sampled, sum_lp, no_speech, batch, options, group) -> list[Deco
         )
         c = row * group + best
         results.append(
-            _finish(tok, sampled[c], sum_lp[c], no_speech[row], options.temperature, batch.languages[row])
+            _finish(
+                tok,
+                sampled[c],
+                sum_lp[c],
+                no_speech[row],
+                options.temperature,
+                batch.languages[row],
+            )
         )
     return results
 
@@ -363,9 +373,7 @@ def _beam_search(session, tok, rules, audio_features, batch, options, sample_len
         }
         keys = list(cands)
         best = keys[_rank([cands[k] for k in keys], [len(k) for k in keys], options.length_penalty)]
-        results.append(
-            _finish(tok, list(best), cands[best], no_speech[a], 0.0, batch.languages[a])
-        )
+        results.append(_finish(tok, list(best), cands[best], no_speech[a], 0.0, batch.languages[a]))
     return results
 
 

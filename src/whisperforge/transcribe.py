@@ -317,7 +317,10 @@ class Transcriber:
 
     def _chunked_batch(self, batch, opts, progress) -> None:
         spans = [f.windows[w] for f, w in batch]
-        audio = [f.audio[int(s * SAMPLE_RATE) : int(e * SAMPLE_RATE)] for (f, _), (s, e) in zip(batch, spans)]
+        audio = [
+            f.audio[int(s * SAMPLE_RATE) : int(e * SAMPLE_RATE)]
+            for (f, _), (s, e) in zip(batch, spans)
+        ]
         enc = self._encode(audio)
         first = [i for i, (f, w) in enumerate(batch) if w == 0 and f.language is None]
         if first and self.bundle.multilingual:
@@ -327,9 +330,13 @@ class Transcriber:
         for (f, w), (start, end), result in zip(
             batch, spans, self._decode_with_fallback(enc, languages, contexts, opts)
         ):
-            f.decoded[w] = [] if _is_silence(result, opts) else parse_window(
-                result.tokens, self.tokenizer.timestamp_begin, start, end, result, window_id=w
-            )[0]
+            f.decoded[w] = (
+                []
+                if _is_silence(result, opts)
+                else parse_window(
+                    result.tokens, self.tokenizer.timestamp_begin, start, end, result, window_id=w
+                )[0]
+            )
             if progress:
                 progress(end - start if w == 0 else end - start - opts.stride_length * 2)
 
@@ -400,7 +407,9 @@ def _needs_fallback(result: DecodingResult, opts: TranscribeOptions) -> bool:
         opts.compression_ratio_threshold is not None
         and result.compression_ratio > opts.compression_ratio_threshold
     )
-    too_unlikely = opts.log_prob_threshold is not None and result.avg_logprob < opts.log_prob_threshold
+    too_unlikely = (
+        opts.log_prob_threshold is not None and result.avg_logprob < opts.log_prob_threshold
+    )
     return too_repetitive or too_unlikely
 
 

@@ -110,8 +110,12 @@ def generation_config_dict(config: dict, ct2_config: dict, multilingual: bool) -
 
 
 def _write_hf_folder(ct2: CT2Model, meta_dir: Path, out: Path, multilingual: bool) -> None:
-    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
-    from transformers import WhisperTokenizer
+    from transformers import (
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperTokenizer,
+    )
 
     ct2_config = load_ct2_config(meta_dir)
     kwargs = hf_config_kwargs(ct2, ct2_config)

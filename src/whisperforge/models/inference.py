@@ -131,7 +131,9 @@ class InferenceSession:
         return x.view(b, t, self.n_heads, -1).transpose(1, 2)
 
     @torch.inference_mode()
-    def start(self, audio_features: Tensor, prompt_lengths: list[int], max_new: int) -> DecoderState:
+    def start(
+        self, audio_features: Tensor, prompt_lengths: list[int], max_new: int
+    ) -> DecoderState:
         """Allocate caches for rows whose prompts have ``prompt_lengths`` tokens."""
         rows = audio_features.shape[0]
         slots = max(prompt_lengths) + max_new
@@ -204,7 +206,9 @@ class InferenceSession:
             a = F.scaled_dot_product_attention(q, *state.cross[i])
             x = x + F.linear(self._merge(a), layer.cout_w, layer.cout_b)
             h = F.layer_norm(x, (self.d_model,), *layer.ln3)
-            x = x + F.linear(F.gelu(F.linear(h, layer.fc1_w, layer.fc1_b)), layer.fc2_w, layer.fc2_b)
+            x = x + F.linear(
+                F.gelu(F.linear(h, layer.fc1_w, layer.fc1_b)), layer.fc2_w, layer.fc2_b
+            )
         state.length = hi
         return F.layer_norm(x, (self.d_model,), *self.final_ln)
 

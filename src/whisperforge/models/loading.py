@@ -58,7 +58,11 @@ def _convert_local_ct2(folder: Path) -> Path:
     dest = cache_dir() / "models" / f"ct2-{folder.name}-{hashlib.sha256(key).hexdigest()[:12]}"
     if (dest / "whisperforge.json").exists():
         return dest
-    vocab = json.loads((folder / "config.json").read_text()) if (folder / "config.json").exists() else {}
+    vocab = (
+        json.loads((folder / "config.json").read_text())
+        if (folder / "config.json").exists()
+        else {}
+    )
     multilingual = len(vocab.get("lang_ids", [])) > 0 and _vocab_size(folder) >= 51865
     return convert_ct2_to_hf([folder / "model.bin"], folder, dest, multilingual=multilingual)
 
@@ -154,6 +158,8 @@ def load_model(
     folder = resolve_model(ref)
     model = WhisperForConditionalGeneration.from_pretrained(folder, dtype=dtype)
     model.to(device).eval()
-    tokenizer = Tokenizer.from_file(folder / "tokenizer.json", _is_multilingual(folder, model.config))
+    tokenizer = Tokenizer.from_file(
+        folder / "tokenizer.json", _is_multilingual(folder, model.config)
+    )
     suppress = list(model.config.suppress_tokens or []) + tokenizer.non_speech_suppression()
     return ModelBundle(str(ref), folder, model, tokenizer, sorted(set(suppress)))

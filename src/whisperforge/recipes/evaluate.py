@@ -91,9 +91,7 @@ def _row(item: EvalItem, hypothesis: str, language: str, duration: float) -> dic
     }
 
 
-def evaluate(
-    transcriber: Transcriber, items: Iterable[EvalItem], progress=None, **options
-) -> dict:
+def evaluate(transcriber: Transcriber, items: Iterable[EvalItem], progress=None, **options) -> dict:
     """Transcribe ``items`` and score them; returns the report (see module docstring).
 
     ``progress`` is called once per finished utterance with its row (or error dict).
@@ -157,9 +155,7 @@ def write_report(report: dict, path: str | Path) -> None:
     os.replace(tmp, path)
 
 
-def items_from_source(
-    source: str | Path, split: str = "test"
-) -> tuple[list[EvalItem], list[dict]]:
+def items_from_source(source: str | Path, split: str = "test") -> tuple[list[EvalItem], list[dict]]:
     """Utterances of a manifest (or corpus folder, audiofolder, HF dataset) and the rows
     skipped, each with its reason."""
     from whisperforge.audio import load_audio
