@@ -38,8 +38,9 @@ def broken_manifest(tmp_path):
         {"audio": "audio/b.wav", "text": "   ", "duration": 2.0},
         {"audio": "audio/b.wav", "text": "negative", "duration": -1.0},
         {"audio": "audio/b.wav", "text": "wrong length", "duration": 9.0},
-        {"audio": "audio/b.wav", "text": "no duration"},
+        {"audio": "audio/b.wav", "text": "not a number", "duration": "long"},
         {"text": "no audio at all", "duration": 1.0},
+        {"audio": "audio/b.wav", "text": "duration from the header"},
     ]  # fmt: skip
     lines = [json.dumps(r) for r in rows]
     lines.insert(3, "{not json")
@@ -50,7 +51,8 @@ def broken_manifest(tmp_path):
 
 def test_validation_reports_every_skipped_row_with_its_reason(broken_manifest):
     report = load_manifest(broken_manifest)
-    assert [u.text for u in report.kept] == ["hello there"]
+    assert [u.text for u in report.kept] == ["hello there", "duration from the header"]
+    assert report.kept[1].duration == pytest.approx(2.0)
     reasons = {s.line: s.reason.split(":")[0] for s in report.skipped}
     assert reasons == {
         2: "missing file",
@@ -61,12 +63,12 @@ def test_validation_reports_every_skipped_row_with_its_reason(broken_manifest):
         7: "bad duration",
         8: "missing audio",
     }
-    assert report.summary().startswith("kept 1 of 8 rows; skipped 7:")
+    assert report.summary().startswith("kept 2 of 9 rows; skipped 7:")
 
 
 def test_read_manifest_logs_skipped_rows(broken_manifest, caplog):
     kept = read_manifest(broken_manifest)
-    assert len(kept) == 1
+    assert len(kept) == 2
     assert "skipped 7" in caplog.text and "line 2: missing file" in caplog.text
 
 
@@ -101,13 +103,15 @@ def test_audiofolder_without_datasets(tmp_path):
         ("second clip here", None, "vi"),
     ]
     assert report.kept[1].duration == pytest.approx(2.5)
-    assert report.skipped[0].reason.startswith("bad duration")  # no file, so no duration
+    assert report.skipped[0].reason.startswith("missing file")
 
 
 def test_corpus_folder_split(tmp_path):
     audio = _wav(tmp_path / "a.wav", 1.0)
     write_manifest([Utterance(str(audio), "one two three", "en", 1.0, "s")], tmp_path / "dev.jsonl")
     assert len(load_utterances(tmp_path, split="dev").kept) == 1
+    with pytest.raises(ManifestError, match="not for split 'test'"):
+        load_utterances(tmp_path, split="test")
 
 
 def test_saved_hf_dataset(tmp_path):
@@ -162,4 +166,4 @@ def test_cli_validate_and_stats(broken_manifest, tmp_path, capsys):
     assert len(report.read_text().splitlines()) == 7
     assert data_main(["data", "stats", str(clean)]) == 0
     out = capsys.readouterr().out
-    assert "utterances 1" in out and "kept 1 of 1 rows" in out
+    assert "utterances 2" in out and "kept 2 of 2 rows" in out

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+
 import numpy as np
 import pytest
 from tests.conftest import JFK, JFK_TEXT
@@ -104,3 +107,21 @@ def test_long_form_matches_short_form(base_transcriber, speech_clips, long_recor
     assert long_wer <= short_wer + 0.02, (mode, short_wer, long_wer)
     starts = [s.start for s in segments]
     assert starts == sorted(starts) and segments[-1].end > 165
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+def test_language_detection_on_vietnamese_speech(base_transcriber, tmp_path):
+    path = tmp_path / "vi.wav"
+    text = "Xin chào các bạn, hôm nay trời đẹp quá, chúng ta cùng đi dạo trong công viên nhé."
+    subprocess.run(["espeak-ng", "-v", "vi", "-w", str(path), text], check=True, timeout=60)
+    segments, info = base_transcriber.transcribe(path)
+    assert info.language == "vi" and info.language_probability > 0.5
+    hypothesis = "".join(s.text for s in segments)
+    assert corpus_error_rates([text], [hypothesis], language="vi")["cer"] < 0.5
+
+
+def test_translate_task_produces_english(base_transcriber):
+    segments, info = base_transcriber.transcribe(JFK, task="translate", language="en")
+    text = "".join(s.text for s in segments)
+    assert info.options["task"] == "translate"
+    assert corpus_error_rates([JFK_TEXT], [text])["wer"] < 0.2

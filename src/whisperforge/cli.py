@@ -200,7 +200,10 @@ def cmd_models(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from whisperforge import __version__
 
-    parser = argparse.ArgumentParser(prog="whisperforge", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="whisperforge",
+        description="Make Whisper small and fast: transcribe, evaluate, build speech corpora.",
+    )
     parser.add_argument("--version", action="version", version=f"whisperforge {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True)

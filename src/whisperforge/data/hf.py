@@ -118,7 +118,12 @@ def _hf_dataset(source: str, split: str, streaming: bool):
         ) from err
     path = Path(source)
     if path.is_dir():
-        data = datasets.load_from_disk(str(path))
+        try:
+            data = datasets.load_from_disk(str(path))
+        except FileNotFoundError as err:
+            raise ManifestError(
+                f"{path} is not a manifest folder, an audiofolder or a saved dataset: {err}"
+            ) from err
         if isinstance(data, datasets.DatasetDict):
             if split not in data:
                 raise ManifestError(f"{source} has splits {list(data)}, not {split!r}")
@@ -183,6 +188,8 @@ def iter_utterances(
         yield from iter_manifest(path / f"{split}.jsonl")
     elif path.is_dir() and any((path / m).is_file() for m in ("metadata.jsonl", "metadata.csv")):
         yield from iter_audiofolder(path, language)
+    elif path.is_dir() and (manifests := sorted(p.stem for p in path.glob("*.jsonl"))):
+        raise ManifestError(f"{path} has manifests for {manifests}, not for split {split!r}")
     elif path.is_dir() and not any(p.suffix in AUDIO_SUFFIXES for p in path.iterdir()):
         yield from iter_hf(str(path), split, streaming, language)
     elif path.is_dir():

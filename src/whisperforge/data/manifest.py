@@ -3,8 +3,9 @@
     {"audio": "audio/flite-slt/test-000012.flac", "text": "...", "language": "en",
      "duration": 3.42, "speaker": "flite:slt", "voice": "flite:slt", ...}
 
-``audio``, ``text`` and ``duration`` (seconds) are required for a valid row; ``language`` and
-``speaker`` are expected; any other field is kept in ``Utterance.extra`` and written back.
+``audio`` and ``text`` are required for a valid row; ``duration`` (seconds) is read from the
+file header when missing; ``language`` and ``speaker`` are expected; any other field is kept in
+``Utterance.extra`` and written back.
 Validation never drops a row silently: every skipped row is listed in a ``ValidationReport``
 with its line number and the reason.
 """

@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 """Output sample rate (Hz): Whisper's."""
-CHARS_PER_SECOND = {"en": 17.5, "vi": 20.0}
+CHARS_PER_SECOND = {"en": 18.5, "vi": 20.0}
 """Speaking rate (characters per second at rate 1.0, measured on our voices) used only to plan
 how many sentences fill the requested hours."""
 SILENCE_PAD_S = 0.4
@@ -259,6 +259,8 @@ def _check_build_record(out: Path, fingerprint: str, options: SynthOptions, over
                 )
             logger.warning("overwriting the corpus in %s", out)
             shutil.rmtree(out / "audio", ignore_errors=True)
+            for name in [f"{s}.jsonl" for s in SPLITS] + ["card.json", "README.md"]:
+                (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     body = {"plan_sha256": fingerprint, "options": options.to_dict()}
     tmp = record.with_name(f".{record.name}.tmp-{os.getpid()}")
@@ -295,10 +297,14 @@ def _run_batches(batches, out: Path, seed: int, workers: int, bar) -> int:
         return done
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
         futures = [pool.submit(synthesize_jobs, b, str(out), seed) for b in batches]
-        for future in as_completed(futures):
-            n = len(future.result())
-            done += n
-            bar.update(n)
+        try:
+            for future in as_completed(futures):
+                n = len(future.result())
+                done += n
+                bar.update(n)
+        except BaseException:  # a failed batch or Ctrl-C: do not wait for the queued batches
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
     return done
 
 
