@@ -296,19 +296,18 @@ class Transcriber:
         queue: list[tuple[_File, int]] = []
         open_files: dict[int, _File] = {}
         file_iter = iter(files)
-        exhausted = False
+
+        def admit(f: _File) -> None:
+            f.windows = plan_windows(f.duration, opts.stride_length)
+            open_files[f.index] = f
+            queue.extend((f, w) for w in range(len(f.windows)))
+
         while True:
-            while not exhausted and len(queue) < opts.batch_size:
-                f = next(file_iter, None)
-                if f is None:
-                    exhausted = True
-                    break
-                f.windows = plan_windows(f.duration, opts.stride_length)
-                open_files[f.index] = f
-                queue.extend((f, w) for w in range(len(f.windows)))
+            _fill(file_iter, lambda: len(queue) >= opts.batch_size, admit)
             if not queue:
                 return
-            batch, queue = queue[: opts.batch_size], queue[opts.batch_size :]
+            batch = queue[: opts.batch_size]
+            del queue[: opts.batch_size]
             self._chunked_batch(batch, opts, progress)
             for f in {id(f): f for f, _ in batch}.values():
                 if len(f.decoded) == len(f.windows):
@@ -350,15 +349,13 @@ class Transcriber:
     def _run_sequential(self, files, opts, progress) -> Iterator[_File]:
         active: list[_File] = []
         file_iter = iter(files)
-        exhausted = False
+
+        def admit(f: _File) -> None:
+            f.context = self._initial_context(opts) or []
+            active.append(f)
+
         while True:
-            while not exhausted and len(active) < opts.batch_size:
-                f = next(file_iter, None)
-                if f is None:
-                    exhausted = True
-                    break
-                f.context = self._initial_context(opts) or []
-                active.append(f)
+            _fill(file_iter, lambda: len(active) >= opts.batch_size, admit)
             if not active:
                 return
             self._sequential_batch(active, opts, progress)
@@ -393,6 +390,15 @@ class Transcriber:
             f.seek += max(int(round(advance * SAMPLE_RATE)), 1)
             if progress:
                 progress(min(advance, duration))
+
+
+def _fill(files: Iterator[_File], full: Callable[[], bool], admit: Callable[[_File], None]):
+    """Take files from ``files`` into the work set until ``full()`` or none are left."""
+    while not full():
+        f = next(files, None)
+        if f is None:
+            return
+        admit(f)
 
 
 def _pad(window: np.ndarray) -> np.ndarray:
