@@ -27,7 +27,6 @@ _DTYPES = {
     4: np.float16,
     5: np.uint16,  # bfloat16 bits; widened to float32 in `_to_tensor`
 }
-_DTYPE_CODES = {np.dtype(v): k for k, v in _DTYPES.items() if k != 5}
 
 
 class CT2FormatError(ValueError):
@@ -219,26 +218,3 @@ def hf_config_kwargs(ct2: CT2Model, ct2_config: dict) -> dict:
 def load_ct2_config(folder: Path) -> dict:
     path = folder / "config.json"
     return json.loads(path.read_text()) if path.exists() else {}
-
-
-def write_ct2_model(path: str | Path, variables: dict[str, np.ndarray], aliases: dict) -> None:
-    """Write variables in the CTranslate2 binary format (version 6, spec WhisperSpec)."""
-
-    def put_str(f, s: str) -> None:
-        raw = s.encode("utf-8") + b"\0"
-        f.write(struct.pack("<H", len(raw)) + raw)
-
-    with open(path, "wb") as f:
-        f.write(struct.pack("<I", CT2_BINARY_VERSION))
-        put_str(f, "WhisperSpec")
-        f.write(struct.pack("<II", 3, len(variables)))
-        for name in sorted(variables):
-            array = np.ascontiguousarray(variables[name])
-            put_str(f, name)
-            f.write(struct.pack("<B", array.ndim) + struct.pack(f"<{array.ndim}I", *array.shape))
-            f.write(struct.pack("<BI", _DTYPE_CODES[array.dtype], array.nbytes))
-            f.write(array.tobytes())
-        f.write(struct.pack("<I", len(aliases)))
-        for alias, target in aliases.items():
-            put_str(f, alias)
-            put_str(f, target)
