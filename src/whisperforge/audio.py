@@ -1,9 +1,9 @@
 """Audio in, features out: decode anything to 16 kHz mono float32, then log-mel features.
 
-Decoding: soundfile (libsndfile) for its own formats (wav, flac, ogg, aiff) and bytes; PyAV (the
-FFmpeg libraries, no ``ffmpeg`` program needed) for everything else (mp3, m4a, mp4, webm, ...). Channels are
-averaged and the rate is converted with soxr at quality ``"HQ"`` (the librosa / HF ``datasets``
-default). Amplitudes are left as decoded, never clipped or normalised.
+Decoding: soundfile (libsndfile) for its own formats (wav, flac, ogg, aiff) and bytes; PyAV
+(the FFmpeg libraries, no ``ffmpeg`` program needed) for everything else (mp3, m4a, mp4, webm,
+...). Channels are averaged and the rate is converted with soxr at quality ``"HQ"`` (the
+librosa / HF ``datasets`` default). Amplitudes are left as decoded, never clipped or normalised.
 
 The one padding convention of the project (pseudo-labels, training, evaluation, inference):
 a window of at most 30 s of audio is zero-padded *as audio* to ``N_SAMPLES`` samples, and only

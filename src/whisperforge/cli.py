@@ -243,8 +243,11 @@ def _register_optional(sub) -> None:
         from whisperforge.data.cli import add_parser as add_data
     except ImportError as error:  # data tools need their optional dependencies
         logger.debug("data commands unavailable: %s", error)
-        return
-    add_data(sub)
+    else:
+        add_data(sub)
+    from whisperforge.serve.cli import add_parser as add_serve  # imports nothing heavy
+
+    add_serve(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,92 @@
+"""Server settings: one frozen dataclass, filled from CLI flags and ``WHISPERFORGE_*`` env vars.
+
+Precedence: an explicit argument (a CLI flag) > the environment variable > the default. The
+defaults are safe for a laptop: loopback only, one transcription at a time, 25 MB uploads
+(OpenAI's own limit), 30 minutes of audio.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+from whisperforge.models.presets import DEFAULT_MODEL
+
+BYTES_PER_MB = 1024 * 1024
+OPENAI_DEFAULT_ALIAS = "whisper-1"  # OpenAI's one model name; served by the default model
+ENV_PREFIX = "WHISPERFORGE_"
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """What ``create_app`` needs; checked once here.
+
+    ``models`` are the names the server accepts (presets, local folders or hub ids); the first
+    is the default, also served as ``whisper-1``. Models load on first use and stay loaded.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    models: tuple[str, ...] = (DEFAULT_MODEL, "whisper-tiny.en")
+    api_key: str | None = None  # None: no authentication (fine on loopback)
+    max_upload_mb: float = 25.0
+    max_audio_seconds: float = 1800.0
+    max_concurrency: int = 1  # transcriptions running at once (each uses all torch threads)
+    max_queue: int = 16  # requests waiting for a slot; one more gets 429
+    queue_timeout: float = 300.0  # seconds a queued request waits before 503
+    preload: bool = False  # load every model at startup instead of on first use
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        models = self.models
+        if isinstance(models, str):
+            models = tuple(m.strip() for m in models.split(",") if m.strip())
+        models = tuple(dict.fromkeys(models))  # dedupe, keep order
+        object.__setattr__(self, "models", models)
+        object.__setattr__(self, "api_key", self.api_key or None)
+        if not models:
+            raise ValueError("models must name at least one model, e.g. whisper-base")
+        if OPENAI_DEFAULT_ALIAS in models:
+            raise ValueError(f"'{OPENAI_DEFAULT_ALIAS}' is an alias of the default model")
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port must be in 1..65535, not {self.port}")
+        if self.max_upload_mb <= 0 or self.max_audio_seconds <= 0 or self.queue_timeout <= 0:
+            raise ValueError("max_upload_mb, max_audio_seconds and queue_timeout must be > 0")
+        if self.max_concurrency < 1 or self.max_queue < 0:
+            raise ValueError("max_concurrency must be >= 1 and max_queue >= 0")
+
+    @property
+    def default_model(self) -> str:
+        return self.models[0]
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * BYTES_PER_MB)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> ServeSettings:
+        """Settings from ``WHISPERFORGE_<FIELD>`` (e.g. ``WHISPERFORGE_API_KEY``,
+        ``WHISPERFORGE_MAX_UPLOAD_MB``, ``WHISPERFORGE_MODELS=whisper-base,whisper-tiny.en``),
+        then ``overrides`` that are not None on top."""
+        env = os.environ if env is None else env
+        values = {}
+        for f in fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is not None and raw != "":
+                values[f.name] = _parse(f.name, raw, getattr(cls, f.name))
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+def _parse(name: str, raw: str, default):
+    try:
+        if isinstance(default, bool):
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+    except ValueError:
+        raise ValueError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a number") from None
+    return raw

@@ -1,0 +1,188 @@
+// whisperforge demo: a thin client over the OpenAI-compatible API of this server.
+// No build step, no dependencies: upload or record audio, send it to each chosen model
+// (the server queues them), show each transcript with its segment timestamps.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { blob: null, name: "", recorder: null, chunks: [] };
+
+function headers() {
+  const key = $("api-key").value.trim();
+  return key ? { Authorization: "Bearer " + key } : {};
+}
+
+function setStatus(text) { $("status").textContent = text; }
+
+function updateGo() {
+  const chosen = document.querySelectorAll("#models input:checked").length;
+  $("go").disabled = !state.blob || chosen === 0;
+}
+
+async function loadModels() {
+  const box = $("models");
+  let response;
+  try {
+    response = await fetch("/v1/models", { headers: headers() });
+  } catch (err) {
+    box.textContent = "Cannot reach the server: " + err;
+    return;
+  }
+  if (response.status === 401) {
+    $("key-label").hidden = false;
+    box.innerHTML = '<span class="muted">Enter the API key, then press Enter.</span>';
+    return;
+  }
+  const body = await response.json();
+  box.textContent = "";
+  body.data.filter((m) => m.id !== "whisper-1").forEach((m, i) => {
+    const label = document.createElement("label");
+    const input = document.createElement("input");
+    input.type = "checkbox";
+    input.value = m.id;
+    input.checked = i === 0;
+    input.addEventListener("change", updateGo);
+    label.append(input, document.createTextNode(m.id + (m.default ? " (default)" : "")));
+    box.append(label);
+  });
+  updateGo();
+}
+
+function useAudio(blob, name) {
+  state.blob = blob;
+  state.name = name;
+  const player = $("player");
+  if (player.src) URL.revokeObjectURL(player.src);
+  player.src = URL.createObjectURL(blob);
+  player.hidden = false;
+  $("source").textContent = name + " (" + (blob.size / 1024).toFixed(0) + " KB)";
+  updateGo();
+}
+
+async function toggleRecord() {
+  const button = $("record");
+  if (state.recorder && state.recorder.state === "recording") {
+    state.recorder.stop();
+    return;
+  }
+  if (!navigator.mediaDevices || !window.MediaRecorder) {
+    setStatus("Recording needs a browser with MediaRecorder, on localhost or https.");
+    return;
+  }
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+  } catch (err) {
+    setStatus("Microphone unavailable: " + err.message);
+    return;
+  }
+  const recorder = new MediaRecorder(stream);
+  state.recorder = recorder;
+  state.chunks = [];
+  recorder.ondataavailable = (e) => e.data.size && state.chunks.push(e.data);
+  recorder.onstop = () => {
+    stream.getTracks().forEach((t) => t.stop());
+    button.textContent = "● Record";
+    button.classList.remove("recording");
+    const type = recorder.mimeType || "audio/webm";
+    const ext = type.includes("ogg") ? "ogg" : type.includes("mp4") ? "m4a" : "webm";
+    useAudio(new Blob(state.chunks, { type }), "recording." + ext);
+    setStatus("");
+  };
+  recorder.start();
+  button.textContent = "■ Stop";
+  button.classList.add("recording");
+  setStatus("Recording… press Stop when done.");
+}
+
+function stamp(seconds) {
+  const m = Math.floor(seconds / 60);
+  const s = (seconds - 60 * m).toFixed(2).padStart(5, "0");
+  return String(m).padStart(2, "0") + ":" + s;
+}
+
+function card(model) {
+  const div = document.createElement("article");
+  div.className = "result";
+  div.dataset.model = model;
+  div.innerHTML = '<h3><span class="name"></span><span class="spinner" aria-label="working"></span>' +
+    '</h3><div class="meta">queued…</div><p class="text"></p><ol class="segments"></ol>';
+  div.querySelector(".name").textContent = model;
+  return div;
+}
+
+function fill(div, body, seconds) {
+  div.querySelector(".spinner").remove();
+  div.querySelector(".meta").textContent = body.language + " · " + body.duration.toFixed(1) +
+    " s audio · " + seconds.toFixed(1) + " s";
+  div.querySelector(".text").textContent = body.text;
+  const list = div.querySelector(".segments");
+  for (const seg of body.segments) {
+    const li = document.createElement("li");
+    const time = document.createElement("time");
+    time.textContent = stamp(seg.start) + " → " + stamp(seg.end);
+    const span = document.createElement("span");
+    span.textContent = seg.text.trim();
+    li.append(time, span);
+    list.append(li);
+  }
+  div.dataset.done = "1";
+}
+
+function fail(div, message) {
+  const spinner = div.querySelector(".spinner");
+  if (spinner) spinner.remove();
+  div.classList.add("error");
+  div.querySelector(".meta").textContent = "failed";
+  div.querySelector(".text").textContent = message;
+  div.dataset.done = "1";
+}
+
+async function runOne(model, div) {
+  const form = new FormData();
+  form.append("file", state.blob, state.name);
+  form.append("model", model);
+  form.append("response_format", "verbose_json");
+  form.append("timestamp_granularities[]", "segment");
+  const language = $("language").value.trim();
+  const task = $("task").value;
+  if (language && task === "transcribe") form.append("language", language);
+  const url = task === "translate" ? "/v1/audio/translations" : "/v1/audio/transcriptions";
+  div.querySelector(".meta").textContent = "working…";
+  const started = performance.now();
+  try {
+    const response = await fetch(url, { method: "POST", body: form, headers: headers() });
+    const body = await response.json().catch(() => ({}));
+    if (!response.ok) {
+      fail(div, (body.error && body.error.message) || "HTTP " + response.status);
+      return;
+    }
+    fill(div, body, (performance.now() - started) / 1000);
+  } catch (err) {
+    fail(div, "Request failed: " + err.message);
+  }
+}
+
+async function transcribe() {
+  const models = [...document.querySelectorAll("#models input:checked")].map((i) => i.value);
+  const results = $("results");
+  results.textContent = "";
+  $("go").disabled = true;
+  setStatus("Transcribing with " + models.join(", ") + "…");
+  const jobs = models.map((model) => {
+    const div = card(model);
+    results.append(div);
+    return runOne(model, div);
+  });
+  await Promise.all(jobs);
+  setStatus("Done.");
+  updateGo();
+}
+
+$("file").addEventListener("change", (e) => {
+  const file = e.target.files[0];
+  if (file) useAudio(file, file.name);
+});
+$("record").addEventListener("click", toggleRecord);
+$("go").addEventListener("click", transcribe);
+$("api-key").addEventListener("keydown", (e) => e.key === "Enter" && loadModels());
+loadModels();
