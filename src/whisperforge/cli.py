@@ -245,8 +245,10 @@ def _register_optional(sub) -> None:
         logger.debug("data commands unavailable: %s", error)
     else:
         add_data(sub)
+    from whisperforge.recipes.distill_cli import add_parser as add_distill
     from whisperforge.serve.cli import add_parser as add_serve  # imports nothing heavy
 
+    add_distill(sub)
     add_serve(sub)
 
 

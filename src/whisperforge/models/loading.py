@@ -99,6 +99,10 @@ def resolve_model(ref: str | Path) -> Path:
         return _convert_preset(ref_str)
     path = Path(ref_str).expanduser()
     if path.is_dir():
+        from whisperforge.models.student import is_student_folder, materialize_student
+
+        if is_student_folder(path):
+            return materialize_student(path, cache_dir() / "models")
         if _is_hf_folder(path):
             return path
         if _is_ct2_folder(path):
