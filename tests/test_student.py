@@ -65,3 +65,35 @@ def test_distill_init_cli(tmp_path, capsys, monkeypatch):
     # an untrained student is all teacher: its delta holds nothing
     assert (out / "delta.safetensors").stat().st_size < 1000
     assert load_model(out).model.config.decoder_layers == 2
+
+
+@pytest.mark.parametrize("layers", [4, 2])
+@pytest.mark.parametrize("mode", ["chunked", "sequential"])
+def test_speculative_decoding_gives_the_teachers_exact_output(
+    tiny_en, long_recording, layers, mode
+):
+    """Whatever the assistant drafts (all teacher layers, or 2 untrained ones), the text and
+    tokens are the teacher's own greedy output."""
+    from whisperforge.transcribe import Transcriber
+
+    path, _ = long_recording
+    audio = load_audio(path)[: 16000 * 70]
+    student, _ = create_student(tiny_en.model, layers)
+    plain = Transcriber(tiny_en)
+    assisted = Transcriber(tiny_en, assistant=_bundle(tiny_en, student.eval()))
+    assert assisted.assistant_shares_encoder
+    want = list(plain.transcribe_batch([audio, JFK], long_form=mode))
+    got = list(assisted.transcribe_batch([audio, JFK], long_form=mode))
+    assert [s.tokens for r in got for s in r.segments] == [
+        s.tokens for r in want for s in r.segments
+    ]
+    stats = assisted.speculative_stats
+    assert stats.tokens > 100 and stats.teacher_passes > 0
+    if layers == 4:  # a perfect assistant: the teacher verifies several tokens per pass
+        assert stats.teacher_passes < stats.tokens / 3
+
+
+def _bundle(base, model):
+    from dataclasses import replace
+
+    return replace(base, model=model, name="student")

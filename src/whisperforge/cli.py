@@ -42,6 +42,11 @@ def _add_decoding_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--long-form", choices=("chunked", "sequential"), default="chunked")
     p.add_argument("--stride-length", type=float, default=5.0, help="chunked overlap per side, s")
     p.add_argument("--batch-size", type=int, default=8, help="windows decoded together")
+    p.add_argument(
+        "--assistant", default=None,
+        help="a small model (e.g. a distilled student) that drafts for --model: same text, "
+        "greedy windows decoded speculatively",
+    )  # fmt: skip
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
 
@@ -70,7 +75,7 @@ def _transcriber(args: argparse.Namespace):
     except ValueError as error:
         raise CLIError(str(error)) from error
     _quiet_transformers()
-    return Transcriber(args.model, device=args.device)
+    return Transcriber(args.model, device=args.device, assistant=args.assistant)
 
 
 def _quiet_transformers() -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import lru_cache
 
 import numpy as np
@@ -44,6 +44,7 @@ from whisperforge.models.inference import InferenceSession
 from whisperforge.models.loading import ModelBundle, load_model
 from whisperforge.models.presets import DEFAULT_MODEL
 from whisperforge.segments import Segment, TranscriptionInfo
+from whisperforge.speculative import SpeculativeStats, speculative_decode
 from whisperforge.stitch import RawSegment, merge_windows, parse_window
 from whisperforge.tokenizer import TASKS, normalize_language
 
@@ -170,9 +171,25 @@ def plan_windows(duration: float, stride: float) -> list[tuple[float, float]]:
 class Transcriber:
     """A loaded model ready to transcribe; holds the fused inference weights."""
 
-    def __init__(self, model: str | ModelBundle = DEFAULT_MODEL, device: str = "cpu"):
+    def __init__(
+        self,
+        model: str | ModelBundle = DEFAULT_MODEL,
+        device: str = "cpu",
+        assistant: str | ModelBundle | None = None,
+    ):
         self.bundle = model if isinstance(model, ModelBundle) else load_model(model, device)
         self.session = InferenceSession(self.bundle.model)
+        self.assistant: InferenceSession | None = None
+        self.assistant_shares_encoder = False
+        if assistant is not None:
+            helper = (
+                assistant if isinstance(assistant, ModelBundle) else load_model(assistant, device)
+            )
+            if helper.tokenizer.backend.get_vocab_size() != self.tokenizer.backend.get_vocab_size():
+                raise ValueError("the assistant must share the model's vocabulary")
+            self.assistant = InferenceSession(helper.model)
+            self.assistant_shares_encoder = _same_encoder(self.bundle.model, helper.model)
+        self.speculative_stats = SpeculativeStats()
 
     @property
     def tokenizer(self):
@@ -254,32 +271,37 @@ class Transcriber:
 
     # -- shared window machinery -------------------------------------------------------
 
-    def _encode(self, windows: list[np.ndarray]) -> torch.Tensor:
+    def _encode(self, windows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder states ``(rows, n_audio_ctx, d)`` and the log-mel they came from."""
         mel = log_mel_spectrogram(np.stack([_pad(w) for w in windows]), n_mels=self.bundle.n_mels)
-        return self.session.encode(mel.to(self.bundle.device))
+        mel = mel.to(self.bundle.device)
+        return self.session.encode(mel), mel
 
-    def _detect(self, files: list[_File], first_windows: list[np.ndarray], enc=None) -> None:
-        enc = self._encode(first_windows) if enc is None else enc
+    def _detect(self, files: list[_File], enc: torch.Tensor) -> None:
         for f, probs in zip(files, detect_language(self.session, self.tokenizer, enc)):
             f.language_probs = probs
             f.language = max(probs, key=probs.get)
 
-    def _decode_with_fallback(self, enc, languages, contexts, opts) -> list[DecodingResult]:
+    def _decode_with_fallback(self, enc, mel, languages, contexts, opts) -> list[DecodingResult]:
         """Decode rows at rising temperatures until each passes the quality thresholds."""
         results: list[DecodingResult | None] = [None] * enc.shape[0]
         pending = list(range(enc.shape[0]))
         base = opts.decoding()
         for temperature in opts.temperature:
             index = torch.tensor(pending)
-            decoded = decode(
-                self.session,
-                self.tokenizer,
-                self.bundle.suppress_tokens,
-                enc.index_select(0, index) if len(pending) < enc.shape[0] else enc,
-                with_temperature(base, temperature),
-                [languages[i] for i in pending],
-                [contexts[i] for i in pending],
-            )
+            options = with_temperature(base, temperature)
+            if self.assistant is not None and temperature == 0 and options.beam_size is None:
+                decoded = self._speculative(enc, mel, pending, languages, contexts, options)
+            else:
+                decoded = decode(
+                    self.session,
+                    self.tokenizer,
+                    self.bundle.suppress_tokens,
+                    enc.index_select(0, index) if len(pending) < enc.shape[0] else enc,
+                    options,
+                    [languages[i] for i in pending],
+                    [contexts[i] for i in pending],
+                )
             retry = []
             for i, result in zip(pending, decoded):
                 results[i] = result
@@ -289,6 +311,24 @@ class Transcriber:
             if not pending:
                 break
         return results
+
+    def _speculative(self, enc, mel, rows, languages, contexts, options) -> list[DecodingResult]:
+        """Greedy rows decoded one at a time with the assistant drafting for the model."""
+        assistant_enc = enc if self.assistant_shares_encoder else self.assistant.encode(mel)
+        return [
+            speculative_decode(
+                self.session,
+                self.assistant,
+                self.tokenizer,
+                self.bundle.suppress_tokens,
+                enc[i : i + 1],
+                assistant_enc[i : i + 1],
+                replace(options, prompt=tuple(contexts[i]) if contexts[i] else None),
+                languages[i],
+                stats=self.speculative_stats,
+            )
+            for i in rows
+        ]
 
     # -- chunked -------------------------------------------------------------------------
 
@@ -320,14 +360,14 @@ class Transcriber:
             f.audio[int(s * SAMPLE_RATE) : int(e * SAMPLE_RATE)]
             for (f, _), (s, e) in zip(batch, spans)
         ]
-        enc = self._encode(audio)
+        enc, mel = self._encode(audio)
         first = [i for i, (f, w) in enumerate(batch) if w == 0 and f.language is None]
         if first and self.bundle.multilingual:
-            self._detect([batch[i][0] for i in first], [], enc[first])
+            self._detect([batch[i][0] for i in first], enc[first])
         languages = [f.language for f, _ in batch]
         contexts = [self._initial_context(opts)] * len(batch)
         for (f, w), (start, end), result in zip(
-            batch, spans, self._decode_with_fallback(enc, languages, contexts, opts)
+            batch, spans, self._decode_with_fallback(enc, mel, languages, contexts, opts)
         ):
             f.decoded[w] = (
                 []
@@ -365,13 +405,13 @@ class Transcriber:
 
     def _sequential_batch(self, active: list[_File], opts, progress) -> None:
         windows = [f.audio[f.seek : f.seek + N_SAMPLES] for f in active]
-        enc = self._encode(windows)
+        enc, mel = self._encode(windows)
         need = [i for i, f in enumerate(active) if f.language is None]
         if need and self.bundle.multilingual:
-            self._detect([active[i] for i in need], [], enc[need])
+            self._detect([active[i] for i in need], enc[need])
         languages = [f.language for f in active]
         contexts = [f.context if opts.condition_on_previous_text else None for f in active]
-        results = self._decode_with_fallback(enc, languages, contexts, opts)
+        results = self._decode_with_fallback(enc, mel, languages, contexts, opts)
         for f, window, result in zip(active, windows, results):
             offset = f.seek / SAMPLE_RATE
             duration = len(window) / SAMPLE_RATE
@@ -399,6 +439,14 @@ def _fill(files: Iterator[_File], full: Callable[[], bool], admit: Callable[[_Fi
         if f is None:
             return
         admit(f)
+
+
+def _same_encoder(model: torch.nn.Module, other: torch.nn.Module) -> bool:
+    """True when ``other`` has exactly ``model``'s encoder (a student that kept it frozen)."""
+    mine, theirs = model.model.encoder.state_dict(), other.model.encoder.state_dict()
+    return mine.keys() == theirs.keys() and all(
+        mine[k].shape == theirs[k].shape and torch.equal(mine[k], theirs[k]) for k in mine
+    )
 
 
 def _pad(window: np.ndarray) -> np.ndarray:

@@ -184,6 +184,25 @@ class InferenceSession:
         return self._run(state, tokens[:, None], pos, allowed)
 
     @torch.inference_mode()
+    def extend(self, state: DecoderState, tokens: Tensor) -> Tensor:
+        """Several new tokens per row ``(rows, n)``, causal among themselves; returns hidden
+        states ``(rows, n, d_model)``. Speculative decoding verifies a draft this way."""
+        n = tokens.shape[1]
+        pos = state.positions[:, None] + torch.arange(n, device=tokens.device)
+        state.positions = state.positions + n
+        length = state.length
+        allowed = (~state.pad[:, None, None, : length + n]).repeat(1, 1, n, 1)
+        causal = torch.ones(n, n, dtype=torch.bool, device=tokens.device).tril()
+        allowed[..., length:] = causal
+        return self._run(state, tokens, pos, allowed)
+
+    @staticmethod
+    def rewind(state: DecoderState, n_tokens: int) -> None:
+        """Forget the last ``n_tokens`` fed to every row (their cache slots get overwritten)."""
+        state.length -= n_tokens
+        state.positions = state.positions - n_tokens
+
+    @torch.inference_mode()
     def logits(self, hidden: Tensor) -> Tensor:
         """``(..., d_model)`` final hidden states -> ``(..., vocab)`` float32 logits."""
         return F.linear(hidden, self.embed).float()
