@@ -14,12 +14,12 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
+from whisperforge.fileio import atomic_folder
 from whisperforge.models.ct2 import (
     CT2Model,
     ct2_to_hf_state_dict,
@@ -161,15 +161,8 @@ def convert_ct2_to_hf(
                 "package is damaged: reinstall it with pip install --force-reinstall"
             )
         logger.info("converting %s -> %s", parts[0], dest)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-        try:
+        with atomic_folder(dest) as tmp:  # replaces an unstamped (incomplete) entry
             _write_hf_folder(_read_parts(parts, tmp), meta_dir, tmp, multilingual)
             stamp = {"source_sha256": digest, "source_bytes": size, "version": CONVERSION_VERSION}
             (tmp / "whisperforge.json").write_text(json.dumps(stamp, indent=2))
-            if dest.exists():  # an incomplete entry from an older layout
-                shutil.rmtree(dest)
-            os.replace(tmp, dest)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     return dest

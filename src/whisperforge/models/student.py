@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from whisperforge.fileio import atomic_folder
 
 STUDENT_FILE = "student.json"
 DELTA_FILE = "delta.safetensors"
@@ -102,22 +102,15 @@ def save_student(
         if source not in teacher_state or not torch.equal(teacher_state[source], value):
             target = dtype if value.is_floating_point() else value.dtype
             delta[key] = value.detach().to(target).contiguous()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    meta = {
+        "teacher": teacher_ref,
+        "layers": layer_map,
+        "config": student.config.to_diff_dict(),
+        "format": 1,
+    }
+    with atomic_folder(out) as tmp:
         save_file(delta, str(tmp / DELTA_FILE))
-        meta = {
-            "teacher": teacher_ref,
-            "layers": layer_map,
-            "config": student.config.to_diff_dict(),
-            "format": 1,
-        }
         (tmp / STUDENT_FILE).write_text(json.dumps(meta, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -145,19 +138,13 @@ def materialize_student(folder: Path, cache_root: Path) -> Path:
     delta = load_file(str(folder / DELTA_FILE))
     student.load_state_dict({k: v.float() for k, v in delta.items()}, strict=False)
     student.tie_weights()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
+    with atomic_folder(dest) as tmp:
         student.save_pretrained(tmp, safe_serialization=True)
         for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json",
                      "preprocessor_config.json"):  # fmt: skip
             if (teacher.path / name).exists():
                 shutil.copy(teacher.path / name, tmp / name)
         (tmp / "whisperforge.json").write_text(json.dumps({"student_of": meta["teacher"]}))
-        os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dest
 
 
