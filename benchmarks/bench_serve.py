@@ -1,6 +1,6 @@
 """Load test of ``whisperforge serve`` on loopback: throughput, latency, errors, liveness.
 
-Starts the real server in a subprocess (``python -m whisperforge.serve.cli serve``, models
+Starts the real server in a subprocess (``python -m whisperforge.cli serve``, models
 preloaded), then sends ``--requests`` OpenAI-style transcription requests from
 ``--concurrency`` client tasks (httpx, asyncio) with short clips (``samples/jfk.wav`` cut to
 2.5 / 3.5 / 4.5 s), while a poller asks ``GET /health`` every ``--health-interval`` seconds.
@@ -132,7 +132,7 @@ async def load(url, clips, model, requests, concurrency, interval) -> tuple[Run,
 
 def start_server(args, port: int) -> subprocess.Popen:
     command = [
-        sys.executable, "-m", "whisperforge.serve.cli", "serve", "--host", "127.0.0.1",
+        sys.executable, "-m", "whisperforge.cli", "serve", "--host", "127.0.0.1",
         "--port", str(port), "--models", args.model, "--preload",
         "--max-concurrency", str(args.max_concurrency), "--max-queue", str(args.max_queue),
     ]  # fmt: skip

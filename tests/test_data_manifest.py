@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from whisperforge.data.cli import main as data_main
+from whisperforge.cli import main as data_main
 from whisperforge.data.hf import iter_utterances, load_utterances
 from whisperforge.data.manifest import (
     ManifestError,

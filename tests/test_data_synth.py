@@ -158,7 +158,7 @@ def test_same_seed_same_bytes_whatever_the_workers(pool, tmp_path):
 def test_killed_build_resumes_without_duplicates(pool, tmp_path):
     out = tmp_path / "killed"
     cmd = [
-        sys.executable, "-m", "whisperforge.data.cli", "data", "synth", "--texts", str(pool),
+        sys.executable, "-m", "whisperforge.cli", "data", "synth", "--texts", str(pool),
         "--hours", "0.02", "--voices", ",".join(FAST_VOICES), "--out", str(out), "--seed", "7",
         "--dev-fraction", "0.15", "--test-fraction", "0.15", "--workers", "1",
     ]  # fmt: skip

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 
 logger = logging.getLogger(__name__)
 
@@ -225,16 +224,3 @@ def run_voices(args) -> int:
         default = " (default)" if name in DEFAULT_VOICES else ""
         print(f"{name:<20} {voice.language}  {voice.gender:<6} {state}{default}")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point (``python -m whisperforge.data.cli data ...``) for testing."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(prog="whisperforge")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

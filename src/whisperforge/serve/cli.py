@@ -64,16 +64,3 @@ def run_serve(args: argparse.Namespace) -> int:
           f"(models: {', '.join(settings.models)})", file=sys.stderr)  # fmt: skip
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point (``python -m whisperforge.serve.cli serve ...``)."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(prog="whisperforge")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
