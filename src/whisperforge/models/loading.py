@@ -17,6 +17,7 @@ import torch
 
 from whisperforge.models.convert import cache_dir, convert_ct2_to_hf
 from whisperforge.models.presets import PRESETS, preset_files
+from whisperforge.models.zoo import zoo_models, zoo_path
 from whisperforge.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ class ModelNotFoundError(LookupError):
 
 
 def available_models() -> list[str]:
-    return sorted(PRESETS)
+    return sorted(PRESETS) + sorted(zoo_models())
 
 
 def _is_hf_folder(path: Path) -> bool:
@@ -97,7 +98,7 @@ def resolve_model(ref: str | Path) -> Path:
     ref_str = str(ref)
     if ref_str in PRESETS:
         return _convert_preset(ref_str)
-    path = Path(ref_str).expanduser()
+    path = zoo_path(ref_str) or Path(ref_str).expanduser()
     if path.is_dir():
         from whisperforge.models.student import is_student_folder, materialize_student
 
