@@ -1,0 +1,173 @@
+"""The VQ bottleneck on tiny random dimensions: rates, padding, round trips, growth, merge."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from whisperforge.models.vq import (
+    N_AUDIO_CTX,
+    VQ_PRESETS,
+    RotaryEmbedding,
+    VQConfig,
+    WhisperVQ,
+    codebook_usage,
+    frame_mask,
+    grow_codebook,
+    merge_codebooks,
+    preset_config,
+    preset_for_width,
+    tokens_for_samples,
+)
+
+D = 32
+
+
+def _model(seed: int = 0, **overrides) -> WhisperVQ:
+    torch.manual_seed(seed)
+    values = dict(d_model=D, n_heads=2, n_layers=2, codebook_size=64, codebook_dim=8)
+    return WhisperVQ(VQConfig(**(values | overrides))).eval()
+
+
+def _states(batch: int = 2, seed: int = 1) -> torch.Tensor:
+    return torch.randn(batch, N_AUDIO_CTX, D, generator=torch.Generator().manual_seed(seed))
+
+
+def test_token_rates():
+    assert tokens_for_samples(11 * 16000) == 275  # jfk.wav
+    assert tokens_for_samples(30 * 16000) == 750
+    assert all(tokens_for_samples(n * 16000) == 25 * n for n in range(1, 31))
+    assert tokens_for_samples(1) == 1 and tokens_for_samples(641) == 2
+    assert frame_mask(torch.tensor([176000, 480000, 1])).sum(1).tolist() == [550, 1500, 1]
+
+
+def test_forward_shapes_padding_gets_the_mask_code():
+    model = _model()
+    lengths = torch.tensor([11 * 16000, 30 * 16000])
+    out = model(_states(), frame_mask(lengths))
+    assert out.features.shape == (2, N_AUDIO_CTX, D)
+    assert out.codes.shape == (2, 750)
+    assert out.token_mask.sum(1).tolist() == [275, 750]
+    mask_id = model.config.mask_id
+    assert (out.codes[0, 275:] == mask_id).all()
+    assert (out.codes[out.token_mask] < mask_id).all()
+    assert torch.equal(model.quantize(_states(), frame_mask(lengths)), out.codes)
+
+
+def test_padding_content_is_ignored():
+    model = _model()
+    mask = frame_mask(torch.tensor([8 * 16000, 8 * 16000]))
+    states = _states()
+    noisy = states.clone()
+    noisy[~mask] = 100 * torch.randn(int((~mask).sum()), D)
+    a, b = model(states, mask), model(noisy, mask)
+    assert torch.equal(a.codes, b.codes)
+    torch.testing.assert_close(a.features, b.features)
+
+
+def test_quantize_dequantize_round_trip():
+    model = _model()
+    mask = frame_mask(torch.tensor([5 * 16000, 30 * 16000]))
+    out = model(_states(), mask)
+    torch.testing.assert_close(model.dequantize(out.codes), out.features)
+    # a short row is padded with the mask code to a full window
+    torch.testing.assert_close(model.dequantize(out.codes[:1, :125]), out.features[:1])
+    ids = torch.arange(model.config.n_ids)
+    torch.testing.assert_close(model.embed_ids(ids), model.vq.project_out(model.codebook[ids]))
+    with pytest.raises(ValueError, match=r"token ids must be in \[0, 65\)"):
+        model.dequantize(torch.tensor([[3, 65]]))
+
+
+def test_training_updates_codebook_from_real_tokens_only():
+    model = _model().train()
+    before = model.vq.codebook.clone()
+    mask = frame_mask(torch.tensor([10 * 16000, 4 * 16000]))
+    model.quantize(_states(), mask)  # inference never touches the EMA state
+    assert torch.equal(model.vq.codebook, before)
+    out = model(_states(), mask)
+    assert not torch.equal(model.vq.codebook, before)
+    assert out.commitment.item() > 0 and out.loss.requires_grad
+    (out.features.square().mean() + out.loss).backward()
+    assert model.mlp[0].weight.grad.abs().sum() > 0  # straight-through to the MLP
+    assert model.mask_code.grad.abs().sum() > 0
+
+
+def test_rotary_scores_depend_on_relative_position_only():
+    rope = RotaryEmbedding(8)
+    q = torch.randn(1, 1, 1, 8).expand(1, 1, 20, 8)
+    k = torch.randn(1, 1, 1, 8).expand(1, 1, 20, 8)
+    scores = rope(q) @ rope(k).transpose(-1, -2)  # (20, 20)
+    torch.testing.assert_close(scores[0, 0, 3, 1], scores[0, 0, 12, 10])
+    torch.testing.assert_close(rope(q).norm(dim=-1), q.norm(dim=-1))
+
+
+def test_codebook_usage():
+    usage = codebook_usage(torch.tensor([[0, 0, 1, 3, 3, 3], [3, 3, 3, 3, 3, 3]]), 4, mask_id=3)
+    assert (usage.n_tokens, usage.used, usage.dead_codes) == (3, 2, 1)
+    assert usage.utilisation == pytest.approx(2 / 3)
+    assert usage.perplexity == pytest.approx(
+        math.exp(-(2 / 3 * math.log(2 / 3) + 1 / 3 * math.log(1 / 3)))
+    )
+    assert codebook_usage(torch.tensor([3]), 4, mask_id=3).dead_codes == 3
+
+
+def test_config_checks_and_presets():
+    with pytest.raises(ValueError, match="heads of even width"):
+        VQConfig(d_model=30, n_heads=4)
+    with pytest.raises(ValueError, match="unknown VQConfig fields"):
+        VQConfig.from_dict({"d_model": 64, "n_heads": 1, "width": 3})
+    assert VQConfig.from_dict(VQConfig().to_dict()) == VQConfig()
+    assert VQConfig().n_ids == 2049 and VQConfig().tokens_per_second == 25
+    assert preset_config("medium").d_model == 1024 and preset_for_width(384) == "tiny"
+    assert set(VQ_PRESETS) == {"tiny", "base", "small", "medium", "large-v3"}
+    with pytest.raises(ValueError, match="available: tiny"):
+        preset_config("huge")
+
+
+def test_grow_tiles_the_small_codebook_with_noise():
+    small = _model(codebook_size=512)
+    big = grow_codebook(small, 2048, noise=0.01, generator=torch.Generator().manual_seed(0))
+    assert big.config.codebook_size == 2048 and big.config.n_ids == 2049
+    parent = small.vq.codebook[torch.arange(2048) % 512]
+    cos = F.cosine_similarity(big.vq.codebook, parent, dim=-1)
+    assert cos.min() > 0.99 and not torch.equal(big.vq.codebook, parent)
+    torch.testing.assert_close(big.vq.codebook.norm(dim=-1), torch.ones(2048))
+    torch.testing.assert_close(big.mask_code, small.mask_code)
+    torch.testing.assert_close(big.mlp[0].weight, small.mlp[0].weight)
+    assert bool(big.vq._codebook.initted)
+
+
+def test_merge_layout_new_codes_mask_then_old_codes():
+    small = _model(codebook_size=512)
+    large = grow_codebook(small, 2048, generator=torch.Generator().manual_seed(0))
+    merged = merge_codebooks(large, small).eval()
+    cfg = merged.config
+    assert (cfg.n_ids, cfg.mask_id, cfg.merged_codes) == (2561, 2048, 512)
+    torch.testing.assert_close(merged.codebook[:2048], large.vq.codebook)
+    torch.testing.assert_close(merged.codebook[2048], large.mask_code)
+    torch.testing.assert_close(merged.codebook[2049:], small.vq.codebook)
+    # the search reaches the old part: make its codes the exact directions of real tokens
+    states, mask = _states(1), frame_mask(torch.tensor([512 * 640]))
+    directions = F.normalize(large.vq.project_in(large._pool(states)[0, :512]), dim=-1)
+    small.vq._codebook.embed.copy_(directions.detach()[None])
+    merged = merge_codebooks(large, small).eval()
+    codes = merged.quantize(states, mask)[0]
+    assert codes[:512].tolist() == list(range(2049, 2561))
+    assert (codes[512:] == 2048).all()
+    # ids from both parts (and the mask) decode
+    ids = torch.tensor([[0, 2047, 2048, 2049, 2560]])
+    assert torch.isfinite(merged.dequantize(ids)).all()
+    torch.testing.assert_close(
+        merged.embed_ids(torch.tensor(2049 + 7)), merged.vq.project_out(small.vq.codebook[7])
+    )
+
+
+def test_merge_rejects_mismatched_models():
+    with pytest.raises(ValueError, match="codebook_dim differs"):
+        merge_codebooks(_model(codebook_dim=8), _model(codebook_dim=16))
+    merged = merge_codebooks(_model(), _model(seed=1))
+    with pytest.raises(ValueError, match="not been merged"):
+        grow_codebook(merged, 4096)
