@@ -252,9 +252,11 @@ def _register_optional(sub) -> None:
         add_data(sub)
     from whisperforge.recipes.distill_cli import add_parser as add_distill
     from whisperforge.serve.cli import add_parser as add_serve  # imports nothing heavy
+    from whisperforge.tokens_cli import add_parser as add_tokens  # imports nothing heavy
 
     add_distill(sub)
     add_serve(sub)
+    add_tokens(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

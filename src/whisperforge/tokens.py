@@ -1,0 +1,339 @@
+"""Speech tokens: audio -> discrete ids (25 per second) -> text, and ids as LLM text.
+
+A ``SpeechTokenizer`` is a trained ``WhisperVQ`` bottleneck (``whisperforge.models.vq``) plus
+the frozen Whisper model it sits in. ``tokenize`` runs the Whisper encoder on 30 s windows
+and quantizes; only real-speech ids come out (``ceil(frames / 2)`` per window: 11.0 s -> 275
+ids; the mask id never appears). ``transcribe_tokens`` turns ids back into decoder features
+(a short window padded with the mask code) and decodes them with the project's own decoding
+stack (``whisperforge.decoding``), greedy by default, batched over windows of many sequences.
+
+On disk a speech tokenizer is a folder::
+
+    speech_tokenizer.json         format version, teacher reference, preset, VQConfig, layout
+    speech_tokenizer.safetensors  the bottleneck's weights and codebook state only
+
+The Whisper model is referenced (``"teacher": "whisper-base"``), never copied. Shipped
+tokenizers live in ``whisperforge/zoo/<name>/`` and load by that short name.
+
+LLM text form: ``<|sound_start|><|sound_0123|>...<|sound_end|>``; ``add_sound_tokens`` adds
+these tokens to a Hugging Face tokenizer and resizes a model's embeddings to match.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from whisperforge.audio import N_SAMPLES, SAMPLE_RATE, AudioSource, load_audio, log_mel_spectrogram
+from whisperforge.decoding import DecodingOptions, decode, detect_language
+from whisperforge.fileio import atomic_folder
+from whisperforge.models.inference import InferenceSession
+from whisperforge.models.loading import ModelBundle, ModelNotFoundError, load_model
+from whisperforge.models.vq import (
+    VQConfig,
+    WhisperVQ,
+    frame_mask,
+    tokens_for_samples,
+)
+from whisperforge.models.zoo import zoo_models, zoo_path
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "speech_tokenizer.json"
+WEIGHTS_FILE = "speech_tokenizer.safetensors"
+SOUND_START = "<|sound_start|>"
+SOUND_END = "<|sound_end|>"
+_SOUND_RE = re.compile(r"<\|sound_(\d{4})\|>")
+
+
+# ------------------------------------------------------------------------ LLM text form
+
+
+def sound_token(token_id: int) -> str:
+    """The LLM token of speech id ``token_id``: ``<|sound_0123|>``."""
+    if not 0 <= token_id <= 9999:
+        raise ValueError(f"speech token id {token_id} outside 0..9999")
+    return f"<|sound_{token_id:04d}|>"
+
+
+def to_llm_text(ids: Sequence[int]) -> str:
+    """``[123, 7]`` -> ``<|sound_start|><|sound_0123|><|sound_0007|><|sound_end|>``."""
+    return SOUND_START + "".join(sound_token(int(i)) for i in ids) + SOUND_END
+
+
+def from_llm_text(text: str) -> list[int]:
+    """Inverse of ``to_llm_text``; only sound tokens may stand between the two markers."""
+    text = text.strip()
+    if not (text.startswith(SOUND_START) and text.endswith(SOUND_END)):
+        raise ValueError(
+            f"speech token text must start with {SOUND_START} and end with {SOUND_END}"
+        )
+    body = text[len(SOUND_START) : -len(SOUND_END)]
+    ids = [int(m) for m in _SOUND_RE.findall(body)]
+    if _SOUND_RE.sub("", body).strip():
+        raise ValueError(f"unexpected text between sound tokens: {_SOUND_RE.sub('', body)[:40]!r}")
+    return ids
+
+
+@dataclass(frozen=True)
+class SoundTokenIds:
+    """LLM vocabulary ids of the sound tokens: ``codes[i]`` is ``<|sound_i|>``."""
+
+    start: int
+    end: int
+    codes: tuple[int, ...]
+
+    def encode(self, ids: Sequence[int]) -> list[int]:
+        """Speech ids -> LLM ids, wrapped in start/end (what ``to_llm_text`` tokenizes to)."""
+        return [self.start, *(self.codes[i] for i in ids), self.end]
+
+
+def add_sound_tokens(
+    tokenizer, n_ids: int, model=None, *, pad_to_multiple_of: int | None = None
+) -> SoundTokenIds:
+    """Add ``<|sound_start|>``, ``<|sound_end|>`` and ``<|sound_0000|>`` ... for ``n_ids``
+    speech ids to a Hugging Face tokenizer (idempotent), and resize ``model``'s input (and
+    tied output) embeddings to the new vocabulary. Returns the new tokens' ids."""
+    from tokenizers import AddedToken
+
+    names = [SOUND_START, SOUND_END, *(sound_token(i) for i in range(n_ids))]
+    tokenizer.add_tokens([AddedToken(n, normalized=False, special=False) for n in names])
+    if model is not None:
+        model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=pad_to_multiple_of)
+    ids = tokenizer.convert_tokens_to_ids(names)
+    return SoundTokenIds(ids[0], ids[1], tuple(ids[2:]))
+
+
+# ------------------------------------------------------------------------ on-disk format
+
+
+def codebook_layout(config: VQConfig, merged_from: str | None = None) -> dict:
+    """The token-id layout written into ``speech_tokenizer.json``."""
+    parts = [
+        {"name": "codes", "start": 0, "size": config.codebook_size},
+        {"name": "mask", "start": config.mask_id, "size": 1},
+    ]
+    if config.merged_codes:
+        part = {"name": "merged", "start": config.mask_id + 1, "size": config.merged_codes}
+        parts.append(part | ({"source": merged_from} if merged_from else {}))
+    return {"n_ids": config.n_ids, "mask_id": config.mask_id, "parts": parts}
+
+
+def save_bottleneck(
+    bottleneck: WhisperVQ,
+    folder: str | Path,
+    teacher: str,
+    preset: str | None = None,
+    merged_from: str | None = None,
+) -> Path:
+    """Write ``bottleneck`` (weights + codebook state, float32) and its metadata into
+    ``folder`` atomically; ``teacher`` is the Whisper model reference it sits in."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    state = {k: v.detach().cpu().contiguous() for k, v in bottleneck.state_dict().items()}
+    meta = {
+        "format": FORMAT_VERSION,
+        "teacher": str(teacher),
+        "preset": preset,
+        "config": bottleneck.config.to_dict(),
+        "codebook": codebook_layout(bottleneck.config, merged_from),
+        "tokens_per_second": bottleneck.config.tokens_per_second,
+    }
+    with atomic_folder(folder) as tmp:
+        save_file(state, str(tmp / WEIGHTS_FILE))
+        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    return folder
+
+
+def resolve_tokenizer(ref: str | Path) -> Path:
+    """A shipped tokenizer's short name or a folder -> the folder, or a clear error."""
+    folder = zoo_path(str(ref)) or Path(ref).expanduser()
+    if not (folder / CONFIG_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
+        shipped = [n for n, p in zoo_models().items() if (p / CONFIG_FILE).exists()]
+        raise ModelNotFoundError(
+            f"no speech tokenizer at '{ref}': expected a folder with {CONFIG_FILE} and "
+            f"{WEIGHTS_FILE} (make one with `whisperforge tokens init`)"
+            + (f"; shipped: {', '.join(shipped)}" if shipped else "")
+        )
+    return folder
+
+
+def load_bottleneck(ref: str | Path) -> tuple[WhisperVQ, dict]:
+    """The bottleneck (eval mode, CPU) and metadata of a speech tokenizer folder or name."""
+    from safetensors.torch import load_file
+
+    folder = resolve_tokenizer(ref)
+    meta = json.loads((folder / CONFIG_FILE).read_text())
+    if meta.get("format") != FORMAT_VERSION:
+        raise ValueError(
+            f"{folder / CONFIG_FILE}: format {meta.get('format')!r} is not supported "
+            f"(this version reads format {FORMAT_VERSION}); upgrade whisperforge"
+        )
+    bottleneck = WhisperVQ(VQConfig.from_dict(meta["config"]))
+    bottleneck.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
+    return bottleneck.eval(), meta
+
+
+# ------------------------------------------------------------------------ the tokenizer
+
+
+def _batches(items: list, size: int) -> list[list]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+class SpeechTokenizer:
+    """A ``WhisperVQ`` bottleneck inside a frozen Whisper model (``whisper``'s ``.model``).
+
+    ``teacher`` is the Whisper reference stored on save; ``meta`` keeps the rest of the
+    metadata (preset, merged parts) through a load/save round trip.
+    """
+
+    def __init__(
+        self, bottleneck: WhisperVQ, whisper: ModelBundle, teacher: str, meta: dict | None = None
+    ):
+        width = whisper.model.config.d_model
+        if width != bottleneck.config.d_model:
+            raise ValueError(
+                f"bottleneck width {bottleneck.config.d_model} does not match the Whisper "
+                f"model '{teacher}' (d_model {width})"
+            )
+        self.bottleneck = bottleneck.to(whisper.device).eval()
+        self.whisper = whisper
+        self.teacher = teacher
+        self.meta = dict(meta or {})
+        self.session = InferenceSession(whisper.model)
+
+    @classmethod
+    def load(
+        cls, ref: str | Path, device: str | torch.device = "cpu", whisper: ModelBundle | None = None
+    ) -> SpeechTokenizer:
+        """Load a tokenizer folder or shipped name and the Whisper model it references
+        (or use ``whisper``, an already loaded bundle of that model)."""
+        bottleneck, meta = load_bottleneck(ref)
+        whisper = whisper or load_model(meta["teacher"], device=device)
+        return cls(bottleneck, whisper, meta["teacher"], meta)
+
+    def save(self, folder: str | Path) -> Path:
+        merged = next(
+            (p.get("source") for p in self.meta.get("codebook", {}).get("parts", [])
+             if p["name"] == "merged"), None,
+        )  # fmt: skip
+        return save_bottleneck(
+            self.bottleneck, folder, self.teacher, self.meta.get("preset"), merged
+        )
+
+    @property
+    def config(self) -> VQConfig:
+        return self.bottleneck.config
+
+    def tokenize(self, audio: AudioSource) -> list[int]:
+        """Speech ids of one recording (any ``load_audio`` source), 25 per second."""
+        return self.tokenize_batch([audio])[0]
+
+    @torch.inference_mode()
+    def tokenize_batch(
+        self,
+        audios: Sequence[AudioSource],
+        batch_size: int = 8,
+        progress: Callable[[float], None] | None = None,
+    ) -> list[list[int]]:
+        """Speech ids of each recording. Audio is cut into consecutive 30 s windows (each
+        zero-padded as audio, the project's one convention), ``batch_size`` windows per
+        encoder call; ``progress`` gets the seconds of audio of each finished batch."""
+        samples = [load_audio(a) for a in audios]
+        jobs = [(i, s) for i, x in enumerate(samples) for s in range(0, len(x), N_SAMPLES)]
+        out: list[list[int]] = [[] for _ in samples]
+        for batch in _batches(jobs, batch_size):
+            pieces = [samples[i][s : s + N_SAMPLES] for i, s in batch]
+            lengths = [len(p) for p in pieces]
+            audio = torch.from_numpy(np.stack([np.pad(p, (0, N_SAMPLES - len(p))) for p in pieces]))
+            states = self.session.encode(log_mel_spectrogram(audio, self.whisper.n_mels))
+            mask = frame_mask(torch.tensor(lengths, device=states.device), states.shape[1])
+            codes = self.bottleneck.quantize(states.float(), mask).tolist()
+            for (i, _), n, row in zip(batch, lengths, codes):
+                out[i].extend(row[: tokens_for_samples(n, self.config.downsample)])
+            if progress is not None:
+                progress(sum(lengths) / SAMPLE_RATE)
+        return out
+
+    def _check_ids(self, sequences: Sequence[Sequence[int]]) -> list[list[int]]:
+        checked = []
+        for index, seq in enumerate(sequences):
+            ids = [int(i) for i in seq]
+            bad = [i for i in ids if not 0 <= i < self.config.n_ids]
+            if bad:
+                raise ValueError(
+                    f"sequence {index}: token id {bad[0]} is outside 0..{self.config.n_ids - 1} "
+                    f"(this tokenizer has {self.config.n_ids} ids); were these ids made by "
+                    "another tokenizer?"
+                )
+            checked.append(ids)
+        return checked
+
+    @torch.inference_mode()
+    def features(self, ids: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Ids of up to one window each ``(rows, <= 750)`` -> decoder features ``(rows, 1500,
+        d_model)``, what the Whisper encoder output would be."""
+        n = self.config.tokens_per_window
+        rows = torch.full((len(ids), n), self.config.mask_id, dtype=torch.long)
+        for r, seq in enumerate(self._check_ids(ids)):
+            if len(seq) > n:
+                raise ValueError(f"row {r}: {len(seq)} ids exceed one window ({n})")
+            rows[r, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        feats = self.bottleneck.dequantize(rows.to(self.whisper.device))
+        return feats.to(self.session.dtype)
+
+    @torch.inference_mode()
+    def transcribe_tokens(
+        self,
+        sequences: Sequence[Sequence[int]],
+        *,
+        language: str | None = None,
+        options: DecodingOptions | None = None,
+        batch_size: int = 8,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[str]:
+        """Text of each id sequence through the frozen Whisper decoder.
+
+        A sequence longer than a window (750 ids) is decoded in 750-id windows whose texts
+        are joined. ``options`` default: greedy, without timestamps; ``language`` (if given)
+        overrides ``options.language``; a multilingual model detects it per window otherwise.
+        ``progress`` gets the number of windows of each finished batch.
+        """
+        options = options or DecodingOptions(without_timestamps=True)
+        if language is not None:
+            options = replace(options, language=language)
+        sequences = self._check_ids(sequences)
+        n = self.config.tokens_per_window
+        jobs = [
+            (i, seq[s : s + n]) for i, seq in enumerate(sequences) for s in range(0, len(seq), n)
+        ]
+        texts: list[list[str]] = [[] for _ in sequences]
+        for batch in _batches(jobs, batch_size):
+            feats = self.features([chunk for _, chunk in batch])
+            languages = self._languages(feats, options)
+            results = decode(
+                self.session, self.whisper.tokenizer, self.whisper.suppress_tokens, feats,
+                options, languages,
+            )  # fmt: skip
+            for (i, _), result in zip(batch, results):
+                texts[i].append(result.text.strip())
+            if progress is not None:
+                progress(len(batch))
+        return [" ".join(t for t in parts if t) for parts in texts]
+
+    def _languages(self, feats: torch.Tensor, options: DecodingOptions) -> list[str | None]:
+        if options.language is not None or not self.whisper.multilingual:
+            return [options.language] * feats.shape[0]
+        probs = detect_language(self.session, self.whisper.tokenizer, feats)
+        return [max(p, key=p.get) for p in probs]
+
+    def detokenize(self, ids: Sequence[int], **kwargs) -> str:
+        """Text of one id sequence (``transcribe_tokens`` keywords apply)."""
+        return self.transcribe_tokens([ids], **kwargs)[0]

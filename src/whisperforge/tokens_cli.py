@@ -1,0 +1,227 @@
+"""``whisperforge tokens``: speech tokenizers (encode, transcribe, init, grow, merge).
+
+Each command is a thin layer over ``whisperforge.tokens`` and ``whisperforge.models.vq``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+FORMATS = ("ids", "json", "llm")
+
+
+def _format_line(path: str, ids: list[int], seconds: float, fmt: str) -> str:
+    from whisperforge.tokens import to_llm_text
+
+    if fmt == "json":
+        return json.dumps({"audio": path, "duration": round(seconds, 3), "tokens": ids})
+    if fmt == "llm":
+        return to_llm_text(ids)
+    return " ".join(map(str, ids))
+
+
+def _load(args):
+    import torch
+
+    from whisperforge.cli import _quiet_transformers
+    from whisperforge.tokens import SpeechTokenizer
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    _quiet_transformers()
+    return SpeechTokenizer.load(args.model, device=args.device)
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from whisperforge.audio import SAMPLE_RATE, AudioError, load_audio
+
+    tokenizer = _load(args)
+    decoded, failures = [], 0
+    for path in args.files:
+        try:
+            decoded.append((path, load_audio(path)))
+        except AudioError as error:
+            failures += 1
+            print(f"error: {error}", file=sys.stderr)
+    seconds = sum(len(a) for _, a in decoded) / SAMPLE_RATE
+    bar = tqdm(total=round(seconds, 1), unit="s", disable=args.quiet or None, file=sys.stderr)
+    ids = tokenizer.tokenize_batch(
+        [a for _, a in decoded], batch_size=args.batch_size, progress=lambda s: bar.update(s)
+    )
+    bar.close()
+    lines = [
+        _format_line(path, row, len(a) / SAMPLE_RATE, args.format)
+        for (path, a), row in zip(decoded, ids)
+    ]
+    _write(lines, args.output)
+    if failures:
+        print(f"{failures} of {len(args.files)} file(s) failed", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _write(lines: list[str], output: Path | None) -> None:
+    text = "".join(line + "\n" for line in lines)
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text)
+
+
+def parse_token_lines(text: str, source: str = "<stdin>") -> list[list[int]]:
+    """One id sequence per non-empty line: ``tokens encode`` output in any format (space-
+    separated ids, JSON lines with a ``tokens`` list, or LLM sound-token text)."""
+    from whisperforge.tokens import SOUND_START, from_llm_text
+
+    sequences = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        try:
+            if not line:
+                continue
+            if line.startswith("{"):
+                sequences.append([int(i) for i in json.loads(line)["tokens"]])
+            elif line.startswith(SOUND_START):
+                sequences.append(from_llm_text(line))
+            else:
+                sequences.append([int(i) for i in line.split()])
+        except (ValueError, KeyError, TypeError) as error:
+            raise ValueError(
+                f"{source}, line {number}: not a token sequence ({error}); expected ids, a "
+                "JSON line with 'tokens', or <|sound_start|>...<|sound_end|>"
+            ) from error
+    return sequences
+
+
+def cmd_transcribe(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    sequences = []
+    for name in args.inputs:
+        text = sys.stdin.read() if name == "-" else Path(name).read_text()
+        sequences.extend(parse_token_lines(text, name))
+    tokenizer = _load(args)
+    n = tokenizer.config.tokens_per_window
+    windows = sum(max(1, -(-len(s) // n)) for s in sequences if s)
+    bar = tqdm(total=windows, unit="window", disable=args.quiet or None, file=sys.stderr)
+    texts = tokenizer.transcribe_tokens(
+        sequences, language=args.language, batch_size=args.batch_size, progress=bar.update
+    )
+    bar.close()
+    _write(texts, args.output)
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    import torch
+    from transformers import WhisperConfig
+
+    from whisperforge.models.loading import resolve_model
+    from whisperforge.models.vq import VQ_PRESETS, preset_for_width
+    from whisperforge.tokens import save_bottleneck
+
+    width = WhisperConfig.from_pretrained(resolve_model(args.teacher)).d_model
+    preset = args.preset or preset_for_width(width)
+    torch.manual_seed(args.seed)
+    overrides = {"codebook_size": args.codebook_size, "codebook_dim": args.codebook_dim}
+    bottleneck = VQ_PRESETS[preset](**overrides)
+    if bottleneck.config.d_model != width:
+        raise ValueError(f"preset {preset!r} has width {bottleneck.config.d_model}, "
+                         f"but {args.teacher} has {width}")  # fmt: skip
+    out = save_bottleneck(bottleneck, args.out, args.teacher, preset)
+    n_params = sum(p.numel() for p in bottleneck.parameters()) / 1e6
+    print(f"untrained {preset} bottleneck for {args.teacher}: {n_params:.1f}M parameters, "
+          f"{bottleneck.config.n_ids} ids -> {out}")  # fmt: skip
+    return 0
+
+
+def cmd_grow(args: argparse.Namespace) -> int:
+    import torch
+
+    from whisperforge.models.vq import grow_codebook
+    from whisperforge.tokens import load_bottleneck, save_bottleneck
+
+    small, meta = load_bottleneck(args.source)
+    generator = torch.Generator().manual_seed(args.seed)
+    big = grow_codebook(small, args.codebook_size, noise=args.noise, generator=generator)
+    out = save_bottleneck(big, args.out, meta["teacher"], meta.get("preset"))
+    print(f"{small.config.codebook_size} -> {args.codebook_size} codes (tiled, noise "
+          f"{args.noise}) -> {out}")  # fmt: skip
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from whisperforge.models.vq import merge_codebooks
+    from whisperforge.tokens import load_bottleneck, save_bottleneck
+
+    large, meta = load_bottleneck(args.large)
+    small, _ = load_bottleneck(args.small)
+    merged = merge_codebooks(large, small)
+    out = save_bottleneck(merged, args.out, meta["teacher"], meta.get("preset"), str(args.small))
+    c = merged.config
+    print(f"merged: ids 0..{c.mask_id - 1} from {args.large}, mask {c.mask_id}, "
+          f"{c.mask_id + 1}..{c.n_ids - 1} from {args.small} -> {out}")  # fmt: skip
+    return 0
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="speech tokenizer folder or shipped name")
+    p.add_argument("--batch-size", type=int, default=8, help="30 s windows per forward pass")
+    p.add_argument("--output", type=Path, default=None, help="write here instead of stdout")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def add_parser(subparsers) -> None:
+    tokens = subparsers.add_parser(
+        "tokens", help="speech tokens: audio -> discrete ids (25/s) -> text, for LLMs"
+    )
+    sub = tokens.add_subparsers(dest="tokens_command", required=True)
+
+    p = sub.add_parser("encode", help="audio files -> speech token ids, one line per file")
+    p.add_argument("files", nargs="+", help="audio files (any format load_audio reads)")
+    p.add_argument(
+        "--format", choices=FORMATS, default="ids",
+        help="ids: space-separated; json: JSON lines; llm: <|sound_0123|> text",
+    )  # fmt: skip
+    _common(p)
+    p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("transcribe", help="speech token ids -> text via the Whisper decoder")
+    p.add_argument(
+        "inputs", nargs="+", help="files of `tokens encode` lines (any format); - = stdin"
+    )
+    p.add_argument("--language", default=None, help="language code; default: detect")
+    _common(p)
+    p.set_defaults(func=cmd_transcribe)
+
+    p = sub.add_parser("init", help="a new, untrained bottleneck for a Whisper model")
+    p.add_argument("--teacher", default="whisper-base", help="Whisper model reference")
+    p.add_argument(
+        "--preset", default=None, help="tiny/base/small/medium/large-v3; default: by width"
+    )
+    p.add_argument("--codebook-size", type=int, default=2048)
+    p.add_argument("--codebook-dim", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, help="tokenizer folder to write")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("grow", help="a larger codebook tiled (with noise) from a trained one")
+    p.add_argument("source", help="trained speech tokenizer (folder or name)")
+    p.add_argument("--codebook-size", type=int, required=True)
+    p.add_argument("--noise", type=float, default=0.01, help="std of the noise, code space")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_grow)
+
+    p = sub.add_parser("merge", help="codes + mask of LARGE, then the codes of SMALL")
+    p.add_argument("large", help="the grown, trained tokenizer")
+    p.add_argument("small", help="the tokenizer it was grown from")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_merge)

@@ -1,0 +1,185 @@
+"""Speech tokens end to end on the real whisper-tiny.en with an untrained tiny-width bottleneck:
+rates and windows, save/load, transcription from ids, LLM text and vocabulary, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from tests.conftest import JFK
+
+from whisperforge.audio import SAMPLE_RATE, load_audio
+from whisperforge.cli import main
+from whisperforge.models import ModelNotFoundError
+from whisperforge.models.vq import grow_codebook, merge_codebooks, whisper_vq_tiny
+from whisperforge.tokens import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    SpeechTokenizer,
+    add_sound_tokens,
+    from_llm_text,
+    to_llm_text,
+)
+
+
+@pytest.fixture(scope="module")
+def speech_tokenizer(tiny_en):
+    torch.manual_seed(0)
+    return SpeechTokenizer(whisper_vq_tiny(codebook_size=256), tiny_en, "whisper-tiny.en")
+
+
+@pytest.fixture(scope="module")
+def jfk_ids(speech_tokenizer):
+    return speech_tokenizer.tokenize(JFK)
+
+
+def test_jfk_gives_25_ids_per_second_and_no_mask(speech_tokenizer, jfk_ids):
+    assert len(jfk_ids) == 275  # 11.0 s
+    assert all(0 <= i < 256 for i in jfk_ids)  # real codes only; the mask id is 256
+    assert len(set(jfk_ids)) > 1
+
+
+def test_long_audio_is_tokenized_in_30s_windows(speech_tokenizer):
+    rng = np.random.default_rng(0)
+    jfk = load_audio(JFK)
+    audio = np.concatenate([jfk, 0.05 * rng.standard_normal(65 * SAMPLE_RATE - len(jfk))])
+    audio = audio.astype(np.float32)
+    ids = speech_tokenizer.tokenize_batch([audio, audio[: 2 * SAMPLE_RATE]], batch_size=4)
+    assert [len(x) for x in ids] == [25 * 65, 50]
+    window = 30 * SAMPLE_RATE
+    assert ids[0][:750] == speech_tokenizer.tokenize(audio[:window])
+    assert ids[0][1500:] == speech_tokenizer.tokenize(audio[2 * window :])
+    assert 256 not in ids[0]
+
+
+def test_save_load_round_trip(speech_tokenizer, jfk_ids, tiny_en, tmp_path):
+    folder = speech_tokenizer.save(tmp_path / "tok")
+    meta = json.loads((folder / CONFIG_FILE).read_text())
+    assert meta["format"] == 1 and meta["teacher"] == "whisper-tiny.en"
+    assert meta["codebook"]["mask_id"] == 256 and meta["codebook"]["n_ids"] == 257
+    from safetensors import safe_open
+
+    with safe_open(str(folder / WEIGHTS_FILE), "pt") as f:  # the bottleneck only
+        assert set(f.keys()) == set(speech_tokenizer.bottleneck.state_dict())
+    loaded = SpeechTokenizer.load(folder, whisper=tiny_en)
+    assert loaded.tokenize(JFK) == jfk_ids
+    assert loaded.config == speech_tokenizer.config
+
+
+def test_load_errors_are_clear(tmp_path, speech_tokenizer, tiny_en):
+    with pytest.raises(ModelNotFoundError, match="no speech tokenizer at .*speech_tokenizer.json"):
+        SpeechTokenizer.load(tmp_path / "missing")
+    folder = speech_tokenizer.save(tmp_path / "tok")
+    meta = json.loads((folder / CONFIG_FILE).read_text())
+    (folder / CONFIG_FILE).write_text(json.dumps(meta | {"format": 99}))
+    with pytest.raises(ValueError, match="format 99 is not supported"):
+        SpeechTokenizer.load(folder, whisper=tiny_en)
+
+
+def test_transcribe_tokens_batched_and_checked(speech_tokenizer, jfk_ids):
+    feats = speech_tokenizer.features([jfk_ids, jfk_ids[:10]])
+    assert feats.shape == (2, 1500, 384)
+    texts = speech_tokenizer.transcribe_tokens([jfk_ids, jfk_ids[:100], jfk_ids * 3], batch_size=2)
+    assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
+    assert speech_tokenizer.detokenize(jfk_ids) == texts[0]
+    with pytest.raises(ValueError, match=r"sequence 1: token id 999 is outside 0\.\.256"):
+        speech_tokenizer.transcribe_tokens([jfk_ids, [1, 999]])
+
+
+def test_ids_from_both_parts_of_a_merged_codebook_decode(tiny_en):
+    torch.manual_seed(0)
+    small = whisper_vq_tiny(codebook_size=64)
+    merged = merge_codebooks(grow_codebook(small, 256), small)
+    tokenizer = SpeechTokenizer(merged, tiny_en, "whisper-tiny.en")
+    assert tokenizer.config.n_ids == 321 and tokenizer.config.mask_id == 256
+    ids = [0, 255, 256, 257, 320] * 10
+    assert isinstance(tokenizer.detokenize(ids), str)
+    assert all(i != 256 for i in tokenizer.tokenize(JFK))
+
+
+def test_llm_text_round_trip():
+    ids = [0, 7, 123, 2560]
+    text = to_llm_text(ids)
+    assert text == (
+        "<|sound_start|><|sound_0000|><|sound_0007|><|sound_0123|><|sound_2560|><|sound_end|>"
+    )
+    assert from_llm_text(text) == ids
+    assert from_llm_text(to_llm_text([])) == []
+    with pytest.raises(ValueError, match="unexpected text"):
+        from_llm_text("<|sound_start|><|sound_0001|>hello<|sound_end|>")
+    with pytest.raises(ValueError, match="must start with"):
+        from_llm_text("<|sound_0001|>")
+
+
+def test_hf_tokenizer_helper_adds_sound_tokens_and_resizes_embeddings(tiny_en):
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    hf_tok = PreTrainedTokenizerFast(tokenizer_file=str(tiny_en.path / "tokenizer.json"))
+    before = len(hf_tok)
+    torch.manual_seed(0)
+    llm = GPT2LMHeadModel(GPT2Config(vocab_size=before, n_embd=16, n_layer=2, n_head=2))
+    sound = add_sound_tokens(hf_tok, 2561, llm)
+    assert len(hf_tok) == before + 2563
+    assert llm.get_input_embeddings().weight.shape[0] == len(hf_tok)
+    assert llm.get_output_embeddings().weight.shape[0] == len(hf_tok)
+    ids = [0, 2048, 2560, 5]
+    encoded = hf_tok(to_llm_text(ids), add_special_tokens=False).input_ids
+    assert encoded == sound.encode(ids)
+    assert hf_tok.decode(encoded) == to_llm_text(ids)
+    assert add_sound_tokens(hf_tok, 2561).codes == sound.codes  # idempotent
+    assert llm(torch.tensor([encoded])).logits.shape == (1, 6, len(hf_tok))
+
+
+def _run(capsys, *argv) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_init_encode_transcribe(tmp_path, capsys):
+    model = tmp_path / "tok"
+    code, out, _ = _run(capsys, "tokens", "init", "--teacher", "whisper-tiny.en",
+                        "--codebook-size", "128", "--out", str(model))  # fmt: skip
+    assert code == 0 and "tiny" in out
+    lines = {}
+    for fmt in ("ids", "json", "llm"):
+        code, out, _ = _run(capsys, "tokens", "encode", str(JFK), "--model", str(model),
+                            "--format", fmt, "-q")  # fmt: skip
+        assert code == 0
+        lines[fmt] = out.strip()
+    ids = [int(i) for i in lines["ids"].split()]
+    assert len(ids) == 275 and max(ids) < 128
+    row = json.loads(lines["json"])
+    assert row["tokens"] == ids and row["duration"] == 11.0 and row["audio"] == str(JFK)
+    assert from_llm_text(lines["llm"]) == ids
+    tokens_file = tmp_path / "t.txt"
+    tokens_file.write_text("\n".join(lines.values()) + "\n")
+    out_file = tmp_path / "text.txt"
+    code, _, _ = _run(capsys, "tokens", "transcribe", str(tokens_file), "--model", str(model),
+                      "--output", str(out_file), "-q")  # fmt: skip
+    texts = out_file.read_text().splitlines()
+    assert code == 0 and len(texts) == 3 and texts[0] == texts[1] == texts[2]
+
+
+def test_cli_errors(tmp_path, capsys):
+    model = tmp_path / "tok"
+    code, _, _ = _run(capsys, "tokens", "init", "--teacher", "whisper-tiny.en",
+                      "--codebook-size", "32", "--out", str(model))  # fmt: skip
+    assert code == 0
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF not really a wave file")
+    code, out, err = _run(capsys, "tokens", "encode", str(broken), str(JFK), "--model",
+                          str(model), "-q")  # fmt: skip
+    assert code == 1 and "cannot decode" in err and "broken.wav" in err
+    assert len(out.split()) == 275  # the good file is still encoded
+    code, _, err = _run(capsys, "tokens", "encode", str(JFK), "--model", str(tmp_path / "nope"))
+    assert code == 2 and "no speech tokenizer at" in err
+    bad = tmp_path / "bad.txt"
+    bad.write_text("1 2 40\n")
+    code, _, err = _run(capsys, "tokens", "transcribe", str(bad), "--model", str(model), "-q")
+    assert code == 2 and "token id 40 is outside 0..32" in err
+    bad.write_text("1 2 x\n")
+    code, _, err = _run(capsys, "tokens", "transcribe", str(bad), "--model", str(model), "-q")
+    assert code == 2 and "line 1: not a token sequence" in err
