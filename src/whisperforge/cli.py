@@ -202,6 +202,15 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from whisperforge.models.export import export_model
+
+    _quiet_transformers()
+    out = export_model(args.model, args.out, args.format, args.quantization, args.overwrite)
+    print(f"exported {args.model} as {args.format} ({args.quantization}) -> {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from whisperforge import __version__
 
@@ -237,6 +246,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list the built-in models")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser(
+        "export", help="write a model as a Hugging Face or CTranslate2 (faster-whisper) folder"
+    )
+    p.add_argument("model", help="short name, HF or CTranslate2 folder, student folder, hub id")
+    p.add_argument("--format", choices=("hf", "ct2"), required=True)
+    p.add_argument("--out", type=Path, required=True, help="folder to write (atomically)")
+    p.add_argument(
+        "--quantization", choices=("float16", "float32", "int8"), default="float16",
+        help="weight precision (int8: ct2 only, one scale per row); default float16",
+    )  # fmt: skip
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.set_defaults(func=cmd_export)
 
     _register_optional(sub)
     return parser

@@ -110,12 +110,7 @@ def generation_config_dict(config: dict, ct2_config: dict, multilingual: bool) -
 
 
 def _write_hf_folder(ct2: CT2Model, meta_dir: Path, out: Path, multilingual: bool) -> None:
-    from transformers import (
-        WhisperConfig,
-        WhisperFeatureExtractor,
-        WhisperForConditionalGeneration,
-        WhisperTokenizer,
-    )
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
 
     ct2_config = load_ct2_config(meta_dir)
     kwargs = hf_config_kwargs(ct2, ct2_config)
@@ -129,13 +124,20 @@ def _write_hf_folder(ct2: CT2Model, meta_dir: Path, out: Path, multilingual: boo
     model.save_pretrained(out, safe_serialization=True)
     gen = generation_config_dict(kwargs, ct2_config, multilingual)
     (out / "generation_config.json").write_text(json.dumps(gen, indent=2))
+    write_processor_files(meta_dir / "tokenizer.json", config.num_mel_bins, out)
+
+
+def write_processor_files(tokenizer_json: Path, n_mels: int, out: Path) -> None:
+    """The tokenizer and feature-extractor files the transformers pipeline reads, into ``out``."""
+    from transformers import WhisperFeatureExtractor, WhisperTokenizer
+
     special = "<|endoftext|>"
     tok = WhisperTokenizer(
-        tokenizer_file=str(meta_dir / "tokenizer.json"),
+        tokenizer_file=str(tokenizer_json),
         unk_token=special, bos_token=special, eos_token=special, pad_token=special,
     )  # fmt: skip
     tok.save_pretrained(out)
-    WhisperFeatureExtractor(feature_size=config.num_mel_bins).save_pretrained(out)
+    WhisperFeatureExtractor(feature_size=n_mels).save_pretrained(out)
 
 
 def convert_ct2_to_hf(
