@@ -242,6 +242,34 @@ class Transcriber:
         for index in sorted(pending):
             yield pending.pop(index)
 
+    def decode_windows(
+        self, windows: list[np.ndarray], languages: list[str | None] | None = None, **options
+    ) -> list[DecodingResult]:
+        """Decode windows of at most 30 s (16 kHz float32) as one batch, one raw result each.
+
+        The windows go through the same padding and decoding as ``transcribe`` (temperature
+        fallback included); a result's ``tokens`` are the model's output ids, text and
+        timestamps, without the prompt and the end token. ``languages`` sets each window's
+        language (None: ``options['language']``, then detection on multilingual models).
+        """
+        opts = TranscribeOptions.from_kwargs(**options)
+        too_long = [i for i, w in enumerate(windows) if len(w) > N_SAMPLES]
+        if too_long:
+            raise ValueError(f"windows {too_long} are longer than {WINDOW_SECONDS:.0f} s")
+        languages = [None] * len(windows) if languages is None else list(languages)
+        if len(languages) != len(windows):
+            raise ValueError(f"{len(windows)} windows but {len(languages)} languages")
+        languages = [normalize_language(x) or opts.language for x in languages]
+        for language in set(languages):
+            self.check(replace(opts, language=language))
+        enc, mel = self._encode(windows)
+        files = [_File(i, None, w, lang) for i, (w, lang) in enumerate(zip(windows, languages))]
+        need = [i for i, f in enumerate(files) if f.language is None]
+        if need and self.bundle.multilingual:
+            self._detect([files[i] for i in need], enc[need])
+        contexts = [self._initial_context(opts)] * len(windows)
+        return self._decode_with_fallback(enc, mel, [f.language for f in files], contexts, opts)
+
     def _load_all(self, sources, opts, failed: dict[int, FileResult]) -> Iterator[_File]:
         for index, source in enumerate(sources):
             try:

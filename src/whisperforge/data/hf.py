@@ -199,7 +199,9 @@ def load_utterances(
     max_duration: float | None = None,
     streaming: bool = False,
     language: str | None = None,
+    require_text: bool = True,
 ) -> ValidationReport:
-    """Read and validate any supported source; see ``ValidationReport.summary``."""
+    """Read and validate any supported source; see ``ValidationReport.summary``.
+    ``require_text=False`` keeps rows without a transcript (audio to be pseudo-labelled)."""
     rows = iter_utterances(source, split, streaming, language)
-    return validate(rows, check_audio=check_audio, max_duration=max_duration)
+    return validate(rows, check_audio, max_duration, require_text)

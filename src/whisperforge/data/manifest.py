@@ -121,10 +121,16 @@ def file_duration(path: str | Path) -> float | None:
     return info.frames / info.samplerate
 
 
-def check_row(utt: Utterance, check_audio: bool = True, max_duration: float | None = None):
-    """The reason a row is unusable, or None. Checks text, duration, and (when
-    ``check_audio``) that the file exists and its header agrees with the duration."""
-    if not utt.text or not utt.text.strip():
+def check_row(
+    utt: Utterance,
+    check_audio: bool = True,
+    max_duration: float | None = None,
+    require_text: bool = True,
+):
+    """The reason a row is unusable, or None. Checks text (unless ``require_text`` is false:
+    unlabelled audio), duration, and (when ``check_audio``) that the file exists and its
+    header agrees with the duration."""
+    if require_text and (not utt.text or not utt.text.strip()):
         return "empty text"
     if utt.audio is None and utt.array is None:
         return "missing audio: no 'audio' path"
@@ -154,6 +160,7 @@ def validate(
     utterances: Iterable[tuple[int, Utterance | Skipped]],
     check_audio: bool = True,
     max_duration: float | None = None,
+    require_text: bool = True,
 ) -> ValidationReport:
     """Split ``(line, utterance)`` pairs into kept and skipped; pre-skipped rows pass through."""
     report = ValidationReport()
@@ -161,7 +168,7 @@ def validate(
         if isinstance(utt, Skipped):
             report.skipped.append(utt)
             continue
-        reason = check_row(utt, check_audio, max_duration)
+        reason = check_row(utt, check_audio, max_duration, require_text)
         if reason is None:
             report.kept.append(utt)
         else:
