@@ -12,6 +12,7 @@ from tests.conftest import JFK
 
 from whisperforge.audio import SAMPLE_RATE, load_audio
 from whisperforge.cli import main
+from whisperforge.decoding import detect_language
 from whisperforge.models import ModelNotFoundError
 from whisperforge.models.vq import grow_codebook, merge_codebooks, whisper_vq_tiny
 from whisperforge.tokens import (
@@ -183,3 +184,38 @@ def test_cli_errors(tmp_path, capsys):
     bad.write_text("1 2 x\n")
     code, _, err = _run(capsys, "tokens", "transcribe", str(bad), "--model", str(model), "-q")
     assert code == 2 and "line 1: not a token sequence" in err
+
+
+def test_cli_grow_then_merge_pins_the_layout(tmp_path, capsys):
+    small, grown, merged = (tmp_path / n for n in ("small", "grown", "merged"))
+    _run(capsys, "tokens", "init", "--teacher", "whisper-tiny.en", "--codebook-size", "64",
+         "--out", str(small))  # fmt: skip
+    code, _, _ = _run(capsys, "tokens", "grow", str(small), "--codebook-size", "256",
+                      "--out", str(grown))  # fmt: skip
+    assert code == 0
+    code, out, _ = _run(capsys, "tokens", "merge", str(grown), str(small), "--out", str(merged))
+    assert code == 0 and "mask 256" in out
+    layout = json.loads((merged / CONFIG_FILE).read_text())["codebook"]
+    assert layout["n_ids"] == 321 and layout["mask_id"] == 256
+    assert [(p["name"], p["start"], p["size"]) for p in layout["parts"]] == [
+        ("codes", 0, 256), ("mask", 256, 1), ("merged", 257, 64)
+    ]  # fmt: skip
+    assert layout["parts"][2]["source"] == str(small)
+    code, out, _ = _run(capsys, "tokens", "encode", str(JFK), "--model", str(merged), "-q")
+    assert code == 0 and len(out.split()) == 275 and "256" not in out.split()
+
+
+def test_multilingual_teacher_detects_or_takes_the_language():
+    from whisperforge.models import load_model
+
+    base = load_model("whisper-base")
+    torch.manual_seed(0)
+    tokenizer = SpeechTokenizer(whisper_vq_tiny(d_model=512, n_heads=8, codebook_size=64), base,
+                                "whisper-base")  # fmt: skip
+    ids = tokenizer.tokenize(JFK)
+    assert len(ids) == 275
+    probs = detect_language(tokenizer.session, base.tokenizer, tokenizer.features([ids]))[0]
+    language = max(probs, key=probs.get)
+    assert tokenizer.detokenize(ids) == tokenizer.detokenize(ids, language=language)
+    with pytest.raises(ValueError, match="does not match the Whisper model"):
+        SpeechTokenizer(whisper_vq_tiny(), base, "whisper-base")

@@ -220,12 +220,11 @@ class SpeechTokenizer:
         return cls(bottleneck, whisper, meta["teacher"], meta)
 
     def save(self, folder: str | Path) -> Path:
-        merged = next(
-            (p.get("source") for p in self.meta.get("codebook", {}).get("parts", [])
-             if p["name"] == "merged"), None,
-        )  # fmt: skip
+        """Write the bottleneck and its metadata (atomically); returns ``folder``."""
+        parts = self.meta.get("codebook", {}).get("parts", [])
+        merged_from = next((p.get("source") for p in parts if p["name"] == "merged"), None)
         return save_bottleneck(
-            self.bottleneck, folder, self.teacher, self.meta.get("preset"), merged
+            self.bottleneck, folder, self.teacher, self.meta.get("preset"), merged_from
         )
 
     @property
