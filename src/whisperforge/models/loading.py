@@ -142,6 +142,13 @@ class ModelBundle:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @classmethod
+    def wrap(cls, name: str, path: Path, model: torch.nn.Module, tokenizer: Tokenizer):
+        """A bundle around an in-memory model (a student being trained, say) that reads
+        ``tokenizer``'s vocabulary; ``path`` is where its tokenizer files live."""
+        suppress = list(model.config.suppress_tokens or []) + tokenizer.non_speech_suppression()
+        return cls(name, Path(path), model, tokenizer, sorted(set(suppress)))
+
 
 def _is_multilingual(folder: Path, config) -> bool:
     gen = folder / "generation_config.json"
@@ -166,5 +173,4 @@ def load_model(
     tokenizer = Tokenizer.from_file(
         folder / "tokenizer.json", _is_multilingual(folder, model.config)
     )
-    suppress = list(model.config.suppress_tokens or []) + tokenizer.non_speech_suppression()
-    return ModelBundle(str(ref), folder, model, tokenizer, sorted(set(suppress)))
+    return ModelBundle.wrap(str(ref), folder, model, tokenizer)

@@ -118,10 +118,34 @@ def is_student_folder(path: Path) -> bool:
     return (path / STUDENT_FILE).exists() and (path / DELTA_FILE).exists()
 
 
-def materialize_student(folder: Path, cache_root: Path) -> Path:
-    """A full Hugging Face folder for the student delta in ``folder`` (built once, cached)."""
+def read_student_meta(folder: Path) -> dict:
+    """``student.json`` of a student folder: ``teacher`` reference, ``layers`` map, config."""
+    if not is_student_folder(folder):
+        raise FileNotFoundError(
+            f"{folder} is not a student folder ({STUDENT_FILE} + {DELTA_FILE}); "
+            "create one with `whisperforge distill init`"
+        )
+    return json.loads((folder / STUDENT_FILE).read_text())
+
+
+def student_from_delta(folder: Path, teacher: torch.nn.Module) -> tuple[torch.nn.Module, dict]:
+    """The student stored in ``folder`` rebuilt over its already loaded ``teacher`` model;
+    returns it and its layer map."""
     from safetensors.torch import load_file
 
+    meta = read_student_meta(folder)
+    layers = meta["layers"]
+    student, layer_map = create_student(teacher, len(layers["decoder"]), len(layers["encoder"]))
+    if layer_map != layers:
+        raise ValueError(f"{folder}: layer map does not match the teacher {meta['teacher']}")
+    delta = load_file(str(folder / DELTA_FILE))
+    student.load_state_dict({k: v.to(teacher.dtype) for k, v in delta.items()}, strict=False)
+    student.tie_weights()
+    return student, layer_map
+
+
+def materialize_student(folder: Path, cache_root: Path) -> Path:
+    """A full Hugging Face folder for the student delta in ``folder`` (built once, cached)."""
     from whisperforge.models.loading import load_model
 
     digest = hashlib.sha256((folder / DELTA_FILE).read_bytes())
@@ -129,17 +153,9 @@ def materialize_student(folder: Path, cache_root: Path) -> Path:
     dest = cache_root / f"student-{folder.name}-{digest.hexdigest()[:12]}"
     if (dest / "whisperforge.json").exists():
         return dest
-    meta = json.loads((folder / STUDENT_FILE).read_text())
+    meta = read_student_meta(folder)
     teacher = load_model(meta["teacher"])
-    layers = meta["layers"]
-    student, layer_map = create_student(
-        teacher.model, len(layers["decoder"]), len(layers["encoder"])
-    )
-    if layer_map != layers:
-        raise ValueError(f"{folder}: layer map does not match the teacher {meta['teacher']}")
-    delta = load_file(str(folder / DELTA_FILE))
-    student.load_state_dict({k: v.float() for k, v in delta.items()}, strict=False)
-    student.tie_weights()
+    student, _ = student_from_delta(folder, teacher.model)
     with atomic_folder(dest) as tmp:
         student.save_pretrained(tmp, safe_serialization=True)
         for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json",

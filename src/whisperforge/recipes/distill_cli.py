@@ -79,6 +79,21 @@ def cmd_filter(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from whisperforge.cli import _quiet_transformers
+    from whisperforge.recipes.distill import DistillConfig, train
+    from whisperforge.training.config import load_config
+
+    config = load_config(DistillConfig, args.config, args.overrides)
+    _quiet_transformers()
+    result = train(config, progress=not args.quiet)
+    if result.main_process:
+        wer = "-" if result.dev_wer is None else f"{result.dev_wer:.2f} %"
+        print(f"trained {result.steps} steps on {result.data['kept']} of "
+              f"{result.data['rows']} rows; dev WER {wer} -> {result.student}")  # fmt: skip
+    return 0
+
+
 def add_parser(subparsers) -> None:
     distill = subparsers.add_parser("distill", help="distil a smaller student from a teacher")
     sub = distill.add_subparsers(dest="distill_command", required=True)
@@ -88,6 +103,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--encoder-layers", type=int, default=None, help="default: all")
     p.add_argument("--out", type=Path, required=True, help="student folder to write")
     p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("train", help="train a student on pseudo-labels and teacher logits")
+    p.add_argument("config", type=Path, help="YAML config (see recipes/configs/distill-base.yaml)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. training.lr=3e-4")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("label", help="pseudo-label audio with a teacher (sharded, resumable)")
     p.add_argument("--teacher", default="whisper-base", help="teacher model reference")

@@ -1,0 +1,614 @@
+"""Distillation training: a student learns from a teacher's pseudo-labels and logits.
+
+Distil-Whisper (Gandhi et al., 2023, section 3): the student keeps the teacher's frozen
+encoder and a few of its decoder layers, and is trained on ``ce_weight * CE(pseudo-labels) +
+kl_weight * T^2 * KL(teacher || student)`` over rows whose pseudo-label WER is under
+``max_wer``. Targets carry timestamps with probability ``timestamp_probability`` (else
+``<|notimestamps|>``) and, with probability ``condition_on_prev_probability``, a
+``<|startofprev|>`` prompt holding the previous row's transcript (excluded from the loss).
+
+The loop is explicit: ``setup`` -> (``train_step``, ``evaluate``, ``save_checkpoint``)* ->
+``finish``. Accelerate runs it unchanged on one CPU process, ``torchrun --nproc_per_node N``
+CPU processes or many GPUs. With a frozen encoder shared by teacher and student the encoder
+runs once per batch (or comes from the on-disk ``EncoderCache``) and feeds both decoders; the
+teacher runs under ``no_grad`` (not ``inference_mode``: its logits are saved for the
+student's backward pass, which inference tensors cannot be). See ``docs/distill.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from whisperforge.data.manifest import Utterance, load_manifest
+from whisperforge.losses import distillation_loss
+from whisperforge.training.config import TrainingConfig, to_dict
+
+logger = logging.getLogger(__name__)
+
+PROMPT_FRACTION = 2  # a previous-text prompt takes at most n_text_ctx // 2 - 1 tokens (Whisper)
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Options of ``whisperforge distill train`` (defaults from Distil-Whisper where it has
+    them). Paths are relative to the working directory."""
+
+    teacher: str = "whisper-base"
+    student: str | None = None  # a folder from `distill init`; None: create one from the teacher
+    decoder_layers: int = 2  # used when ``student`` is None
+    train_manifests: tuple[str, ...] = ()  # labels.jsonl files from `distill label`
+    dev_manifest: str | None = None  # any manifest; None: no dev WER
+    max_wer: float | None = 10.0  # drop rows whose teacher WER (%) is not below this
+    ce_weight: float = 0.8
+    kl_weight: float = 1.0
+    temperature: float = 2.0
+    freeze_encoder: bool = True
+    freeze_decoder_positions: bool = True
+    freeze_embeddings: bool = False
+    timestamp_probability: float = 0.5
+    condition_on_prev_probability: float = 0.2
+    encoder_cache: str | None = None  # folder for frozen-encoder outputs (multi-epoch CPU runs)
+    eval_batch_size: int = 8
+    training: TrainingConfig = field(default_factory=lambda: TrainingConfig("runs/distill"))
+
+    def __post_init__(self) -> None:
+        if not self.train_manifests:
+            raise ValueError("train_manifests is required: labels.jsonl files (distill label)")
+        if self.decoder_layers < 1 or self.eval_batch_size < 1:
+            raise ValueError("decoder_layers and eval_batch_size must be >= 1")
+        if self.max_wer is not None and self.max_wer <= 0:
+            raise ValueError(f"max_wer must be > 0 (a WER in %) or null, not {self.max_wer}")
+        if self.ce_weight < 0 or self.kl_weight < 0 or self.ce_weight + self.kl_weight == 0:
+            raise ValueError("ce_weight and kl_weight must be >= 0 and not both 0")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, not {self.temperature}")
+        for name in ("timestamp_probability", "condition_on_prev_probability"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], not {getattr(self, name)}")
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class Example:
+    """One training row: its audio file, the teacher's tokens and the previous row's text."""
+
+    audio: str
+    tokens: list[int]  # pseudo_tokens: text + timestamps, no prompt, no end token
+    language: str | None
+    prev_text: str | None
+
+
+def load_examples(manifests: tuple[str, ...], max_wer: float | None) -> tuple[list[Example], dict]:
+    """Rows of the label manifests that pass validation and the WER filter; and a report
+    ``{"rows": n, "kept": n, "dropped": {reason: n}}``."""
+    from whisperforge.recipes.pseudo_label import filter_by_wer
+
+    examples, dropped, total = [], {}, 0
+    for path in manifests:
+        report = load_manifest(path)
+        total += len(report.kept) + len(report.skipped)
+        for reason, count in report.reasons().items():
+            dropped[reason] = dropped.get(reason, 0) + count
+        rows = [u for u in report.kept if _has_tokens(u)]
+        if len(rows) < len(report.kept):
+            dropped["no pseudo_tokens"] = dropped.get("no pseudo_tokens", 0) + len(
+                report.kept) - len(rows)  # fmt: skip
+        prev = {id(u): p for p, u in zip([None, *rows], rows)}
+        kept = rows
+        if max_wer is not None:
+            kept, wer_report = filter_by_wer(rows, max_wer)
+            logger.info("%s: %s", path, wer_report.summary())
+            for reason, count in _dropped_counts(wer_report).items():
+                dropped[reason] = dropped.get(reason, 0) + count
+        for u in kept:
+            before = prev[id(u)]
+            examples.append(Example(u.audio, list(u.extra["pseudo_tokens"]), u.language,
+                                    _text(before) if before is not None else None))  # fmt: skip
+    return examples, {"rows": total, "kept": len(examples), "dropped": dropped}
+
+
+def _has_tokens(u: Utterance) -> bool:
+    tokens = u.extra.get("pseudo_tokens")
+    return isinstance(tokens, list) and all(isinstance(t, int) for t in tokens)
+
+
+def _text(u: Utterance) -> str:
+    return u.extra.get("pseudo_text") or u.text
+
+
+def _dropped_counts(report) -> dict:
+    """Reason -> count of the rows ``filter_by_wer`` dropped (its ``dropped_ids`` map each
+    to its teacher WER, None when the row had no reference)."""
+    counts: dict[str, int] = {}
+    for wer in report.dropped_ids.values():
+        reason = "no reference (teacher_wer null)" if wer is None else "teacher WER >= max_wer"
+        counts[reason] = counts.get(reason, 0) + 1
+    return counts
+
+
+def build_sequence(
+    example: Example,
+    tokenizer,
+    rng: np.random.Generator,
+    timestamp_probability: float,
+    prev_probability: float,
+    max_length: int,
+) -> tuple[list[int], int]:
+    """The decoder token sequence of one example and the index of its ``<|startoftranscript|>``.
+
+    ``[<|startofprev|> prev...] <|sot|> [lang task] (<|notimestamps|> text | ts text ts ...)
+    <|endoftext|>``: the model reads ``seq[:-1]`` and predicts ``seq[1:]``; predictions from
+    the start-of-transcript position on are trained, the prompt before it is not.
+    """
+    has_timestamps = any(t >= tokenizer.timestamp_begin for t in example.tokens)
+    use_timestamps = rng.random() < timestamp_probability  # both drawn always, so one
+    use_prev = rng.random() < prev_probability  # example's choices depend on its seed alone
+    if has_timestamps and use_timestamps:
+        target = list(example.tokens)
+    else:
+        target = [tokenizer.no_timestamps] + [t for t in example.tokens if t < tokenizer.eot]
+    body = tokenizer.sot_sequence(example.language or "en") + target + [tokenizer.eot]
+    prompt: list[int] = []
+    if use_prev and example.prev_text:
+        room = min(max_length // PROMPT_FRACTION - 1, max_length - len(body) - 1)
+        prev = tokenizer.encode(" " + example.prev_text.strip())[-room:] if room > 0 else []
+        prompt = [tokenizer.sot_prev, *prev] if prev else []
+    return prompt + body, len(prompt)
+
+
+@dataclass
+class Batch:
+    """Padded to the longest sequence of the batch. ``input_ids``/``labels``/``labels_mask``:
+    ``(batch, seq)``; ``audio``: the rows' audio files."""
+
+    audio: list[str]
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    labels_mask: torch.Tensor
+
+
+def collate(sequences: list[tuple[list[int], int]], audio: list[str], pad_id: int) -> Batch:
+    """Shift each sequence into (input, label) pairs and pad them to the longest."""
+    width = max(len(seq) for seq, _ in sequences) - 1
+    inputs = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    labels = torch.full_like(inputs, pad_id)
+    mask = torch.zeros_like(inputs, dtype=torch.bool)
+    for row, (seq, sot_index) in enumerate(sequences):
+        n = len(seq) - 1
+        inputs[row, :n] = torch.tensor(seq[:-1])
+        labels[row, :n] = torch.tensor(seq[1:])
+        mask[row, sot_index:n] = True
+    return Batch(audio, inputs, labels, mask)
+
+
+def too_long(examples: list[Example], tokenizer, max_length: int) -> list[int]:
+    """Indices of examples whose target alone does not fit the decoder's context."""
+    fixed = len(tokenizer.sot_sequence("en")) + 2  # prompt + <|notimestamps|> or ts + end
+    return [i for i, e in enumerate(examples) if len(e.tokens) + fixed > max_length]
+
+
+# --------------------------------------------------------------------------- encoder
+
+
+class SharedEncoder:
+    """Frozen-encoder states ``(batch, n_audio_ctx, d_model)`` for a batch of audio files:
+    from the cache when there, else computed once (no graph) and stored."""
+
+    def __init__(self, encoder: torch.nn.Module, n_mels: int, device, cache=None):
+        self.encoder, self.n_mels, self.device, self.cache = encoder, n_mels, device, cache
+
+    def features(self, audio: list[str]) -> torch.Tensor:
+        """``(batch, n_mels, N_FRAMES)`` log-mel of each file (padded to 30 s as audio)."""
+        from whisperforge.audio import load_audio, log_mel_spectrogram
+
+        return torch.stack([log_mel_spectrogram(load_audio(a), self.n_mels) for a in audio])
+
+    def __call__(self, audio: list[str]) -> torch.Tensor:
+        found = [self.cache.get(a) if self.cache is not None else None for a in audio]
+        missing = [i for i, h in enumerate(found) if h is None]
+        if missing:
+            features = self.features([audio[i] for i in missing])
+            dtype = next(self.encoder.parameters()).dtype
+            with torch.no_grad():
+                hidden = self.encoder(features.to(self.device, dtype)).last_hidden_state
+            for i, h in zip(missing, hidden):
+                # with a cache, fresh outputs are rounded like cached ones: same run either way
+                found[i] = self.cache.put(audio[i], h) if self.cache is not None else h
+        dtype = next(self.encoder.parameters()).dtype
+        return torch.stack([h.to(self.device, dtype) for h in found])
+
+
+# --------------------------------------------------------------------------- setup
+
+
+@dataclass
+class DistillRun:
+    """Everything the loop touches; built by ``setup``."""
+
+    config: DistillConfig
+    accelerator: object
+    teacher: object  # ModelBundle
+    student: torch.nn.Module  # prepared by Accelerate (DDP-wrapped when distributed)
+    layer_map: dict
+    shared_encoder: bool
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    examples: list[Example]
+    order: object  # ShardedOrder
+    encoder: SharedEncoder
+    total_steps: int
+    checkpointer: object  # Checkpointer
+    log: object | None  # TrainingLog on the main process
+    dev_items: list
+    data_report: dict
+    step: int = 0
+    position: int = 0  # batches of this process consumed
+
+    @property
+    def trainable(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.student.parameters() if p.requires_grad]
+
+
+LOG_COLUMNS = ["epoch", "lr", "loss", "ce_loss", "kl_loss", "grad_norm", "dev_wer"]
+
+
+def build_student(config: DistillConfig, teacher: torch.nn.Module):
+    """The student (from its folder, or created from the teacher) and its layer map."""
+    from whisperforge.models.student import create_student, student_from_delta
+
+    if config.student is None:
+        return create_student(teacher, config.decoder_layers)
+    return student_from_delta(Path(config.student), teacher)
+
+
+def _encoders_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    mine, theirs = a.model.encoder.state_dict(), b.model.encoder.state_dict()
+    return mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+
+
+def freeze(student: torch.nn.Module, teacher: torch.nn.Module, config: DistillConfig) -> bool:
+    """Set which student parts train; returns True when teacher and student share one frozen
+    encoder (then the student's encoder *is* the teacher's module: one copy, run once)."""
+    teacher.requires_grad_(False).eval()
+    shared = config.freeze_encoder and _encoders_equal(student, teacher)
+    if shared:
+        student.model.encoder = teacher.model.encoder
+    student.model.encoder.requires_grad_(not config.freeze_encoder)
+    decoder = student.model.decoder
+    decoder.embed_positions.requires_grad_(not config.freeze_decoder_positions)
+    decoder.embed_tokens.requires_grad_(not config.freeze_embeddings)  # tied to proj_out
+    return shared
+
+
+def _load_data(config: DistillConfig, tokenizer, max_length: int):
+    examples, report = load_examples(config.train_manifests, config.max_wer)
+    long = set(too_long(examples, tokenizer, max_length))
+    if long:
+        report["dropped"]["longer than the decoder context"] = len(long)
+        examples = [e for i, e in enumerate(examples) if i not in long]
+        report["kept"] = len(examples)
+    if not examples:
+        raise ValueError(f"no training rows left after filtering: {report}")
+    dev = []
+    if config.dev_manifest is not None:
+        from whisperforge.recipes.evaluate import items_from_source
+
+        dev, skipped = items_from_source(config.dev_manifest)
+        if skipped:
+            logger.warning("dev manifest: %d rows skipped (%s)", len(skipped), skipped[0]["reason"])
+    return examples, report, dev
+
+
+def setup(config: DistillConfig) -> DistillRun:
+    """Load the teacher, build and freeze the student, read and filter the data, create the
+    optimizer, schedule and accelerator, and resume from the newest checkpoint if asked."""
+    from accelerate.utils import set_seed
+
+    from whisperforge.models.loading import load_model
+    from whisperforge.training.checkpoint import Checkpointer
+    from whisperforge.training.data import ShardedOrder
+    from whisperforge.training.encoder_cache import EncoderCache, module_fingerprint
+    from whisperforge.training.runtime import make_accelerator, total_steps
+    from whisperforge.training.schedule import make_scheduler
+
+    tc = config.training
+    accelerator = make_accelerator(tc)
+    set_seed(tc.seed)
+    teacher = load_model(config.teacher)
+    student, layer_map = build_student(config, teacher.model)
+    shared = freeze(student, teacher.model, config)
+    max_length = teacher.model.config.max_target_positions
+    examples, report, dev = _load_data(config, teacher.tokenizer, max_length)
+    logger.info("training rows: %s", report)
+    order = ShardedOrder(len(examples), tc.batch_size, accelerator.process_index,
+                         accelerator.num_processes, tc.seed)  # fmt: skip
+    params = [p for p in student.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
+    steps = total_steps(tc, order.batches_per_epoch)
+    scheduler = make_scheduler(optimizer, steps, tc.warmup_steps, tc.lr_decay, tc.final_lr_fraction)
+    teacher.model.to(accelerator.device)
+    student, optimizer = accelerator.prepare(student, optimizer)
+    cache = None
+    if config.encoder_cache is not None:
+        fingerprint = module_fingerprint(teacher.model.model.encoder, f"mels={teacher.n_mels}")
+        cache = EncoderCache(config.encoder_cache, fingerprint)
+    encoder = SharedEncoder(teacher.model.model.encoder, teacher.n_mels, accelerator.device, cache)
+    out = Path(tc.output_dir)
+    run = DistillRun(config, accelerator, teacher, student, layer_map, shared, optimizer,
+                     scheduler, examples, order, encoder, steps, Checkpointer(
+                         out / "checkpoints", tc.keep_checkpoints), None, dev, report)  # fmt: skip
+    resumed = _resume(run) if tc.resume else None
+    if accelerator.is_main_process:
+        from whisperforge.training.log import TrainingLog
+
+        run.log = TrainingLog(out, LOG_COLUMNS, resume_step=resumed if resumed else 0)
+        _write_json(out / "config.json", to_dict(config))
+    return run
+
+
+def _resume(run: DistillRun) -> int | None:
+    """Restore the newest checkpoint (model, optimizer, schedule, data position, RNG)."""
+    from whisperforge.training.checkpoint import restore_rng
+    from whisperforge.training.runtime import load_trainable_state
+
+    checkpoint = run.checkpointer.latest()
+    if checkpoint is None:
+        return None
+    acc = run.accelerator
+    if checkpoint.state.get("world_size") != acc.num_processes:
+        logger.warning("resuming a %s-process run on %d processes: the data order differs",
+                       checkpoint.state.get("world_size"), acc.num_processes)  # fmt: skip
+    load_trainable_state(acc.unwrap_model(run.student), checkpoint.model_state())
+    state = checkpoint.training_state()
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.step, run.position = checkpoint.step, int(checkpoint.state["position"])
+    rng = checkpoint.rng_state(acc.process_index)
+    if rng is not None:
+        restore_rng(rng)
+    logger.info("resumed from %s (step %d)", checkpoint.path, run.step)
+    return run.step
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+    tmp.replace(path)
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def make_batch(run: DistillRun, epoch: int, indices: list[int]) -> Batch:
+    """Targets of the rows ``indices``; each row's random choices come from (seed, epoch,
+    row) alone, so a resumed run draws exactly what an uninterrupted one would."""
+    cfg, tok = run.config, run.teacher.tokenizer
+    max_length = run.teacher.model.config.max_target_positions
+    sequences = []
+    for i in indices:
+        rng = np.random.default_rng([cfg.training.seed, epoch, i])
+        sequences.append(build_sequence(run.examples[i], tok, rng, cfg.timestamp_probability,
+                                        cfg.condition_on_prev_probability, max_length))  # fmt: skip
+    return collate(sequences, [run.examples[i].audio for i in indices], tok.eot)
+
+
+def compute_loss(run: DistillRun, batch: Batch):
+    """Forward teacher and student on one batch -> ``DistillationLoss``."""
+    device, cfg = run.accelerator.device, run.config
+    ids = batch.input_ids.to(device)
+    hidden = run.encoder(batch.audio)  # the teacher's frozen encoder: once, no graph
+    if run.shared_encoder:
+        student = run.student(encoder_outputs=(hidden,), decoder_input_ids=ids, use_cache=False)
+    else:
+        features = run.encoder.features(batch.audio).to(device)
+        student = run.student(input_features=features, decoder_input_ids=ids, use_cache=False)
+    teacher_logits = None
+    if cfg.kl_weight > 0:
+        with torch.no_grad():
+            teacher_logits = run.teacher.model(
+                encoder_outputs=(hidden,), decoder_input_ids=ids, use_cache=False
+            ).logits
+    return distillation_loss(
+        student.logits, teacher_logits, batch.labels.to(device), batch.labels_mask.to(device),
+        cfg.ce_weight, cfg.kl_weight, cfg.temperature,
+    )  # fmt: skip
+
+
+def train_step(run: DistillRun, batch: Batch) -> tuple[torch.Tensor, bool]:
+    """One micro-batch: forward, backward, and (every ``gradient_accumulation_steps``)
+    clip, optimizer and schedule step. Returns ``[loss, ce, kl, grad_norm]`` (grad_norm NaN
+    on accumulation steps) and whether the optimizer stepped."""
+    acc, tc = run.accelerator, run.config.training
+    grad_norm = torch.tensor(float("nan"))
+    with acc.accumulate(run.student):
+        with acc.autocast():
+            losses = compute_loss(run, batch)
+        acc.backward(losses.loss)
+        if acc.sync_gradients and tc.max_grad_norm is not None:
+            grad_norm = acc.clip_grad_norm_(run.trainable, tc.max_grad_norm)
+        run.optimizer.step()
+        if acc.sync_gradients:
+            run.scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+    values = torch.stack([losses.loss.detach(), losses.ce.detach(), losses.kl.detach()])
+    values = torch.cat([values.float().cpu(), grad_norm.detach().float().cpu().reshape(1)])
+    return values, acc.sync_gradients
+
+
+# --------------------------------------------------------------------------- evaluate, save
+
+
+def _transcribe_dev(run: DistillRun, items: list) -> list[tuple[str, str, str]]:
+    """``(reference, hypothesis, language)`` of ``items``: greedy, no fallback, no timestamps."""
+    from whisperforge.models.loading import ModelBundle
+    from whisperforge.transcribe import Transcriber
+
+    teacher = run.teacher
+    model = run.accelerator.unwrap_model(run.student)
+    transcriber = Transcriber(ModelBundle.wrap("student", teacher.path, model, teacher.tokenizer))
+    pairs = []
+    for language in sorted({i.language or "en" for i in items}):
+        group = [i for i in items if (i.language or "en") == language]
+        results = transcriber.transcribe_batch(
+            [i.audio for i in group], language=language, temperature=0.0,
+            without_timestamps=True, batch_size=run.config.eval_batch_size,
+        )  # fmt: skip
+        for item, result in zip(group, results):
+            if result.error is not None:
+                logger.warning("dev utterance %s failed: %s", item.audio, result.error)
+            pairs.append((item.text, result.text, language))
+    return pairs
+
+
+def dev_wer(pairs: list[tuple[str, str, str]]) -> float:
+    """Corpus WER (%) over ``(reference, hypothesis, language)``, each language normalised
+    its own way, errors summed over languages."""
+    from whisperforge.metrics import corpus_error_rates
+
+    errors = words = 0.0
+    for language in sorted({lang for _, _, lang in pairs}):
+        refs, hyps = zip(*[(r, h) for r, h, lang in pairs if lang == language])
+        rates = corpus_error_rates(refs, hyps, language=language)
+        errors += rates["wer"] * rates["ref_words"]
+        words += rates["ref_words"]
+    return 100.0 * errors / words if words else 0.0
+
+
+def evaluate(run: DistillRun) -> float | None:
+    """Dev WER (%) of the student as it is now (each process decodes its share), or None
+    without a dev manifest. Training's random state is left untouched."""
+    if not run.dev_items:
+        return None
+    acc = run.accelerator
+    mine = run.dev_items[acc.process_index :: acc.num_processes]
+    model = acc.unwrap_model(run.student)
+    devices = list(range(torch.cuda.device_count()))
+    with torch.random.fork_rng(devices=devices):  # decoding seeds torch's generator
+        model.eval()
+        try:
+            pairs = _transcribe_dev(run, mine)
+        finally:
+            model.train()
+    from accelerate.utils import gather_object
+
+    return dev_wer(gather_object(pairs))
+
+
+def save_checkpoint(run: DistillRun) -> None:
+    """Write a checkpoint of the current step (all processes call this)."""
+    from accelerate.utils import gather_object
+
+    from whisperforge.training.checkpoint import capture_rng
+    from whisperforge.training.runtime import trainable_state
+
+    acc = run.accelerator
+    rng_states = gather_object([capture_rng()])
+    if acc.is_main_process:
+        run.checkpointer.save(
+            run.step,
+            trainable_state(acc.unwrap_model(run.student)),
+            {"optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict()},
+            rng_states,
+            {"position": run.position, "world_size": acc.num_processes},
+        )
+    acc.wait_for_everyone()
+
+
+def _after_step(run: DistillRun, epoch: int, micro: list[torch.Tensor]) -> float | None:
+    """Log, evaluate and checkpoint as the config asks for this step; returns the loss."""
+    acc, tc = run.accelerator, run.config.training
+    row: dict[str, float] = {}
+    mean = acc.reduce(torch.stack(micro).nanmean(0).to(acc.device), reduction="mean").cpu()
+    if run.step % tc.log_every == 0:
+        loss, ce, kl, norm = (float(v) for v in mean)
+        row |= {"epoch": epoch, "lr": run.scheduler.get_last_lr()[0], "loss": loss,
+                "ce_loss": ce, "kl_loss": kl}  # fmt: skip
+        if math.isfinite(norm):
+            row["grad_norm"] = norm
+    if tc.eval_every and run.step % tc.eval_every == 0 and run.step < run.total_steps:
+        wer = evaluate(run)
+        if wer is not None:
+            row["dev_wer"] = wer
+    if run.log is not None and row:
+        run.log.write(run.step, **row)
+    if run.step % tc.save_every == 0 and run.step < run.total_steps:
+        save_checkpoint(run)
+        if run.log is not None:
+            run.log.plot()
+    return float(mean[0])
+
+
+@dataclass
+class DistillResult:
+    """Where the student went, and how the run ended."""
+
+    student: Path
+    steps: int
+    dev_wer: float | None
+    data: dict
+    main_process: bool = True
+
+
+def finish(run: DistillRun) -> DistillResult:
+    """Final dev WER, checkpoint, the student (delta over the teacher), curves, summary."""
+    from whisperforge.models.student import save_student
+
+    acc, out = run.accelerator, Path(run.config.training.output_dir)
+    wer = evaluate(run)
+    save_checkpoint(run)
+    teacher_ref = run.config.teacher
+    if Path(teacher_ref).is_dir():  # a local folder: stored absolute, loadable from anywhere
+        teacher_ref = str(Path(teacher_ref).resolve())
+    if acc.is_main_process:
+        model = acc.unwrap_model(run.student)
+        save_student(model, run.teacher.model, teacher_ref, run.layer_map, out / "student")
+        if wer is not None:
+            run.log.write(run.step, dev_wer=wer)
+        run.log.plot()
+        run.log.close()
+        _write_json(out / "summary.json", {
+            "steps": run.step, "dev_wer": wer, "data": run.data_report,
+            "processes": acc.num_processes, "shared_encoder": run.shared_encoder,
+        })  # fmt: skip
+    acc.wait_for_everyone()
+    return DistillResult(out / "student", run.step, wer, run.data_report, acc.is_main_process)
+
+
+def train(config: DistillConfig, progress: bool = True,
+          on_step: Callable[[int, float], None] | None = None) -> DistillResult:  # fmt: skip
+    """Run (or resume) a distillation; ``on_step(step, loss)`` after each optimizer step."""
+    from tqdm import tqdm
+
+    run = setup(config)
+    acc = run.accelerator
+    bar = tqdm(total=run.total_steps, initial=run.step, unit="step", dynamic_ncols=True,
+               disable=not (progress and acc.is_main_process))  # fmt: skip
+    micro: list[torch.Tensor] = []
+    for position, epoch, indices in run.order.iterate(run.position):
+        if run.step >= run.total_steps:
+            break
+        values, stepped = train_step(run, make_batch(run, epoch, indices))
+        run.position = position + 1
+        micro.append(values)
+        if not stepped:
+            continue
+        run.step += 1
+        loss = _after_step(run, epoch, micro)
+        micro = []
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}", epoch=epoch)
+        if on_step is not None:
+            on_step(run.step, loss)
+    bar.close()
+    return finish(run)

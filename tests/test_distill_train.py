@@ -1,0 +1,189 @@
+"""Distillation training on a tiny seeded Whisper with the real tiny.en vocabulary: targets,
+a falling loss, 2 processes under torchrun, and a killed run that resumes exactly."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from tests.conftest import REPO, SENTENCES, needs_flite, synthesize
+
+from whisperforge.recipes.distill import DistillConfig, Example, build_sequence, collate, train
+from whisperforge.tokenizer import Tokenizer
+from whisperforge.training.config import load_config
+
+pytestmark = needs_flite
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Tokenizer:
+    from whisperforge.models import resolve_model
+
+    return Tokenizer.from_file(resolve_model("whisper-tiny.en") / "tokenizer.json", False)
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory, tokenizer) -> Path:
+    """A random Whisper (d_model 32, 2 encoder + 4 decoder layers) saved as an HF folder."""
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    from whisperforge.models import resolve_model
+
+    torch.manual_seed(0)
+    config = WhisperConfig(
+        vocab_size=51864, d_model=32, encoder_layers=2, decoder_layers=4,
+        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
+        decoder_ffn_dim=64, num_mel_bins=80, max_source_positions=1500,
+        max_target_positions=448, decoder_start_token_id=tokenizer.sot,
+        eos_token_id=tokenizer.eot, pad_token_id=tokenizer.eot, bos_token_id=tokenizer.eot,
+    )  # fmt: skip
+    folder = tmp_path_factory.mktemp("teacher")
+    WhisperForConditionalGeneration(config).save_pretrained(folder)
+    shutil.copy(resolve_model("whisper-tiny.en") / "tokenizer.json", folder)
+    return folder
+
+
+def _row(path: Path, text: str, tokenizer: Tokenizer, wer: float | None) -> dict:
+    import soundfile as sf
+
+    duration = sf.info(str(path)).duration
+    end = tokenizer.timestamp_begin + min(1500, round(duration / 0.02))
+    tokens = [tokenizer.timestamp_begin, *tokenizer.encode(" " + text), end]
+    return {"audio": path.name, "text": text, "language": "en", "duration": duration,
+            "speaker": "flite:slt", "id": path.stem, "pseudo_text": text,
+            "pseudo_tokens": tokens, "teacher_wer": wer}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, tokenizer) -> dict:
+    """6 usable label rows, 2 the WER filter drops, and a 2-row dev manifest."""
+    folder = tmp_path_factory.mktemp("labels")
+    wers = [0.0, 5.0, 0.0, 8.0, 0.0, 0.0, 50.0, None]
+    rows = []
+    for i, wer in enumerate(wers):
+        path = synthesize(SENTENCES[i], folder / f"w{i}.wav", "slt" if i % 2 else "kal16")
+        rows.append(_row(path, SENTENCES[i], tokenizer, wer))
+    (folder / "labels.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
+    return {"labels": folder / "labels.jsonl", "dev": folder / "dev.jsonl"}
+
+
+def _config(tmp: Path, teacher: Path, data: dict, out: str, **training) -> Path:
+    config = {
+        "teacher": str(teacher), "decoder_layers": 2, "train_manifests": [str(data["labels"])],
+        "dev_manifest": None, "eval_batch_size": 2,
+        "training": {"output_dir": str(tmp / out), "lr": 3e-3, "warmup_steps": 1,
+                     "batch_size": 2, "max_steps": 6, "log_every": 1, "save_every": 2,
+                     "eval_every": 0, **training},
+    }  # fmt: skip
+    path = tmp / f"{out}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _losses(out: Path) -> dict[int, float]:
+    with (out / "log.csv").open() as handle:
+        return {int(r["step"]): float(r["loss"]) for r in csv.DictReader(handle) if r["loss"]}
+
+
+def test_targets_mask_the_prompt_and_pad_to_the_longest(tokenizer):
+    tokens = [tokenizer.timestamp_begin, *tokenizer.encode(" Hello there."),
+              tokenizer.timestamp_begin + 50]  # fmt: skip
+    example = Example("a.wav", tokens, "en", "Before this.")
+    with_all, sot = build_sequence(example, tokenizer, np.random.default_rng(0), 1.0, 1.0, 448)
+    prev = tokenizer.encode(" Before this.")
+    assert with_all[: sot + 1] == [tokenizer.sot_prev, *prev, tokenizer.sot]
+    assert with_all[sot + 1 :] == [*tokens, tokenizer.eot]
+    plain, start = build_sequence(example, tokenizer, np.random.default_rng(0), 0.0, 0.0, 448)
+    assert start == 0
+    assert plain == [tokenizer.sot, tokenizer.no_timestamps, *tokens[1:-1], tokenizer.eot]
+    batch = collate([(with_all, sot), (plain, start)], ["a", "b"], tokenizer.eot)
+    assert batch.input_ids.shape == (2, len(with_all) - 1)  # the longest, not 448
+    assert batch.labels_mask[0].tolist() == [False] * sot + [True] * (len(with_all) - 1 - sot)
+    assert batch.labels_mask[1].sum() == len(plain) - 1
+    assert batch.labels[0, sot].item() == tokens[0]  # after <|sot|> comes the first target
+
+
+def test_training_lowers_the_loss_and_writes_a_loadable_student(
+    tmp_path, teacher_dir, data, monkeypatch
+):
+    from whisperforge.models import load_model
+
+    monkeypatch.setenv("WHISPERFORGE_CACHE", str(tmp_path / "cache"))
+    path = _config(tmp_path, teacher_dir, data, "run", max_steps=10, eval_every=5, lr=1e-2)
+    config = load_config(DistillConfig, path, [f"dev_manifest={data['dev']}",
+                                               f"encoder_cache={tmp_path / 'enc'}"])  # fmt: skip
+    result = train(config, progress=False)
+    out = tmp_path / "run"
+    losses = _losses(out)
+    assert len(losses) == 10
+    assert np.mean([losses[9], losses[10]]) < 0.9 * np.mean([losses[1], losses[2]])
+    assert result.data["kept"] == 6 and result.data["rows"] == 8
+    assert sum(result.data["dropped"].values()) == 2
+    assert result.dev_wer is not None and (out / "curves.png").stat().st_size > 5000
+    assert len(list((tmp_path / "enc").rglob("*.safetensors"))) == 6  # each window once
+    student = load_model(result.student)
+    assert student.model.config.decoder_layers == 2
+    assert json.loads((out / "summary.json").read_text())["shared_encoder"] is True
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+def test_killed_run_resumes_with_the_same_losses(tmp_path, teacher_dir, data):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # same arithmetic as the 1-thread subprocess
+    try:
+        train(load_config(DistillConfig, _config(tmp_path, teacher_dir, data, "whole")),
+              progress=False)  # fmt: skip
+        path = _config(tmp_path, teacher_dir, data, "killed")
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+        proc = subprocess.Popen([sys.executable, "-m", "whisperforge.cli", "distill", "train",
+                                 str(path), "-q"], env=env, stderr=subprocess.PIPE)  # fmt: skip
+        _wait_for(tmp_path / "killed" / "checkpoints" / "step-00000002", proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        assert proc.returncode == -signal.SIGKILL
+        assert not (tmp_path / "killed" / "student").exists()  # it died mid-run
+        steps = []
+        train(load_config(DistillConfig, path), progress=False,
+              on_step=lambda step, _: steps.append(step))  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    assert steps[0] > 2 and steps[-1] == 6  # resumed after a checkpoint, not from scratch
+    whole, resumed = _losses(tmp_path / "whole"), _losses(tmp_path / "killed")
+    assert sorted(resumed) == list(range(1, 7))
+    for step in whole:
+        assert resumed[step] == pytest.approx(whole[step], abs=1e-6, rel=1e-6), step
+
+
+def test_two_cpu_processes_with_torchrun(tmp_path, teacher_dir, data):
+    path = _config(tmp_path, teacher_dir, data, "ddp", max_steps=3, save_every=3)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+    command = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "whisperforge.cli",
+               "distill", "train", str(path), f"dev_manifest={data['dev']}", "-q"]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["steps"] == 3
+    assert summary["dev_wer"] is not None  # both processes decoded their half of dev
+    assert len(_losses(tmp_path / "ddp")) == 3
+    assert (tmp_path / "ddp" / "student" / "delta.safetensors").exists()
+    assert done.stdout.count("trained 3 steps") == 1  # printed by the main process only
