@@ -219,3 +219,15 @@ def test_multilingual_teacher_detects_or_takes_the_language():
     assert tokenizer.detokenize(ids) == tokenizer.detokenize(ids, language=language)
     with pytest.raises(ValueError, match="does not match the Whisper model"):
         SpeechTokenizer(whisper_vq_tiny(), base, "whisper-base")
+
+
+def test_shipped_tokenizer_loads_by_short_name(speech_tokenizer, jfk_ids, tiny_en, tmp_path,
+                                               monkeypatch):  # fmt: skip
+    import whisperforge.models.zoo as zoo
+
+    folder = speech_tokenizer.save(tmp_path / "zoo" / "vq-test")
+    (folder / "README.md").write_text("# vq-test\n")
+    monkeypatch.setattr(zoo, "ZOO_DIR", tmp_path / "zoo")
+    assert SpeechTokenizer.load("vq-test", whisper=tiny_en).tokenize(JFK) == jfk_ids
+    with pytest.raises(ModelNotFoundError, match="shipped: vq-test"):
+        SpeechTokenizer.load("vq-missing", whisper=tiny_en)
