@@ -230,3 +230,37 @@ def test_filter_cli_writes_kept_rows_and_prints_the_dropped(reference_run, tmp_p
     assert kept[0]["pseudo_tokens"] == expected[0]["pseudo_tokens"]
     for r in rows:
         assert (f"dropped {r['id']}:" in printed) == (r["teacher_wer"] >= threshold)
+
+
+def test_audio_without_a_transcript_is_labelled_without_a_wer(corpus, tmp_path):
+    row = {"audio": str(corpus.parent / "clip1.wav"), "language": "en", "speaker": "kal16"}
+    manifest = tmp_path / "unlabelled.jsonl"
+    manifest.write_text(json.dumps(row) + "\n", "utf-8")
+    summary = label(manifest, tmp_path / "out", _options(), progress=False)
+    (labelled,) = _rows(tmp_path / "out")
+    assert labelled["text"] == "" and labelled["teacher_wer"] is None
+    assert "the plants while I am away" in labelled["pseudo_text"]
+    assert labelled["duration"] > 2.0  # read from the file header
+    assert summary["teacher_wer"] is None and summary["with_reference"] == 0
+    assert summary["filter"]["dropped"] == 1  # nothing to check it against
+
+
+def test_plan_packs_within_pack_seconds_and_reports_long_utterances():
+    from whisperforge.data.manifest import Utterance
+    from whisperforge.recipes.pseudo_label import plan_windows
+
+    def utt(name: str, seconds: float | None, voice: str) -> Utterance:
+        return Utterance(f"/data/{name}.wav", name, "en", seconds, voice)
+
+    utts = [utt("a", 4.0, "x"), utt("b", 5.0, "y"), utt("c", 5.0, "x"), utt("d", 3.0, "x"),
+            utt("long", 31.0, "x"), utt("mp3", None, "x"), utt("e", 2.0, "y")]  # fmt: skip
+    windows, failures = plan_windows(utts, pack=True, pack_seconds=10.0)
+    assert [(w.id, w.member_ids) for w in windows] == [
+        ("a+1", ["a", "c"]), ("b+1", ["b", "e"]), ("d", ["d"]), ("mp3", ["mp3"])
+    ]  # fmt: skip
+    assert [w.packed for w in windows] == [True, True, True, False]
+    assert [f["id"] for f in failures] == ["long"] and "too long" in failures[0]["reason"]
+    unpacked, _ = plan_windows(utts, pack=False)
+    assert [w.id for w in unpacked] == ["a", "b", "c", "d", "mp3", "e"]
+    with pytest.raises(ValueError, match="pack_seconds"):
+        LabelOptions(pack_seconds=31)

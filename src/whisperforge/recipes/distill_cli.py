@@ -30,6 +30,7 @@ def cmd_label(args: argparse.Namespace) -> int:
         teacher=args.teacher,
         split=args.split,
         pack=args.pack,
+        pack_seconds=args.pack_seconds,
         batch_size=args.batch_size,
         shard_size=args.shard_size,
         language=args.language,
@@ -121,6 +122,10 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--pack", action="store_true",
         help="pack consecutive utterances of a speaker/language into windows of up to 30 s",
+    )  # fmt: skip
+    p.add_argument(
+        "--pack-seconds", type=float, default=30.0,
+        help="longest packed window, s (below 30 leaves room at the window end)",
     )  # fmt: skip
     p.add_argument("--batch-size", type=int, default=8, help="windows decoded together")
     p.add_argument("--shard-size", type=int, default=256, help="windows per shard")

@@ -54,6 +54,7 @@ class LabelOptions:
     teacher: str = "whisper-base"
     split: str = "train"
     pack: bool = False  # pack consecutive utterances of a speaker/language into <= 30 s
+    pack_seconds: float = MAX_WINDOW_SECONDS  # longest pack, seconds (< 30 leaves a margin)
     batch_size: int = 8  # windows decoded together
     shard_size: int = 256  # windows per shard (the unit of resumption and of sharding)
     language: str | None = None  # None: each row's own language, else detected
@@ -64,6 +65,8 @@ class LabelOptions:
         object.__setattr__(self, "language", normalize_language(self.language))
         if self.batch_size < 1 or self.shard_size < 1:
             raise ValueError("batch_size and shard_size must be >= 1")
+        if not 0 < self.pack_seconds <= MAX_WINDOW_SECONDS:
+            raise ValueError(f"pack_seconds must be in (0, {MAX_WINDOW_SECONDS:.0f}] seconds")
         if self.limit is not None and self.limit < 1:
             raise ValueError("limit must be >= 1 (or None for all utterances)")
         _check_max_wer(self.max_wer)
@@ -136,28 +139,32 @@ def utterance_ids(utterances: list[Utterance]) -> list[str]:
     return ids
 
 
-def plan_windows(utterances: list[Utterance], pack: bool) -> tuple[list[LabelWindow], list[dict]]:
+def plan_windows(
+    utterances: list[Utterance], pack: bool, pack_seconds: float = MAX_WINDOW_SECONDS
+) -> tuple[list[LabelWindow], list[dict]]:
     """The windows to label, in a deterministic order, and the utterances left out (longer
     than 30 s: Whisper's window; split them first).
 
     Unpacked, each utterance is its own window. Packed, ``pack_utterances`` joins consecutive
-    utterances of one speaker and language; utterances without a known duration (formats
-    without a cheap header) stay on their own, after the packs.
+    utterances of one speaker and language into at most ``pack_seconds``; utterances without
+    a known duration (formats without a cheap header) stay on their own, after the packs.
     """
     ids = utterance_ids(utterances)
     id_of = {id(u): i for u, i in zip(utterances, ids)}
     too_long = [u for u in utterances if (u.duration or 0.0) > MAX_WINDOW_SECONDS]
     fits = [u for u in utterances if (u.duration or 0.0) <= MAX_WINDOW_SECONDS]
     if pack:
-        result = pack_utterances([u for u in fits if u.duration is not None], MAX_WINDOW_SECONDS)
-        groups = [p.utterances for p in result.packs] + [[u] for u in fits if u.duration is None]
+        known = [u for u in fits if u.duration is not None]
+        result = pack_utterances(known, pack_seconds)
+        groups = [(p.utterances, True) for p in result.packs]
+        groups += [([u], False) for u in fits if u.duration is None]
     else:
-        groups = [[u] for u in fits]
+        groups = [([u], False) for u in fits]
     windows = []
-    for group in groups:
+    for group, packed in groups:
         members = [id_of[id(u)] for u in group]
         window_id = members[0] if len(members) == 1 else f"{members[0]}+{len(members) - 1}"
-        windows.append(LabelWindow(window_id, group, members, packed=pack))
+        windows.append(LabelWindow(window_id, group, members, packed))
     failures = [_failure(id_of[id(u)], u.audio, _too_long(u.duration)) for u in too_long]
     return windows, failures
 
@@ -178,7 +185,7 @@ def plan_fingerprint(windows: list[LabelWindow], options: LabelOptions) -> str:
     plan = [
         [w.id, [[u.audio, u.text, u.language] for u in w.utterances], w.packed] for w in windows
     ]
-    keys = (options.teacher, options.language, options.shard_size, options.pack)
+    keys = (options.teacher, options.language, options.shard_size)
     blob = json.dumps([keys, plan], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
@@ -356,7 +363,7 @@ def label(
 
         accelerator = Accelerator(cpu=not torch.cuda.is_available())
     utterances, skipped = read_source(source, options)
-    windows, failures = plan_windows(utterances, options.pack)
+    windows, failures = plan_windows(utterances, options.pack, options.pack_seconds)
     shards = [
         range(s, min(s + options.shard_size, len(windows)))
         for s in range(0, len(windows), options.shard_size)
