@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,49 +92,44 @@ class Example:
 def load_examples(manifests: tuple[str, ...], max_wer: float | None) -> tuple[list[Example], dict]:
     """Rows of the label manifests that pass validation and the WER filter; and a report
     ``{"rows": n, "kept": n, "dropped": {reason: n}}``."""
-    from whisperforge.recipes.pseudo_label import filter_by_wer
-
-    examples, dropped, total = [], {}, 0
+    examples: list[Example] = []
+    dropped: Counter = Counter()
+    total = 0
     for path in manifests:
         report = load_manifest(path)
         total += len(report.kept) + len(report.skipped)
-        for reason, count in report.reasons().items():
-            dropped[reason] = dropped.get(reason, 0) + count
-        rows = [u for u in report.kept if _has_tokens(u)]
-        if len(rows) < len(report.kept):
-            dropped["no pseudo_tokens"] = dropped.get("no pseudo_tokens", 0) + len(
-                report.kept) - len(rows)  # fmt: skip
-        prev = {id(u): p for p, u in zip([None, *rows], rows)}
-        kept = rows
-        if max_wer is not None:
-            kept, wer_report = filter_by_wer(rows, max_wer)
-            logger.info("%s: %s", path, wer_report.summary())
-            for reason, count in _dropped_counts(wer_report).items():
-                dropped[reason] = dropped.get(reason, 0) + count
-        for u in kept:
-            before = prev[id(u)]
-            examples.append(Example(u.audio, list(u.extra["pseudo_tokens"]), u.language,
-                                    _text(before) if before is not None else None))  # fmt: skip
-    return examples, {"rows": total, "kept": len(examples), "dropped": dropped}
+        dropped.update(report.reasons())
+        examples += _manifest_examples(path, report.kept, max_wer, dropped)
+    counts = {reason: n for reason, n in dropped.items() if n}
+    return examples, {"rows": total, "kept": len(examples), "dropped": counts}
+
+
+def _manifest_examples(path, rows: list[Utterance], max_wer, dropped: Counter) -> list[Example]:
+    """One manifest's rows with pseudo-tokens and a teacher WER under ``max_wer``, each with
+    the text of the row before it (in manifest order, before filtering)."""
+    from whisperforge.recipes.pseudo_label import filter_by_wer
+
+    usable = [u for u in rows if _has_tokens(u)]
+    dropped["no pseudo_tokens"] += len(rows) - len(usable)
+    previous = {id(u): p for p, u in zip([None, *usable], usable)}
+    kept = usable
+    if max_wer is not None:
+        kept, wer_report = filter_by_wer(usable, max_wer)
+        logger.info("%s: %s", path, wer_report.summary())
+        no_reference = sum(w is None for w in wer_report.dropped_ids.values())
+        dropped["no reference (teacher_wer null)"] += no_reference
+        dropped["teacher WER >= max_wer"] += wer_report.dropped - no_reference
+    examples = []
+    for u in kept:
+        before = previous[id(u)]
+        prev_text = None if before is None else before.extra.get("pseudo_text") or before.text
+        examples.append(Example(u.audio, list(u.extra["pseudo_tokens"]), u.language, prev_text))
+    return examples
 
 
 def _has_tokens(u: Utterance) -> bool:
     tokens = u.extra.get("pseudo_tokens")
     return isinstance(tokens, list) and all(isinstance(t, int) for t in tokens)
-
-
-def _text(u: Utterance) -> str:
-    return u.extra.get("pseudo_text") or u.text
-
-
-def _dropped_counts(report) -> dict:
-    """Reason -> count of the rows ``filter_by_wer`` dropped (its ``dropped_ids`` map each
-    to its teacher WER, None when the row had no reference)."""
-    counts: dict[str, int] = {}
-    for wer in report.dropped_ids.values():
-        reason = "no reference (teacher_wer null)" if wer is None else "teacher WER >= max_wer"
-        counts[reason] = counts.get(reason, 0) + 1
-    return counts
 
 
 def build_sequence(
@@ -318,7 +314,7 @@ def setup(config: DistillConfig) -> DistillRun:
     from whisperforge.training.checkpoint import Checkpointer
     from whisperforge.training.data import ShardedOrder
     from whisperforge.training.encoder_cache import EncoderCache, module_fingerprint
-    from whisperforge.training.runtime import make_accelerator, total_steps
+    from whisperforge.training.runtime import make_accelerator, make_optimizer, total_steps
     from whisperforge.training.schedule import make_scheduler
 
     tc = config.training
@@ -333,7 +329,7 @@ def setup(config: DistillConfig) -> DistillRun:
     order = ShardedOrder(len(examples), tc.batch_size, accelerator.process_index,
                          accelerator.num_processes, tc.seed)  # fmt: skip
     params = [p for p in student.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
+    optimizer = make_optimizer(params, tc)
     steps = total_steps(tc, order.batches_per_epoch)
     scheduler = make_scheduler(optimizer, steps, tc.warmup_steps, tc.lr_decay, tc.final_lr_fraction)
     teacher.model.to(accelerator.device)

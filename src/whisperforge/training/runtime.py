@@ -31,6 +31,16 @@ def make_accelerator(config: TrainingConfig):
     )
 
 
+def make_optimizer(params: list[torch.nn.Parameter], config: TrainingConfig):
+    """AdamW over ``params``; the fused kernel where this torch has one for their device
+    (CPU since torch 2.4: several times faster than the per-tensor loop on large embeddings)."""
+    kwargs = {"lr": config.lr, "betas": config.betas, "weight_decay": config.weight_decay}
+    try:
+        return torch.optim.AdamW(params, fused=True, **kwargs)
+    except RuntimeError:  # no fused kernel for this device in this torch
+        return torch.optim.AdamW(params, **kwargs)
+
+
 def total_steps(config: TrainingConfig, batches_per_epoch: int) -> int:
     """Optimizer steps of the run: ``max_steps``, or ``epochs`` passes over the data."""
     if config.max_steps is not None:
