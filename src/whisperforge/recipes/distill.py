@@ -344,6 +344,9 @@ def setup(config: DistillConfig) -> DistillRun:
                      scheduler, examples, order, encoder, steps, Checkpointer(
                          out / "checkpoints", tc.keep_checkpoints), None, dev, report)  # fmt: skip
     resumed = _resume(run) if tc.resume else None
+    if not tc.resume and accelerator.is_main_process:
+        run.checkpointer.clear()  # else an older run's later steps would pass for the newest
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         from whisperforge.training.log import TrainingLog
 

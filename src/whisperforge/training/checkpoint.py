@@ -128,6 +128,10 @@ class Checkpointer:
             return None
         return Checkpoint(paths[-1], json.loads((paths[-1] / STATE_FILE).read_text()))
 
+    def clear(self) -> None:
+        """Remove every checkpoint (a run that starts afresh in a used folder)."""
+        shutil.rmtree(self.root, ignore_errors=True)
+
     def _prune(self) -> None:
         for old in self.list()[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)

@@ -182,7 +182,7 @@ class TrainingConfig:
     keep_checkpoints: int = 2
     seed: int = 0
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA
-    resume: bool = True  # continue from the newest checkpoint in output_dir if there is one
+    resume: bool = True  # continue from the newest checkpoint; false: delete them, start afresh
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
