@@ -31,6 +31,8 @@ import torch
 from whisperforge.data.manifest import Utterance, load_manifest
 from whisperforge.losses import distillation_loss
 from whisperforge.training.config import TrainingConfig, to_dict
+from whisperforge.training.data import Batch, collate
+from whisperforge.training.encoder_cache import SharedEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -162,31 +164,6 @@ def build_sequence(
     return prompt + body, len(prompt)
 
 
-@dataclass
-class Batch:
-    """Padded to the longest sequence of the batch. ``input_ids``/``labels``/``labels_mask``:
-    ``(batch, seq)``; ``audio``: the rows' audio files."""
-
-    audio: list[str]
-    input_ids: torch.Tensor
-    labels: torch.Tensor
-    labels_mask: torch.Tensor
-
-
-def collate(sequences: list[tuple[list[int], int]], audio: list[str], pad_id: int) -> Batch:
-    """Shift each sequence into (input, label) pairs and pad them to the longest."""
-    width = max(len(seq) for seq, _ in sequences) - 1
-    inputs = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    labels = torch.full_like(inputs, pad_id)
-    mask = torch.zeros_like(inputs, dtype=torch.bool)
-    for row, (seq, sot_index) in enumerate(sequences):
-        n = len(seq) - 1
-        inputs[row, :n] = torch.tensor(seq[:-1])
-        labels[row, :n] = torch.tensor(seq[1:])
-        mask[row, sot_index:n] = True
-    return Batch(audio, inputs, labels, mask)
-
-
 def too_long(examples: list[Example], tokenizer, max_length: int) -> list[int]:
     """Indices of examples whose target alone does not fit the decoder's context."""
     fixed = len(tokenizer.sot_sequence("en")) + 2  # prompt + <|notimestamps|> or ts + end
@@ -194,34 +171,6 @@ def too_long(examples: list[Example], tokenizer, max_length: int) -> list[int]:
 
 
 # --------------------------------------------------------------------------- encoder
-
-
-class SharedEncoder:
-    """Frozen-encoder states ``(batch, n_audio_ctx, d_model)`` for a batch of audio files:
-    from the cache when there, else computed once (no graph) and stored."""
-
-    def __init__(self, encoder: torch.nn.Module, n_mels: int, device, cache=None):
-        self.encoder, self.n_mels, self.device, self.cache = encoder, n_mels, device, cache
-
-    def features(self, audio: list[str]) -> torch.Tensor:
-        """``(batch, n_mels, N_FRAMES)`` log-mel of each file (padded to 30 s as audio)."""
-        from whisperforge.audio import load_audio, log_mel_spectrogram
-
-        return torch.stack([log_mel_spectrogram(load_audio(a), self.n_mels) for a in audio])
-
-    def __call__(self, audio: list[str]) -> torch.Tensor:
-        found = [self.cache.get(a) if self.cache is not None else None for a in audio]
-        missing = [i for i, h in enumerate(found) if h is None]
-        if missing:
-            features = self.features([audio[i] for i in missing])
-            dtype = next(self.encoder.parameters()).dtype
-            with torch.no_grad():
-                hidden = self.encoder(features.to(self.device, dtype)).last_hidden_state
-            for i, h in zip(missing, hidden):
-                # with a cache, fresh outputs are rounded like cached ones: same run either way
-                found[i] = self.cache.put(audio[i], h) if self.cache is not None else h
-        dtype = next(self.encoder.parameters()).dtype
-        return torch.stack([h.to(self.device, dtype) for h in found])
 
 
 # --------------------------------------------------------------------------- setup

@@ -5,6 +5,8 @@ wrapping around so every process gets the same number of batches, then cut into 
 batches of ``batch_size * world_size``; process ``rank`` takes its ``batch_size`` slice of
 each. A position is the number of batches one process has consumed since the start, so a
 resumed run continues with exactly the batch it would have seen next.
+
+``collate`` turns decoder token sequences into shifted, padded ``(input, label)`` batches.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 
 @dataclass(frozen=True)
@@ -59,3 +62,28 @@ class ShardedOrder:
             epoch, indices = self.batch(position)
             yield position, epoch, indices
             position += 1
+
+
+@dataclass
+class Batch:
+    """Padded to the longest sequence of the batch. ``input_ids``/``labels``/``labels_mask``:
+    ``(batch, seq)``; ``audio``: the rows' audio files."""
+
+    audio: list[str]
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    labels_mask: torch.Tensor
+
+
+def collate(sequences: list[tuple[list[int], int]], audio: list[str], pad_id: int) -> Batch:
+    """Shift each sequence into (input, label) pairs and pad them to the longest."""
+    width = max(len(seq) for seq, _ in sequences) - 1
+    inputs = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    labels = torch.full_like(inputs, pad_id)
+    mask = torch.zeros_like(inputs, dtype=torch.bool)
+    for row, (seq, sot_index) in enumerate(sequences):
+        n = len(seq) - 1
+        inputs[row, :n] = torch.tensor(seq[:-1])
+        labels[row, :n] = torch.tensor(seq[1:])
+        mask[row, sot_index:n] = True
+    return Batch(audio, inputs, labels, mask)

@@ -6,6 +6,8 @@ fingerprint (``module_fingerprint(model.model.encoder)``: a hash of every encode
 changed encoder never reads stale outputs) and the file's identity (resolved path, size,
 modification time). Files are written to a unique temporary name and renamed, so two
 processes may fill the same cache at once and a reader never sees half a file.
+
+``SharedEncoder`` runs a frozen encoder on a batch of audio files through such a cache.
 """
 
 from __future__ import annotations
@@ -81,3 +83,31 @@ class EncoderCache:
         finally:
             tmp.unlink(missing_ok=True)
         return value
+
+
+class SharedEncoder:
+    """Frozen-encoder states ``(batch, n_audio_ctx, d_model)`` for a batch of audio files:
+    from the cache when there, else computed once (no graph) and stored."""
+
+    def __init__(self, encoder: torch.nn.Module, n_mels: int, device, cache=None):
+        self.encoder, self.n_mels, self.device, self.cache = encoder, n_mels, device, cache
+
+    def features(self, audio: list[str]) -> torch.Tensor:
+        """``(batch, n_mels, N_FRAMES)`` log-mel of each file (padded to 30 s as audio)."""
+        from whisperforge.audio import load_audio, log_mel_spectrogram
+
+        return torch.stack([log_mel_spectrogram(load_audio(a), self.n_mels) for a in audio])
+
+    def __call__(self, audio: list[str]) -> torch.Tensor:
+        found = [self.cache.get(a) if self.cache is not None else None for a in audio]
+        missing = [i for i, h in enumerate(found) if h is None]
+        if missing:
+            features = self.features([audio[i] for i in missing])
+            dtype = next(self.encoder.parameters()).dtype
+            with torch.no_grad():
+                hidden = self.encoder(features.to(self.device, dtype)).last_hidden_state
+            for i, h in zip(missing, hidden):
+                # with a cache, fresh outputs are rounded like cached ones: same run either way
+                found[i] = self.cache.put(audio[i], h) if self.cache is not None else h
+        dtype = next(self.encoder.parameters()).dtype
+        return torch.stack([h.to(self.device, dtype) for h in found])
