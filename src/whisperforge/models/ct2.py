@@ -34,6 +34,7 @@ _DTYPE_CODES = {np.dtype(v): k for k, v in _DTYPES.items() if k != 5}
 QUANTIZATIONS = ("float16", "float32", "int8")
 _GELU = 3  # ctranslate2 common_spec.Activation.GELU
 EMBEDDINGS, PROJECTION = "decoder/embeddings/weight", "decoder/projection/weight"
+_TOKEN_EMBEDDING = "model.decoder.embed_tokens.weight"
 
 
 class CT2FormatError(ValueError):
@@ -91,7 +92,7 @@ def weight_layout(encoder_layers: int, decoder_layers: int) -> Layout:
     for i in range(encoder_layers):
         out += _layer(f"encoder/layer_{i}", f"{enc}.layers.{i}", cross_attention=False)
     out += _norm("encoder/layer_norm", f"{enc}.layer_norm")
-    out.append((EMBEDDINGS, (f"{dec}.embed_tokens.weight",)))
+    out.append((EMBEDDINGS, (_TOKEN_EMBEDDING,)))
     out.append(("decoder/position_encodings/encodings", (f"{dec}.embed_positions.weight",)))
     for i in range(decoder_layers):
         out += _layer(f"decoder/layer_{i}", f"{dec}.layers.{i}", cross_attention=True)
@@ -253,6 +254,9 @@ def hf_to_ct2_variables(
         known = [state[k] for k in parts if k is not None]
         rows = [state[k] if k is not None else torch.zeros_like(known[0]) for k in parts]
         variables.update(_quantize(name, torch.cat(rows, dim=0), quantization))
+    projection = state.get("proj_out.weight")
+    if projection is not None and not torch.equal(projection, state[_TOKEN_EMBEDDING]):
+        variables.update(_quantize(PROJECTION, projection, quantization))  # untied: its own
     scalars = {
         "encoder/num_heads": np.int16(config.encoder_attention_heads),
         "decoder/num_heads": np.int16(config.decoder_attention_heads),
@@ -281,9 +285,10 @@ def write_ct2_model(
     """Write ``variables`` (sorted by name) as a ``WhisperSpec`` ``model.bin`` (version 6).
 
     ``aliases`` maps a name to the variable it shares storage with; by default the output
-    projection is the token embedding (tied), as in every Whisper model.
+    projection is the token embedding (tied, as in Whisper) unless ``variables`` has its own.
     """
-    aliases = {PROJECTION: EMBEDDINGS} if aliases is None else aliases
+    if aliases is None:
+        aliases = {} if PROJECTION in variables else {PROJECTION: EMBEDDINGS}
     with open(path, "wb") as f:
         f.write(struct.pack("<I", CT2_BINARY_VERSION))
         _put_str(f, WHISPER_SPEC)
