@@ -31,6 +31,7 @@ from whisperforge.models.convert import write_processor_files
 from whisperforge.models.ct2 import QUANTIZATIONS, hf_to_ct2_variables, write_ct2_model
 from whisperforge.models.loading import ModelBundle, load_model
 from whisperforge.models.student import STUDENT_FILE, is_student_folder
+from whisperforge.models.zoo import zoo_path
 
 logger = logging.getLogger(__name__)
 
@@ -85,8 +86,10 @@ def export_model(
     """
     options = ExportOptions(format, quantization, overwrite)
     out = Path(out).expanduser()
+    _check_destination(out, options.overwrite)  # before the (slow) load
     bundle = load_model(model)
-    _check_destination(bundle.path, out, options.overwrite)
+    if out.resolve() == bundle.path.resolve():
+        raise ExportError(f"{out} is the model's own folder; export to another folder")
     heads = alignment_heads_for(bundle, _student_layer_map(model))
     writer = _write_ct2 if options.format == "ct2" else _write_hf
     with atomic_folder(out) as tmp:
@@ -96,9 +99,7 @@ def export_model(
     return out
 
 
-def _check_destination(source: Path, out: Path, overwrite: bool) -> None:
-    if out.resolve() == source.resolve():
-        raise ExportError(f"{out} is the model's own folder; export to another folder")
+def _check_destination(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise ExportError(f"{out} exists and is not a folder; choose another --out")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
@@ -120,7 +121,7 @@ def _chmod_as_mkdir(folder: Path) -> None:
 
 def _student_layer_map(model: str | Path) -> list[int] | None:
     """Teacher decoder layer of each student layer, when ``model`` is a student delta folder."""
-    path = Path(str(model)).expanduser()
+    path = zoo_path(str(model)) or Path(str(model)).expanduser()
     if not (path.is_dir() and is_student_folder(path)):
         return None
     return json.loads((path / STUDENT_FILE).read_text())["layers"]["decoder"]
