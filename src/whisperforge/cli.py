@@ -273,12 +273,14 @@ def _register_optional(sub) -> None:
     else:
         add_data(sub)
     from whisperforge.recipes.distill_cli import add_parser as add_distill
+    from whisperforge.recipes.tokenizer_cli import add_parser as add_tokenizer
     from whisperforge.serve.cli import add_parser as add_serve  # imports nothing heavy
     from whisperforge.tokens_cli import add_parser as add_tokens  # imports nothing heavy
 
     add_distill(sub)
     add_serve(sub)
     add_tokens(sub)
+    add_tokenizer(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

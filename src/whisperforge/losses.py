@@ -81,3 +81,40 @@ def distillation_loss(
     else:
         kl = kd_loss(student_logits, teacher_logits, labels_mask, temperature)
     return DistillationLoss(ce_weight * ce + kl_weight * kl, ce, kl)
+
+
+class TokenizerLoss(NamedTuple):
+    """A speech-tokenizer step's loss (to back-propagate) and its terms (for logging);
+    ``kl`` is None when the step has no KL term (phase 2)."""
+
+    loss: Tensor
+    ce: Tensor
+    kl: Tensor | None
+    commitment: Tensor
+
+
+def tokenizer_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor | None,
+    labels: Tensor,
+    labels_mask: Tensor,
+    commitment: Tensor,
+    kl_weight: float = 1.0,
+    temperature: float = 1.0,
+) -> TokenizerLoss:
+    """Ichigo Whisper's VQ loss: ``CE + kl_weight * kd_loss + commitment``.
+
+    The student is the frozen Whisper decoder fed the bottleneck's features, the teacher the
+    same decoder fed the real encoder states (phase 1); ``teacher_logits`` None drops the KL
+    term (phase 2). ``commitment`` is the quantizer's loss, already weighted. Ichigo uses
+    ``KLDivLoss(reduction="batchmean")`` at temperature 1, which sums over positions; here the
+    KL is averaged over real label positions like the CE, so ``kl_weight`` weighs the two
+    per token.
+    """
+    ce = ce_loss(student_logits, labels, labels_mask)
+    kl = None
+    loss = ce + commitment
+    if teacher_logits is not None:
+        kl = kd_loss(student_logits, teacher_logits, labels_mask, temperature)
+        loss = loss + kl_weight * kl
+    return TokenizerLoss(loss, ce, kl, commitment)

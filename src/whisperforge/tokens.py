@@ -250,16 +250,32 @@ class SpeechTokenizer:
         out: list[list[int]] = [[] for _ in samples]
         for batch in _batches(jobs, batch_size):
             pieces = [samples[i][s : s + N_SAMPLES] for i, s in batch]
-            lengths = [len(p) for p in pieces]
-            audio = torch.from_numpy(np.stack([np.pad(p, (0, N_SAMPLES - len(p))) for p in pieces]))
-            states = self.session.encode(log_mel_spectrogram(audio, self.whisper.n_mels))
-            mask = frame_mask(torch.tensor(lengths, device=states.device), states.shape[1])
-            codes = self.bottleneck.quantize(states.float(), mask).tolist()
-            for (i, _), n, row in zip(batch, lengths, codes):
-                out[i].extend(row[: tokens_for_samples(n, self.config.downsample)])
+            states, mask = self.encode_windows(pieces)
+            for (i, _), row in zip(batch, self.window_ids(states, mask, [len(p) for p in pieces])):
+                out[i].extend(row)
             if progress is not None:
-                progress(sum(lengths) / SAMPLE_RATE)
+                progress(sum(len(p) for p in pieces) / SAMPLE_RATE)
         return out
+
+    @torch.inference_mode()
+    def encode_windows(self, pieces: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Audio of up to 30 s each (16 kHz) -> Whisper encoder states ``(rows, 1500,
+        d_model)`` (each piece zero-padded to 30 s as audio) and their frame mask ``(rows,
+        1500)``, True on frames that hold audio."""
+        lengths = [len(p) for p in pieces]
+        audio = torch.from_numpy(np.stack([np.pad(p, (0, N_SAMPLES - len(p))) for p in pieces]))
+        states = self.session.encode(log_mel_spectrogram(audio, self.whisper.n_mels))
+        return states, frame_mask(torch.tensor(lengths, device=states.device), states.shape[1])
+
+    @torch.inference_mode()
+    def window_ids(
+        self, states: torch.Tensor, mask: torch.Tensor, lengths: Sequence[int]
+    ) -> list[list[int]]:
+        """Speech ids of each window of ``encode_windows`` (``lengths``: its samples): only
+        its real-audio tokens, ``ceil(ceil(n / 320) / 2)`` of them."""
+        codes = self.bottleneck.quantize(states.float(), mask).tolist()
+        n = self.config.downsample
+        return [row[: tokens_for_samples(length, n)] for row, length in zip(codes, lengths)]
 
     def _check_ids(self, sequences: Sequence[Sequence[int]]) -> list[list[int]]:
         checked = []
@@ -316,16 +332,24 @@ class SpeechTokenizer:
         texts: list[list[str]] = [[] for _ in sequences]
         for batch in _batches(jobs, batch_size):
             feats = self.features([chunk for _, chunk in batch])
-            languages = self._languages(feats, options)
-            results = decode(
-                self.session, self.whisper.tokenizer, self.whisper.suppress_tokens, feats,
-                options, languages,
-            )  # fmt: skip
-            for (i, _), result in zip(batch, results):
-                texts[i].append(result.text.strip())
+            decoded = self.decode_features(feats, options, self._languages(feats, options))
+            for (i, _), text in zip(batch, decoded):
+                texts[i].append(text)
             if progress is not None:
                 progress(len(batch))
         return [" ".join(t for t in parts if t) for parts in texts]
+
+    @torch.inference_mode()
+    def decode_features(
+        self, feats: torch.Tensor, options: DecodingOptions, languages: list[str | None]
+    ) -> list[str]:
+        """Text of each row of decoder features ``(rows, 1500, d_model)`` (the bottleneck's or
+        the encoder's own) through the frozen Whisper decoder, one language per row."""
+        results = decode(
+            self.session, self.whisper.tokenizer, self.whisper.suppress_tokens, feats,
+            options, languages,
+        )  # fmt: skip
+        return [r.text.strip() for r in results]
 
     def _languages(self, feats: torch.Tensor, options: DecodingOptions) -> list[str | None]:
         if options.language is not None or not self.whisper.multilingual:

@@ -67,7 +67,8 @@ def summarize(rows: list[dict]) -> dict:
     return summary
 
 
-def _row(item: EvalItem, hypothesis: str, language: str, duration: float) -> dict:
+def score_utterance(item: EvalItem, hypothesis: str, language: str, duration: float) -> dict:
+    """The per-utterance row of the report: word and character error counts and rates."""
     words = word_errors(item.text, hypothesis, language=language)
     chars = char_errors(item.text, hypothesis, language=language)
     return {
@@ -107,7 +108,7 @@ def evaluate(transcriber: Transcriber, items: Iterable[EvalItem], progress=None,
                 progress(failed[-1])
             continue
         language = item.language or options.get("language") or result.info.language
-        rows.append(_row(item, result.text, language, result.info.duration))
+        rows.append(score_utterance(item, result.text, language, result.info.duration))
         if progress:
             progress(rows[-1])
     wall = time.perf_counter() - start
@@ -118,8 +119,8 @@ def evaluate(transcriber: Transcriber, items: Iterable[EvalItem], progress=None,
         wall_seconds=round(wall, 3),
         throughput=audio / wall if wall > 0 else 0.0,
         failed=failed,
-        by_speaker=_by(rows, "speaker"),
-        by_language=_by(rows, "language"),
+        by_speaker=rates_by(rows, "speaker"),
+        by_language=rates_by(rows, "language"),
         options=options,
         machine=machine_info(),
         per_utterance=rows,
@@ -127,7 +128,8 @@ def evaluate(transcriber: Transcriber, items: Iterable[EvalItem], progress=None,
     return report
 
 
-def _by(rows: list[dict], key: str) -> dict:
+def rates_by(rows: list[dict], key: str) -> dict:
+    """WER/CER of the rows grouped by ``key`` (``speaker``, ``language``), None left out."""
     groups = defaultdict(list)
     for r in rows:
         if r[key] is not None:

@@ -16,6 +16,7 @@ process (rank 0) writes; the recipe gathers the other processes' RNG states to i
 from __future__ import annotations
 
 import json
+import logging
 import random
 import re
 import shutil
@@ -33,6 +34,7 @@ TRAINING_FILE = "training.pt"
 RNG_FILE = "rng.pt"
 STATE_FILE = "state.json"
 _NAME = re.compile(r"^step-(\d{8,})$")
+logger = logging.getLogger(__name__)
 
 
 def capture_rng() -> dict:
@@ -137,3 +139,42 @@ class Checkpointer:
             shutil.rmtree(old, ignore_errors=True)
         for stale in self.root.glob(".step-*"):  # left by a write that was killed
             shutil.rmtree(stale, ignore_errors=True)
+
+
+def save_run_state(
+    accelerator,
+    checkpointer: Checkpointer,
+    step: int,
+    model_state: dict[str, torch.Tensor],
+    optimizer,
+    scheduler,
+    state: dict,
+    extra: dict | None = None,
+) -> None:
+    """Checkpoint a training loop at ``step`` (every process calls this): every process's
+    RNG states are gathered to the main one, which writes ``model_state``, the optimizer and
+    scheduler states (plus ``extra`` tensors), and ``state`` with the world size."""
+    from accelerate.utils import gather_object
+
+    rng_states = gather_object([capture_rng()])
+    if accelerator.is_main_process:
+        training = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+        checkpointer.save(step, model_state, training | (extra or {}), rng_states,
+                          {**state, "world_size": accelerator.num_processes})  # fmt: skip
+    accelerator.wait_for_everyone()
+
+
+def restore_run_state(accelerator, checkpoint: Checkpoint, optimizer, scheduler) -> dict:
+    """Load a ``save_run_state`` checkpoint's optimizer, scheduler and this process's RNG
+    states; returns its training state (for the recipe's ``extra`` entries)."""
+    world = checkpoint.state.get("world_size")
+    if world != accelerator.num_processes:
+        logger.warning("resuming a %s-process run on %d processes: the data order differs",
+                       world, accelerator.num_processes)  # fmt: skip
+    training = checkpoint.training_state()
+    optimizer.load_state_dict(training["optimizer"])
+    scheduler.load_state_dict(training["scheduler"])
+    rng = checkpoint.rng_state(accelerator.process_index)
+    if rng is not None:
+        restore_rng(rng)
+    return training

@@ -1,0 +1,224 @@
+"""Evaluate a speech tokenizer: the WER of text decoded from its tokens next to the WER of
+the continuous Whisper model it sits in, on the same windows with the same decoding.
+
+Each recording is cut into consecutive 30 s windows (the tokenizer's own convention); the
+Whisper encoder runs once per window and feeds both paths: the encoder states go to the
+decoder directly (the teacher) and through the bottleneck's ids and back (the tokens). Both
+decode greedily without timestamps (or with the options given) in the same language: the one
+asked for, else the row's, else the one the teacher detects. Window texts are joined per
+recording and scored like ``whisperforge evaluate`` (``recipes.evaluate``).
+
+Besides the error rates the report gives the ratio of the two WERs, the nominal bitrate
+(``tokens_per_second * log2(codes)``), the entropy bitrate (``tokens_per_second`` times the
+empirical unigram entropy of the ids, in bits), codebook utilisation / perplexity / dead codes
+over the whole set, the time each stage took and the machine.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from whisperforge.audio import N_SAMPLES, SAMPLE_RATE, AudioError, load_audio
+from whisperforge.decoding import DecodingOptions, detect_language
+from whisperforge.models.vq import codebook_usage
+from whisperforge.recipes.evaluate import (
+    EvalItem,
+    machine_info,
+    rates_by,
+    score_utterance,
+    summarize,
+)
+from whisperforge.tokens import SpeechTokenizer
+
+
+@dataclass
+class _Window:
+    item: int  # index into the items
+    audio: object  # float32 samples, up to 30 s
+
+
+@dataclass
+class _Timing:
+    encode: float = 0.0  # encoder + quantizer
+    tokens: float = 0.0  # ids -> features -> text
+    teacher: float = 0.0  # encoder states -> text
+    language: float = 0.0
+
+    def add(self, name: str, start: float) -> None:
+        setattr(self, name, getattr(self, name) + time.perf_counter() - start)
+
+
+@dataclass
+class _Outputs:
+    ids: list[list[int]]
+    tokens: list[list[str]]
+    teacher: list[list[str]]
+    samples: list[int]
+    failed: dict[int, str] = field(default_factory=dict)
+
+
+def _windows(items: list[EvalItem], outputs: _Outputs) -> Iterator[_Window]:
+    """Consecutive 30 s windows of each item, decoded one item at a time; an item that
+    cannot be decoded is recorded in ``outputs.failed``."""
+    for index, item in enumerate(items):
+        try:
+            audio = load_audio(item.audio)
+        except AudioError as error:
+            outputs.failed[index] = str(error)
+            continue
+        outputs.samples[index] = len(audio)
+        for start in range(0, max(len(audio), 1), N_SAMPLES):
+            yield _Window(index, audio[start : start + N_SAMPLES])
+
+
+def _batched(windows: Iterator[_Window], size: int) -> Iterator[list[_Window]]:
+    batch: list[_Window] = []
+    for window in windows:
+        batch.append(window)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _languages(tok: SpeechTokenizer, states, wanted: list[str | None]) -> list[str | None]:
+    """Each window's language: the one wanted, else detected from the encoder states."""
+    if not tok.whisper.multilingual or all(w is not None for w in wanted):
+        return wanted
+    probs = detect_language(tok.session, tok.whisper.tokenizer, states)
+    return [w or max(p, key=p.get) for w, p in zip(wanted, probs)]
+
+
+def _run_batch(tok, batch, items, language, options, outputs: _Outputs, timing: _Timing):
+    """Both paths on one batch of windows."""
+    start = time.perf_counter()
+    pieces = [w.audio for w in batch]
+    states, mask = tok.encode_windows(pieces)
+    ids = tok.window_ids(states, mask, [len(p) for p in pieces])
+    timing.add("encode", start)
+    start = time.perf_counter()
+    wanted = [language or items[w.item].language for w in batch]
+    languages = _languages(tok, states, wanted)
+    timing.add("language", start)
+    start = time.perf_counter()
+    token_texts = tok.decode_features(tok.features(ids), options, languages)
+    timing.add("tokens", start)
+    start = time.perf_counter()
+    teacher_texts = tok.decode_features(states, options, languages)
+    timing.add("teacher", start)
+    for w, row, text, reference in zip(batch, ids, token_texts, teacher_texts):
+        outputs.ids[w.item].extend(row)
+        outputs.tokens[w.item].append(text)
+        outputs.teacher[w.item].append(reference)
+    return languages
+
+
+def _bitrates(tok: SpeechTokenizer, ids: list[list[int]], audio_seconds: float) -> dict:
+    cfg = tok.config
+    usage = codebook_usage(torch.tensor([i for row in ids for i in row] or [cfg.mask_id]),
+                           cfg.n_ids, cfg.mask_id)  # fmt: skip
+    entropy = math.log2(usage.perplexity) if usage.perplexity > 0 else 0.0
+    rate = cfg.tokens_per_second
+    measured = usage.n_tokens / audio_seconds if audio_seconds > 0 else 0.0
+    return {
+        "tokens": usage.n_tokens,
+        "tokens_per_second": measured,
+        "bitrate": {
+            "nominal_bps": rate * math.log2(cfg.n_searchable),
+            "entropy_bps": rate * entropy,
+            "entropy_bits_per_token": entropy,
+            "tokens_per_second": rate,
+        },
+        "codebook": {"n_codes": cfg.n_searchable, "n_ids": cfg.n_ids, **asdict(usage)},
+    }
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return a / b if b > 0 else None
+
+
+def evaluate_tokens(
+    tokenizer: SpeechTokenizer,
+    items: Iterable[EvalItem],
+    *,
+    language: str | None = None,
+    options: DecodingOptions | None = None,
+    batch_size: int = 8,
+    name: str = "speech tokenizer",
+    progress: Callable[[float], None] | None = None,
+) -> dict:
+    """Transcribe ``items`` from speech tokens and with the continuous teacher; score both.
+
+    ``options`` default: greedy, without timestamps; ``name`` is the tokenizer's reference
+    for the report; ``progress`` gets the seconds of audio of each finished batch of
+    windows. Returns the report (module docstring).
+    """
+    items = list(items)
+    options = options or DecodingOptions(without_timestamps=True)
+    n = len(items)
+    outputs = _Outputs([[] for _ in range(n)], [[] for _ in range(n)], [[] for _ in range(n)],
+                       [0] * n)  # fmt: skip
+    timing, languages = _Timing(), [None] * n
+    begin = time.perf_counter()
+    for batch in _batched(_windows(items, outputs), batch_size):
+        found = _run_batch(tokenizer, batch, items, language, options, outputs, timing)
+        for w, lang in zip(batch, found):
+            languages[w.item] = languages[w.item] or lang
+        if progress is not None:
+            progress(sum(len(w.audio) for w in batch) / SAMPLE_RATE)
+    wall = time.perf_counter() - begin
+    report = _report(tokenizer, items, outputs, languages, timing, wall, options, batch_size)
+    return {"model": name, **report}
+
+
+def _rows(items, outputs: _Outputs, languages) -> tuple[list[dict], list[dict]]:
+    rows, teacher_rows = [], []
+    for i, item in enumerate(items):
+        if i in outputs.failed:
+            continue
+        lang = languages[i] or "en"
+        seconds = outputs.samples[i] / SAMPLE_RATE
+        row = score_utterance(item, " ".join(t for t in outputs.tokens[i] if t), lang, seconds)
+        ref = score_utterance(item, " ".join(t for t in outputs.teacher[i] if t), lang, seconds)
+        row |= {"n_tokens": len(outputs.ids[i]), "teacher_hypothesis": ref["hypothesis"],
+                "teacher_wer": ref["wer"], "teacher_cer": ref["cer"]}  # fmt: skip
+        rows.append(row)
+        teacher_rows.append(ref)
+    return rows, teacher_rows
+
+
+def _report(tok, items, outputs, languages, timing: _Timing, wall, options, batch_size) -> dict:
+    rows, teacher_rows = _rows(items, outputs, languages)
+    report = summarize(rows)
+    teacher = summarize(teacher_rows)
+    audio = report["audio_seconds"]
+    kept = [outputs.ids[i] for i in range(len(items)) if i not in outputs.failed]
+
+    def speed(seconds: float) -> float:
+        return audio / seconds if seconds > 0 else 0.0
+
+    report.update(
+        teacher_model=tok.teacher,
+        teacher={k: teacher[k] for k in ("wer", "cer", "substitution_rate", "deletion_rate",
+                                         "insertion_rate", "repeated_5grams")},
+        wer_ratio=_ratio(report["wer"], teacher["wer"]),
+        cer_ratio=_ratio(report["cer"], teacher["cer"]),
+        **_bitrates(tok, kept, audio),
+        wall_seconds=round(wall, 3), throughput=speed(wall),
+        timing={**{f"{k}_seconds": round(v, 3) for k, v in asdict(timing).items()},
+                "tokenize_throughput": speed(timing.encode),
+                "tokens_to_text_throughput": speed(timing.encode + timing.tokens),
+                "teacher_throughput": speed(timing.encode + timing.teacher)},
+        failed=[{"id": items[i].id, "audio": str(items[i].audio), "error": e}
+                for i, e in sorted(outputs.failed.items())],
+        by_speaker=rates_by(rows, "speaker"), by_language=rates_by(rows, "language"),
+        options={**asdict(options), "batch_size": batch_size}, machine=machine_info(),
+        per_utterance=rows,
+    )  # fmt: skip
+    return report

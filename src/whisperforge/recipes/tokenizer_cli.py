@@ -1,0 +1,141 @@
+"""``whisperforge tokenizer``: train and evaluate speech tokenizers (the recipes).
+
+``train`` is a thin layer over ``recipes.train_tokenizer``; ``evaluate`` over
+``recipes.evaluate_tokens``. Using a tokenizer (encode, transcribe, grow, merge) is
+``whisperforge tokens``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+DEFAULT_TOKENIZER = "whisper-vq-base"  # shipped in whisperforge/zoo/ once trained
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from whisperforge.cli import _quiet_transformers
+    from whisperforge.recipes.train_tokenizer import TokenizerTrainConfig, train
+    from whisperforge.training.config import load_config
+
+    config = load_config(TokenizerTrainConfig, args.config, args.overrides)
+    _quiet_transformers()
+    result = train(config, progress=not args.quiet)
+    if result.main_process:
+        wer = "-" if result.dev_wer is None else f"{result.dev_wer:.2f} %"
+        print(f"trained {result.steps} steps on {result.data['kept']} rows; dev WER (from "
+              f"tokens) {wer} -> {result.tokenizer}")  # fmt: skip
+    return 0
+
+
+def _load_tokenizer(args: argparse.Namespace):
+    import torch
+
+    from whisperforge.cli import _quiet_transformers
+    from whisperforge.models.loading import ModelNotFoundError
+    from whisperforge.models.zoo import zoo_path
+    from whisperforge.tokens import SpeechTokenizer
+
+    if args.model == DEFAULT_TOKENIZER and zoo_path(DEFAULT_TOKENIZER) is None:
+        raise ModelNotFoundError(
+            f"no shipped speech tokenizer is installed ('{DEFAULT_TOKENIZER}' has not been "
+            "trained into this package yet); pass --model with a tokenizer folder, e.g. the "
+            "OUTPUT_DIR/tokenizer of `whisperforge tokenizer train`"
+        )
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    _quiet_transformers()
+    return SpeechTokenizer.load(args.model, device=args.device)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from whisperforge.data.manifest import ManifestError
+    from whisperforge.decoding import DecodingOptions
+    from whisperforge.recipes.evaluate import items_from_source, write_report
+    from whisperforge.recipes.evaluate_tokens import evaluate_tokens
+
+    items, skipped = items_from_source(args.manifest, split=args.split)
+    for row in skipped:
+        print(f"skipped line {row['line']}: {row['reason']}", file=sys.stderr)
+    items = items[: args.limit] if args.limit else items
+    if not items:
+        raise ManifestError(f"{args.manifest}: no usable utterances ({len(skipped)} skipped)")
+    tokenizer = _load_tokenizer(args)
+    options = DecodingOptions(beam_size=args.beam_size if args.beam_size > 1 else None,
+                              without_timestamps=True)  # fmt: skip
+    seconds = sum(i.duration or 0.0 for i in items)
+    bar = tqdm(total=round(seconds, 1), unit="s", disable=args.quiet or None, file=sys.stderr)
+    report = evaluate_tokens(
+        tokenizer, items, language=args.language, options=options, batch_size=args.batch_size,
+        name=str(args.model), progress=bar.update,
+    )  # fmt: skip
+    bar.close()
+    report |= {"manifest": str(args.manifest), "skipped": skipped}
+    print_report(report)
+    if args.report:
+        write_report(report, args.report)
+        print(f"report written to {args.report}")
+    return 1 if report["failed"] else 0
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:6.2f} %"
+
+
+def print_report(r: dict) -> None:
+    """The summary of an ``evaluate_tokens`` report, as a few lines."""
+    teacher, bits, book = r["teacher"], r["bitrate"], r["codebook"]
+    ratio = "-" if r["wer_ratio"] is None else f"{r['wer_ratio']:.2f}x"
+    print(f"tokenizer   {r['model']} (in {r['teacher_model']})")
+    print(f"utterances  {r['utterances']} ({r['audio_seconds']:.1f} s of audio), "
+          f"failed {len(r['failed'])}")  # fmt: skip
+    print(f"{'':12}{'from tokens':>12}{'teacher':>12}")
+    print(f"{'WER':12}{_percent(r['wer']):>12}{_percent(teacher['wer']):>12}   ratio {ratio}")
+    print(f"{'CER':12}{_percent(r['cer']):>12}{_percent(teacher['cer']):>12}")
+    print(f"tokens      {r['tokens']} ({r['tokens_per_second']:.2f} per s); bitrate nominal "
+          f"{bits['nominal_bps']:.0f} bit/s, entropy {bits['entropy_bps']:.0f} bit/s")  # fmt: skip
+    print(f"codebook    {book['used']} of {book['n_codes']} codes used "
+          f"({100 * book['utilisation']:.1f} %), perplexity {book['perplexity']:.1f}, "
+          f"dead {book['dead_codes']}")  # fmt: skip
+    t = r["timing"]
+    print(f"throughput  {r['throughput']:.2f} audio s / wall s overall; tokenize "
+          f"{t['tokenize_throughput']:.2f}, tokens->text {t['tokens_to_text_throughput']:.2f}, "
+          f"teacher {t['teacher_throughput']:.2f} ({r['machine']['torch_threads']} threads, "
+          f"batch {r['options']['batch_size']})")  # fmt: skip
+
+
+def add_parser(subparsers) -> None:
+    tokenizer = subparsers.add_parser(
+        "tokenizer", help="train and evaluate speech tokenizers (WhisperVQ bottlenecks)"
+    )
+    sub = tokenizer.add_subparsers(dest="tokenizer_command", required=True)
+
+    p = sub.add_parser("train", help="train a bottleneck in a frozen Whisper (two phases)")
+    p.add_argument(
+        "config", type=Path, help="YAML config (see recipes/configs/tokenizer-base.yaml)"
+    )
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. training.lr=3e-4")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="WER from tokens next to the continuous model's WER")
+    p.add_argument(
+        "--manifest", required=True,
+        help="JSONL manifest, corpus folder, audiofolder, saved or hub HF dataset",
+    )  # fmt: skip
+    p.add_argument("--split", default="test", help="split of a corpus folder or dataset")
+    p.add_argument(
+        "--model", default=DEFAULT_TOKENIZER, help="speech tokenizer folder or shipped name"
+    )
+    p.add_argument("--language", default=None, help="default: each row's, else detected")
+    p.add_argument("--beam-size", type=int, default=1, help="1 = greedy (default)")
+    p.add_argument("--batch-size", type=int, default=8, help="30 s windows per forward pass")
+    p.add_argument("--report", type=Path, default=None, help="write the JSON report here")
+    p.add_argument("--limit", type=int, default=0, help="evaluate only the first N utterances")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_evaluate)

@@ -1,0 +1,647 @@
+"""Speech-tokenizer training: a WhisperVQ bottleneck between a frozen Whisper encoder and its
+frozen decoder learns to keep what the decoder needs to transcribe (Ichigo Whisper's recipe,
+``seeds/ichigo-asr.txt``; WhisperSpeech's ``vq_stoks``).
+
+Only the bottleneck trains. For a batch of 30 s windows the encoder runs once (or its output
+comes from the on-disk ``EncoderCache``); the bottleneck turns its states into features; the
+frozen decoder, fed those features and the target tokens, gives the student logits:
+
+- phase 1 (the first ``phase1_steps`` optimizer steps): ``CE(transcript) + kl_weight *
+  KL(teacher || student) + commitment``; the teacher is the same frozen decoder fed the real
+  encoder states (under ``inference_mode``: nothing of it is kept for the backward pass);
+- phase 2 (the next ``phase2_steps``): ``CE + commitment``; the teacher is not run.
+
+Targets: ``<|sot|><|lang|><|transcribe|><|notimestamps|> text <|eot|>`` (an English-only
+model has no language/task tokens) from each row's ``text`` (or ``pseudo_text``), at most the
+decoder's 448 positions; they are tokenized once at setup. The KL and CE are averaged over real
+label positions, selected before the vocabulary projection: padding never reaches a softmax.
+Manifests are mixed by weight (``training.mixing.MixedOrder``), deterministically for a seed.
+``init_from`` starts from a trained tokenizer, grown to ``codebook_size`` codes when it has
+fewer (``grow_codebook``); ``whisperforge tokens merge`` then joins the two.
+
+The loop is explicit: ``setup`` -> (``train_step``, ``evaluate``, ``save_checkpoint``)* ->
+``finish``; Accelerate runs it on one CPU process, ``torchrun --nproc_per_node N`` CPU
+processes or GPUs. See ``docs/tokens.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from whisperforge.audio import SAMPLE_RATE
+from whisperforge.losses import tokenizer_loss
+from whisperforge.models.vq import VQConfig, WhisperVQ, codebook_usage, frame_mask
+from whisperforge.training.config import TrainingConfig, to_dict
+from whisperforge.training.data import Batch, collate
+
+logger = logging.getLogger(__name__)
+
+MAX_WINDOW_SECONDS = 30.0  # one encoder window per training row
+
+
+@dataclass(frozen=True)
+class TrainSource:
+    """One training manifest and its share of the draws."""
+
+    manifest: str
+    weight: float = 1.0  # relative share of training rows drawn from this manifest
+    language: str | None = None  # for rows without a "language"
+
+    def __post_init__(self) -> None:
+        if self.weight <= 0:
+            raise ValueError(f"{self.manifest}: weight must be > 0, not {self.weight}")
+
+
+@dataclass(frozen=True)
+class BottleneckOptions:
+    """``VQConfig`` fields of a new bottleneck; the width is the teacher's. With ``init_from``
+    only ``codebook_size`` applies (the rest comes from the tokenizer grown from)."""
+
+    codebook_size: int = 2048
+    codebook_dim: int = 64
+    n_layers: int = 1
+    n_heads: int | None = None  # None: heads of 64 channels (the presets)
+    ffn_mult: int = 4
+    ema_decay: float = 0.8
+    commitment_weight: float = 1.0
+    threshold_ema_dead_code: float = 2.0
+    kmeans_init: bool = False
+    rotation_trick: bool = False
+
+    def vq_config(self, d_model: int) -> VQConfig:
+        fields = to_dict(self)
+        heads = fields.pop("n_heads") or max(1, d_model // 64)
+        return VQConfig(d_model=d_model, n_heads=heads, **fields)
+
+
+@dataclass(frozen=True)
+class TokenizerTraining(TrainingConfig):
+    """``TrainingConfig`` with Ichigo Whisper's optimisation defaults: AdamW lr 1e-3, betas
+    (0.9, 0.95), weight decay 1e-3, 500 warm-up steps, cosine to lr / 25, gradient clip 2.
+    The run's length is ``phase1_steps + phase2_steps``: ``max_steps`` and ``epochs`` are
+    not used."""
+
+    output_dir: str = "runs/tokenizer"
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 1e-3
+    warmup_steps: int = 500
+    lr_decay: Literal["linear", "cosine", "constant"] = "cosine"
+    final_lr_fraction: float = 1 / 25
+    max_grad_norm: float | None = 2.0
+    eval_every: int = 250
+    save_every: int = 100
+
+
+@dataclass(frozen=True)
+class TokenizerTrainConfig:
+    """Options of ``whisperforge tokenizer train``; paths relative to the working directory."""
+
+    teacher: str = "whisper-base"
+    train: tuple[TrainSource, ...] = ()
+    dev_manifest: str | None = None  # any manifest; None: no dev WER
+    dev_limit: int | None = None  # evaluate on the first N dev rows only
+    text_field: Literal["text", "pseudo_text"] = "text"
+    bottleneck: BottleneckOptions = field(default_factory=BottleneckOptions)
+    init_from: str | None = None  # a trained tokenizer to continue from or grow
+    grow_noise: float = 0.01  # std of the noise on grown codes (code space)
+    phase1_steps: int = 1000  # with the KL to the continuous teacher
+    phase2_steps: int = 500  # without it
+    kl_weight: float = 1.0
+    temperature: float = 1.0  # of the KL (Ichigo: 1)
+    usage_window: int = 50  # codebook usage is logged over the codes of the last N steps
+    encoder_cache: str | None = None  # folder for frozen-encoder outputs (multi-epoch runs)
+    eval_batch_size: int = 8
+    training: TokenizerTraining = field(default_factory=TokenizerTraining)
+
+    def __post_init__(self) -> None:
+        if not self.train:
+            raise ValueError("train is required: a list of {manifest: path, weight: w}")
+        if self.phase1_steps < 0 or self.phase2_steps < 0 or self.total_steps == 0:
+            raise ValueError("phase1_steps and phase2_steps must be >= 0 and not both 0")
+        if self.training.max_steps is not None:
+            raise ValueError(
+                "training.max_steps is not used here: set phase1_steps and phase2_steps"
+            )
+        if self.kl_weight < 0 or self.temperature <= 0 or self.grow_noise < 0:
+            raise ValueError("kl_weight and grow_noise must be >= 0 and temperature > 0")
+        for name in ("usage_window", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
+        if self.dev_limit is not None and self.dev_limit < 1:
+            raise ValueError("dev_limit must be >= 1 (or null for the whole dev manifest)")
+
+    @property
+    def total_steps(self) -> int:
+        return self.phase1_steps + self.phase2_steps
+
+    def phase(self, step: int) -> int:
+        """Phase (1 or 2) of optimizer step ``step`` (0-based)."""
+        return 1 if step < self.phase1_steps else 2
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training (or dev) window: audio file, length, decoder tokens, reference text."""
+
+    audio: str
+    samples: int  # 16 kHz samples of audio (the rest of the 30 s window is padding)
+    tokens: tuple[int, ...]  # <|sot|> ... text ... <|eot|> (capped at the decoder's context)
+    language: str | None
+    text: str
+
+
+def audio_samples(path: str) -> int:
+    """Samples ``load_audio(path)`` gives at 16 kHz: the header's frame count for a 16 kHz
+    file, else the decoded length."""
+    import soundfile as sf
+
+    from whisperforge.audio import load_audio
+
+    try:
+        info = sf.info(path)
+    except (RuntimeError, sf.LibsndfileError):
+        info = None
+    if info is not None and info.samplerate == SAMPLE_RATE:
+        return int(info.frames)
+    return len(load_audio(path))
+
+
+def target_tokens(tokenizer, text: str, language: str | None, max_length: int) -> list[int]:
+    """``<|sot|>[<|lang|><|transcribe|>]<|notimestamps|> text <|eot|>``, at most
+    ``max_length + 1`` tokens (the decoder reads all but the last); a capped target loses
+    its end token rather than learn to stop early."""
+    body = tokenizer.encode(" " + text.strip())
+    seq = [*tokenizer.sot_sequence(language), tokenizer.no_timestamps, *body, tokenizer.eot]
+    return seq[: max_length + 1]
+
+
+def _row_language(utt, source: TrainSource, tokenizer) -> str | None:
+    """The row's language for the prompt (None for an English-only model); raises
+    ``ValueError`` for a language the model has no token for."""
+    if not tokenizer.multilingual:
+        return None
+    language = utt.language or source.language
+    if language not in tokenizer.language_tokens:
+        raise ValueError(f"language {language!r}")
+    return language
+
+
+def load_source(source: TrainSource, text_field: str, tokenizer, max_length: int):
+    """Examples of one manifest and its report ``{"manifest", "weight", "rows", "kept",
+    "truncated", "dropped": {reason: n}}``."""
+    from whisperforge.data.manifest import load_manifest
+
+    report = load_manifest(source.manifest, max_duration=MAX_WINDOW_SECONDS)
+    dropped = Counter(report.reasons())
+    examples, truncated = [], 0
+    for utt in report.kept:
+        text = utt.text if text_field == "text" else utt.extra.get(text_field)
+        if not isinstance(text, str) or not text.strip():
+            dropped[f"no {text_field}"] += 1
+            continue
+        try:
+            language = _row_language(utt, source, tokenizer)
+        except ValueError as error:
+            dropped[f"unknown {error}"] += 1
+            continue
+        tokens = target_tokens(tokenizer, text, language, max_length)
+        truncated += tokens[-1] != tokenizer.eot
+        examples.append(Example(utt.audio, audio_samples(utt.audio), tuple(tokens), language,
+                                utt.text))  # fmt: skip
+    counts = {
+        "manifest": source.manifest, "weight": source.weight,
+        "rows": len(report.kept) + len(report.skipped), "kept": len(examples),
+        "truncated": truncated, "dropped": dict(dropped),
+    }  # fmt: skip
+    return examples, counts
+
+
+def load_dev(config: TokenizerTrainConfig) -> list[Example]:
+    """Dev windows (up to 30 s each; longer rows are left out with a warning)."""
+    if config.dev_manifest is None:
+        return []
+    from whisperforge.recipes.evaluate import items_from_source
+
+    items, skipped = items_from_source(config.dev_manifest)
+    if skipped:
+        logger.warning("dev manifest: %d rows skipped (%s)", len(skipped), skipped[0]["reason"])
+    items = items[: config.dev_limit]
+    dev = [
+        Example(str(i.audio), audio_samples(str(i.audio)), (), i.language, i.text)
+        for i in items
+        if isinstance(i.audio, (str, Path))
+    ]
+    kept = [d for d in dev if d.samples <= MAX_WINDOW_SECONDS * SAMPLE_RATE]
+    if len(kept) < len(dev):
+        logger.warning("dev manifest: %d rows over 30 s left out", len(dev) - len(kept))
+    return kept
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def build_bottleneck(config: TokenizerTrainConfig, d_model: int) -> tuple[WhisperVQ, dict]:
+    """A new bottleneck of the teacher's width, or ``init_from``'s (grown to ``codebook_size``
+    codes when it has fewer); and how it was made, for the summary."""
+    from whisperforge.models.vq import grow_codebook
+    from whisperforge.tokens import load_bottleneck
+
+    size = config.bottleneck.codebook_size
+    if config.init_from is None:
+        return WhisperVQ(config.bottleneck.vq_config(d_model)), {"init": "random"}
+    source, meta = load_bottleneck(config.init_from)
+    have = source.config
+    if have.d_model != d_model:
+        raise ValueError(f"init_from {config.init_from} has width {have.d_model}, but "
+                         f"{config.teacher} has {d_model}")  # fmt: skip
+    if have.merged_codes:
+        raise ValueError(f"init_from {config.init_from} is a merged tokenizer; start from the "
+                         "tokenizers it was merged from")  # fmt: skip
+    if size < have.codebook_size:
+        raise ValueError(f"bottleneck.codebook_size {size} is below init_from's "
+                         f"{have.codebook_size}; codebooks only grow")  # fmt: skip
+    origin = {"init": str(config.init_from), "from_codes": have.codebook_size}
+    if size == have.codebook_size:
+        return source.train(), origin
+    generator = torch.Generator().manual_seed(config.training.seed)
+    grown = grow_codebook(source, size, noise=config.grow_noise, generator=generator)
+    return grown.train(), origin | {"grown_to": size}
+
+
+def preset_name(vq: VQConfig) -> str | None:
+    """The preset this bottleneck's width and heads match, if any (recorded on save)."""
+    from whisperforge.models.vq import preset_for_width
+
+    try:
+        name = preset_for_width(vq.d_model)
+    except ValueError:
+        return None
+    return name if vq.n_heads == vq.d_model // 64 else None
+
+
+@dataclass
+class TokenizerRun:
+    """Everything the loop touches; built by ``setup``."""
+
+    config: TokenizerTrainConfig
+    accelerator: object
+    teacher: object  # ModelBundle, frozen
+    bottleneck: torch.nn.Module  # prepared by Accelerate (DDP-wrapped when distributed)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    examples: list[list[Example]]  # by source
+    order: object  # MixedOrder
+    encoder: object  # SharedEncoder
+    checkpointer: object  # Checkpointer
+    dev: list[Example]
+    report: dict
+    log: object | None = None  # TrainingLog on the main process
+    usage: deque = field(default_factory=deque)  # code histograms (n_ids,) of the last steps
+    step: int = 0
+    position: int = 0  # batches of this process consumed
+
+    @property
+    def vq(self) -> WhisperVQ:
+        return self.accelerator.unwrap_model(self.bottleneck)
+
+    @property
+    def total_steps(self) -> int:
+        return self.config.total_steps
+
+
+LOG_COLUMNS = ["phase", "epoch", "lr", "loss", "ce_loss", "kl_loss", "commitment_loss",
+               "grad_norm", "utilisation", "perplexity", "dead_codes", "dev_wer"]  # fmt: skip
+
+
+def _load_data(config: TokenizerTrainConfig, teacher) -> tuple[list[list[Example]], dict]:
+    max_length = teacher.model.config.max_target_positions
+    sources, reports = [], []
+    for source in config.train:
+        examples, report = load_source(source, config.text_field, teacher.tokenizer, max_length)
+        logger.info("%s: kept %d of %d rows", source.manifest, report["kept"], report["rows"])
+        sources.append(examples)
+        reports.append(report)
+    empty = [r for r in reports if not r["kept"]]
+    if empty:
+        raise ValueError(f"no usable training rows in {empty[0]['manifest']}: {empty[0]}")
+    return sources, {"sources": reports, "kept": sum(r["kept"] for r in reports)}
+
+
+def setup(config: TokenizerTrainConfig) -> TokenizerRun:
+    """Load the frozen teacher, build (or grow) the bottleneck, read the data, create the
+    optimizer, schedule and accelerator, and resume from the newest checkpoint if asked."""
+    from accelerate.utils import set_seed
+
+    from whisperforge.models.loading import load_model
+    from whisperforge.training.checkpoint import Checkpointer
+    from whisperforge.training.encoder_cache import EncoderCache, SharedEncoder, module_fingerprint
+    from whisperforge.training.mixing import MixedOrder
+    from whisperforge.training.runtime import make_accelerator, make_optimizer
+    from whisperforge.training.schedule import make_scheduler
+
+    tc = config.training
+    accelerator = make_accelerator(tc)  # first: the process group exists before the VQ syncs
+    set_seed(tc.seed)
+    teacher = load_model(config.teacher)
+    teacher.model.requires_grad_(False).eval()
+    examples, report = _load_data(config, teacher)
+    bottleneck, report["bottleneck"] = build_bottleneck(config, teacher.model.config.d_model)
+    order = MixedOrder(tuple(len(e) for e in examples), tuple(s.weight for s in config.train),
+                       tc.batch_size, accelerator.process_index, accelerator.num_processes,
+                       tc.seed)  # fmt: skip
+    optimizer = make_optimizer(list(bottleneck.parameters()), tc)
+    scheduler = make_scheduler(optimizer, config.total_steps, tc.warmup_steps, tc.lr_decay,
+                               tc.final_lr_fraction)  # fmt: skip
+    teacher.model.to(accelerator.device)
+    bottleneck, optimizer = accelerator.prepare(bottleneck, optimizer)
+    cache = None
+    if config.encoder_cache is not None:
+        fingerprint = module_fingerprint(teacher.model.model.encoder, f"mels={teacher.n_mels}")
+        cache = EncoderCache(config.encoder_cache, fingerprint)
+    encoder = SharedEncoder(teacher.model.model.encoder, teacher.n_mels, accelerator.device, cache)
+    out = Path(tc.output_dir)
+    run = TokenizerRun(config, accelerator, teacher, bottleneck, optimizer, scheduler, examples,
+                       order, encoder, Checkpointer(out / "checkpoints", tc.keep_checkpoints),
+                       load_dev(config), report)  # fmt: skip
+    run.usage = deque(maxlen=config.usage_window)
+    resumed = _resume(run) if tc.resume else None
+    if accelerator.is_main_process:
+        from whisperforge.recipes.evaluate import write_report
+        from whisperforge.training.log import TrainingLog
+
+        run.log = TrainingLog(out, LOG_COLUMNS, resume_step=resumed or 0)
+        write_report(to_dict(config), out / "config.json")
+    return run
+
+
+def _resume(run: TokenizerRun) -> int | None:
+    """Restore the newest checkpoint: bottleneck (codebook EMA included), optimizer,
+    schedule, data position, usage window and RNG."""
+    from whisperforge.training.checkpoint import restore_run_state
+
+    checkpoint = run.checkpointer.latest()
+    if checkpoint is None:
+        return None
+    run.vq.load_state_dict(checkpoint.model_state())
+    state = restore_run_state(run.accelerator, checkpoint, run.optimizer, run.scheduler)
+    run.usage.extend(state["usage"].unbind(0) if state["usage"].numel() else [])
+    run.step, run.position = checkpoint.step, int(checkpoint.state["position"])
+    logger.info("resumed from %s (step %d)", checkpoint.path, run.step)
+    return run.step
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def make_batch(run: TokenizerRun, draws: list[tuple[int, int]]) -> tuple[Batch, torch.Tensor]:
+    """The padded targets of ``draws`` (``(source, row)`` pairs) and their audio lengths
+    ``(batch,)`` in samples."""
+    rows = [run.examples[s][i] for s, i in draws]
+    batch = collate([(list(r.tokens), 0) for r in rows], [r.audio for r in rows],
+                    run.teacher.tokenizer.eot)  # fmt: skip
+    return batch, torch.tensor([r.samples for r in rows])
+
+
+def decoder_logits(model, features: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor):
+    """``(n_real, vocab)`` logits of a Whisper ``model``'s decoder fed ``features`` ``(b,
+    n_audio_ctx, d)`` and ``input_ids`` ``(b, seq)``, at the ``mask`` ``(b, seq)`` positions
+    only: padded positions never reach the vocabulary projection."""
+    hidden = model.model.decoder(
+        input_ids=input_ids, encoder_hidden_states=features, use_cache=False
+    ).last_hidden_state
+    return model.proj_out(hidden[mask])
+
+
+def compute_loss(run: TokenizerRun, batch: Batch, samples: torch.Tensor, phase: int):
+    """One forward pass -> ``(TokenizerLoss, codes (b, 750), token_mask (b, 750))``."""
+    device, cfg = run.accelerator.device, run.config
+    ids, mask = batch.input_ids.to(device), batch.labels_mask.to(device)
+    hidden = run.encoder(batch.audio)  # frozen encoder: once per window, no graph
+    out = run.bottleneck(hidden, frame_mask(samples.to(device), hidden.shape[1]))
+    student = decoder_logits(run.teacher.model, out.features, ids, mask)
+    teacher = None
+    if phase == 1 and cfg.kl_weight > 0:
+        with torch.inference_mode():
+            teacher = decoder_logits(run.teacher.model, hidden, ids, mask)
+        teacher = teacher.clone()  # a normal tensor: the KL's backward may keep it
+    labels = batch.labels.to(device)[mask]
+    ones = torch.ones(student.shape[0], dtype=torch.bool, device=device)
+    loss = tokenizer_loss(student, teacher, labels, ones, out.loss, cfg.kl_weight,
+                          cfg.temperature)  # fmt: skip
+    return loss, out.codes, out.token_mask
+
+
+def train_step(run: TokenizerRun, batch: Batch, samples: torch.Tensor):
+    """One micro-batch: forward, backward and (every ``gradient_accumulation_steps``) clip,
+    optimizer and schedule step. Returns ``[loss, ce, kl, commitment, grad_norm]`` (kl NaN in
+    phase 2, grad_norm NaN on accumulation steps), the code histogram ``(n_ids,)`` of its
+    real tokens and whether the optimizer stepped."""
+    acc, tc = run.accelerator, run.config.training
+    grad_norm = torch.tensor(float("nan"))
+    with acc.accumulate(run.bottleneck):
+        with acc.autocast():
+            losses, codes, real = compute_loss(run, batch, samples, run.config.phase(run.step))
+        acc.backward(losses.loss)
+        if acc.sync_gradients and tc.max_grad_norm is not None:
+            grad_norm = acc.clip_grad_norm_(run.bottleneck.parameters(), tc.max_grad_norm)
+        run.optimizer.step()
+        if acc.sync_gradients:
+            run.scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+    nan = torch.tensor(float("nan"))
+    kl = losses.kl.detach() if losses.kl is not None else nan
+    parts = [losses.loss.detach(), losses.ce.detach(), kl, losses.commitment.detach(), grad_norm]
+    values = torch.stack([p.float().cpu().reshape(()) for p in parts])
+    histogram = torch.bincount(codes[real].flatten(), minlength=run.vq.config.n_ids)
+    return values, histogram, acc.sync_gradients
+
+
+def usage_scalars(run: TokenizerRun) -> dict[str, float]:
+    """Utilisation, perplexity and dead codes over the codes of the last ``usage_window``
+    steps (all processes)."""
+    if not run.usage:
+        return {}
+    cfg = run.vq.config
+    counts = torch.stack(list(run.usage)).sum(0)
+    codes = torch.repeat_interleave(torch.arange(cfg.n_ids), counts.cpu())
+    usage = codebook_usage(codes, cfg.n_ids, cfg.mask_id)
+    return {"utilisation": usage.utilisation, "perplexity": usage.perplexity,
+            "dead_codes": usage.dead_codes}  # fmt: skip
+
+
+# --------------------------------------------------------------------------- evaluate, save
+
+
+def _dev_rows(run: TokenizerRun, vq: WhisperVQ, items: list[Example]) -> list[dict]:
+    """Per-utterance WER rows (``recipes.evaluate`` format) of ``items`` transcribed from
+    their speech tokens: greedy, no timestamps, encoder states from the cache."""
+    from whisperforge.recipes.evaluate import EvalItem, score_utterance
+    from whisperforge.tokens import SpeechTokenizer
+
+    speech = SpeechTokenizer(vq, run.teacher, run.config.teacher)
+    size, ids = run.config.eval_batch_size, []
+    for start in range(0, len(items), size):
+        group = items[start : start + size]
+        hidden = run.encoder([d.audio for d in group])
+        lengths = [d.samples for d in group]
+        mask = frame_mask(torch.tensor(lengths, device=hidden.device), hidden.shape[1])
+        ids += speech.window_ids(hidden, mask, lengths)
+    texts: dict[int, str] = {}
+    for language in sorted({d.language or "" for d in items}):
+        picked = [i for i, d in enumerate(items) if (d.language or "") == language]
+        decoded = speech.transcribe_tokens([ids[i] for i in picked], language=language or None,
+                                           batch_size=size)  # fmt: skip
+        texts |= dict(zip(picked, decoded))
+    return [
+        score_utterance(
+            EvalItem(d.audio, d.text, d.language),
+            texts[i],
+            d.language or "en",
+            d.samples / SAMPLE_RATE,
+        )  # fmt: skip
+        for i, d in enumerate(items)
+    ]
+
+
+def evaluate(run: TokenizerRun) -> float | None:
+    """Dev WER (%) from speech tokens as the bottleneck is now (each process decodes its
+    share), or None without a dev manifest. Training's random state is left untouched."""
+    if not run.dev:
+        return None
+    from accelerate.utils import gather_object
+
+    from whisperforge.recipes.evaluate import summarize
+
+    acc, vq = run.accelerator, run.vq
+    mine = run.dev[acc.process_index :: acc.num_processes]
+    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count()))):
+        vq.eval()
+        try:
+            rows = _dev_rows(run, vq, mine)
+        finally:
+            vq.train()
+    return 100.0 * summarize(gather_object(rows))["wer"]
+
+
+def save_checkpoint(run: TokenizerRun) -> None:
+    """Write a checkpoint of the current step (all processes call this)."""
+    from whisperforge.training.checkpoint import save_run_state
+
+    usage = torch.stack(list(run.usage)) if run.usage else torch.zeros(0, dtype=torch.long)
+    save_run_state(run.accelerator, run.checkpointer, run.step, run.vq.state_dict(),
+                   run.optimizer, run.scheduler, {"position": run.position},
+                   {"usage": usage.cpu()})  # fmt: skip
+
+
+def _teacher_ref(run: TokenizerRun) -> str:
+    ref = run.config.teacher
+    return str(Path(ref).resolve()) if Path(ref).is_dir() else ref  # loadable from anywhere
+
+
+def save_tokenizer(run: TokenizerRun, folder: Path) -> Path:
+    """The bottleneck as a speech tokenizer folder (main process only)."""
+    from whisperforge.tokens import save_bottleneck
+
+    vq = run.vq
+    return save_bottleneck(vq, folder, _teacher_ref(run), preset_name(vq.config))
+
+
+def _after_step(run: TokenizerRun, micro: list[torch.Tensor], histogram: torch.Tensor) -> float:
+    """Usage window, log, evaluate and checkpoint as the config asks; returns the loss."""
+    acc, cfg, tc = run.accelerator, run.config, run.config.training
+    mean = acc.reduce(torch.stack(micro).nanmean(0).to(acc.device), reduction="mean").cpu()
+    run.usage.append(acc.reduce(histogram.to(acc.device), reduction="sum").cpu())
+    row: dict[str, float] = {}
+    if run.step % tc.log_every == 0:
+        loss, ce, kl, commitment, norm = (float(v) for v in mean)
+        row |= {"phase": cfg.phase(run.step - 1), "epoch": run.order.passes(run.position),
+                "lr": run.scheduler.get_last_lr()[0], "loss": loss, "ce_loss": ce,
+                "commitment_loss": commitment} | usage_scalars(run)  # fmt: skip
+        row |= {k: v for k, v in (("kl_loss", kl), ("grad_norm", norm)) if math.isfinite(v)}
+    if tc.eval_every and run.step % tc.eval_every == 0 and run.step < run.total_steps:
+        wer = evaluate(run)
+        if wer is not None:
+            row["dev_wer"] = wer
+    if run.log is not None and row:
+        run.log.write(run.step, **row)
+    if run.step == cfg.phase1_steps and cfg.phase2_steps and acc.is_main_process:
+        save_tokenizer(run, Path(tc.output_dir) / "phase1-tokenizer")
+    if run.step % tc.save_every == 0 and run.step < run.total_steps:
+        save_checkpoint(run)
+        if run.log is not None:
+            run.log.plot()
+    return float(mean[0])
+
+
+@dataclass
+class TokenizerResult:
+    """Where the tokenizer went, and how the run ended."""
+
+    tokenizer: Path
+    steps: int
+    dev_wer: float | None
+    data: dict
+    main_process: bool = True
+
+
+def finish(run: TokenizerRun) -> TokenizerResult:
+    """Final dev WER, checkpoint, the tokenizer folder, curves and a summary."""
+    from whisperforge.recipes.evaluate import write_report
+
+    acc, out = run.accelerator, Path(run.config.training.output_dir)
+    wer = evaluate(run)
+    save_checkpoint(run)
+    if acc.is_main_process:
+        save_tokenizer(run, out / "tokenizer")
+        if wer is not None:
+            run.log.write(run.step, dev_wer=wer)
+        run.log.plot()
+        run.log.close()
+        summary = {"steps": run.step, "dev_wer": wer, "processes": acc.num_processes,
+                   "data": run.report, "usage": usage_scalars(run)}  # fmt: skip
+        write_report(summary, out / "summary.json")
+    acc.wait_for_everyone()
+    return TokenizerResult(out / "tokenizer", run.step, wer, run.report, acc.is_main_process)
+
+
+def train(config: TokenizerTrainConfig, progress: bool = True,
+          on_step: Callable[[int, float], None] | None = None) -> TokenizerResult:  # fmt: skip
+    """Run (or resume) a tokenizer training; ``on_step(step, loss)`` after each optimizer step."""
+    from tqdm import tqdm
+
+    run = setup(config)
+    acc = run.accelerator
+    bar = tqdm(total=run.total_steps, initial=run.step, unit="step", dynamic_ncols=True,
+               disable=not (progress and acc.is_main_process))  # fmt: skip
+    micro: list[torch.Tensor] = []
+    histogram = torch.zeros(run.vq.config.n_ids, dtype=torch.long)
+    for position, draws in run.order.iterate(run.position):
+        if run.step >= run.total_steps:
+            break
+        values, counts, stepped = train_step(run, *make_batch(run, draws))
+        run.position = position + 1
+        micro.append(values)
+        histogram += counts.cpu()
+        if not stepped:
+            continue
+        run.step += 1
+        loss = _after_step(run, micro, histogram)
+        micro, histogram = [], torch.zeros_like(histogram)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}", phase=run.config.phase(run.step - 1))
+        if on_step is not None:
+            on_step(run.step, loss)
+    bar.close()
+    return finish(run)
