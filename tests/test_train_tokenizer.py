@@ -1,0 +1,279 @@
+"""Speech-tokenizer training and evaluation on a tiny seeded Whisper (d_model 32) with the real
+tiny.en vocabulary and a 16-code bottleneck: a falling phase-1 loss, no KL in phase 2, the KL
+masked to real labels, mixing by weight, 2 processes killed and resumed exactly, growth ->
+training -> merge, and the evaluation report."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from tests.conftest import REPO, SENTENCES, needs_flite, synthesize
+
+from whisperforge.cli import main
+from whisperforge.losses import tokenizer_loss
+from whisperforge.recipes.train_tokenizer import TokenizerTrainConfig, target_tokens, train
+from whisperforge.tokenizer import Tokenizer
+from whisperforge.tokens import SpeechTokenizer, load_bottleneck
+from whisperforge.training.config import ConfigError, load_config
+from whisperforge.training.mixing import MixedOrder
+
+pytestmark = needs_flite
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Tokenizer:
+    from whisperforge.models import resolve_model
+
+    return Tokenizer.from_file(resolve_model("whisper-tiny.en") / "tokenizer.json", False)
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory, tokenizer) -> Path:
+    """A random Whisper (d_model 32, 2 + 2 layers) saved as an HF folder. Its weights are
+    drawn wider than usual (std 0.5) so that its logits depend on the features it reads and
+    a bottleneck has something to learn."""
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    from whisperforge.models import resolve_model
+
+    torch.manual_seed(0)
+    config = WhisperConfig(
+        vocab_size=51864, d_model=32, encoder_layers=2, decoder_layers=2,
+        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
+        decoder_ffn_dim=64, num_mel_bins=80, init_std=0.5, max_source_positions=1500,
+        max_target_positions=448, decoder_start_token_id=tokenizer.sot,
+        eos_token_id=tokenizer.eot, pad_token_id=tokenizer.eot, bos_token_id=tokenizer.eot,
+    )  # fmt: skip
+    folder = tmp_path_factory.mktemp("teacher")
+    WhisperForConditionalGeneration(config).save_pretrained(folder)
+    shutil.copy(resolve_model("whisper-tiny.en") / "tokenizer.json", folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict:
+    """Two training manifests (4 + 2 clips, two voices) and a 2-row dev manifest."""
+    folder = tmp_path_factory.mktemp("clips")
+    rows = []
+    for i in range(6):
+        path = synthesize(SENTENCES[i], folder / f"c{i}.wav", "slt" if i % 2 else "kal16")
+        rows.append({"audio": path.name, "text": SENTENCES[i], "language": "en",
+                     "speaker": "flite", "id": path.stem})  # fmt: skip
+    for name, part in (("a", rows[:4]), ("b", rows[4:]), ("dev", rows[:2])):
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+    return {name: folder / f"{name}.jsonl" for name in ("a", "b", "dev")}
+
+
+def _config(tmp: Path, teacher: Path, data: dict, out: str, **options) -> Path:
+    training = {
+        "output_dir": str(tmp / out),
+        "lr": 1e-2,
+        "warmup_steps": 1,
+        "batch_size": 2,
+        "log_every": 1,
+        "save_every": 2,
+        "eval_every": 0,
+        **options.pop("training", {}),
+    }
+    config = {
+        "teacher": str(teacher), "eval_batch_size": 2, "usage_window": 3,
+        "train": [{"manifest": str(data["a"]), "weight": 7},
+                  {"manifest": str(data["b"]), "weight": 3}],
+        "bottleneck": {"codebook_size": 16, "codebook_dim": 8, "n_heads": 2},
+        "phase1_steps": 4, "phase2_steps": 2, "training": training, **options,
+    }  # fmt: skip
+    path = tmp / f"{out}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _log(out: Path) -> dict[int, dict]:
+    with (out / "log.csv").open() as handle:
+        return {int(r["step"]): r for r in csv.DictReader(handle) if r["loss"]}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, teacher_dir, data) -> Path:
+    """A two-phase run: 12 steps with the KL, 4 without; dev WER at the end."""
+    tmp = tmp_path_factory.mktemp("run")
+    path = _config(tmp, teacher_dir, data, "run", phase1_steps=12, phase2_steps=4,
+                   dev_manifest=str(data["dev"]))  # fmt: skip
+    train(load_config(TokenizerTrainConfig, path), progress=False)
+    return tmp / "run"
+
+
+def test_phase1_lowers_the_loss_and_writes_a_tokenizer(trained, teacher_dir):
+    log = _log(trained)
+    loss = {step: float(row["loss"]) for step, row in log.items()}
+    assert sorted(loss) == list(range(1, 17))
+    assert np.mean([loss[11], loss[12]]) < 0.9 * np.mean([loss[1], loss[2]])
+    for step in range(1, 13):  # codebook usage over the last steps is logged
+        assert 0 < float(log[step]["utilisation"]) <= 1
+        assert 1 <= float(log[step]["perplexity"]) <= 16
+        assert 0 <= int(float(log[step]["dead_codes"])) < 16
+    summary = json.loads((trained / "summary.json").read_text())
+    assert summary["dev_wer"] is not None and summary["steps"] == 16
+    assert (trained / "curves.png").stat().st_size > 5000
+    vq, meta = load_bottleneck(trained / "tokenizer")
+    assert meta["teacher"] == str(teacher_dir) and vq.config.n_ids == 17
+    assert (trained / "phase1-tokenizer" / "speech_tokenizer.json").exists()
+
+
+def test_phase2_has_no_kl_term(trained):
+    log = _log(trained)
+    for step in range(1, 13):
+        assert log[step]["phase"] == "1" and float(log[step]["kl_loss"]) > 0
+    for step in range(13, 17):
+        row = log[step]
+        assert row["phase"] == "2" and row["kl_loss"] == ""
+        parts = float(row["ce_loss"]) + float(row["commitment_loss"])
+        assert float(row["loss"]) == pytest.approx(parts, rel=1e-5)
+
+
+def test_kl_is_masked_to_real_labels_and_ignores_padding():
+    torch.manual_seed(0)
+    student, teacher = torch.randn(2, 5, 11), torch.randn(2, 5, 11)
+    labels = torch.randint(0, 11, (2, 5))
+    mask = torch.tensor([[True] * 5, [True, True, False, False, False]])
+    commitment = torch.tensor(0.25)
+    clean = tokenizer_loss(student, teacher, labels, mask, commitment, kl_weight=0.5)
+    noisy_s, noisy_t = student.clone(), teacher.clone()
+    noisy_s[~mask], noisy_t[~mask] = 1e4, -1e4  # padding holds anything: never seen
+    noisy = tokenizer_loss(noisy_s, noisy_t, labels, mask, commitment, kl_weight=0.5)
+    assert noisy.kl.item() == pytest.approx(clean.kl.item(), rel=1e-6)
+    rows = [(r, t) for r in range(2) for t in range(5) if mask[r, t]]  # 7 real positions
+    per_token = [
+        torch.nn.functional.kl_div(
+            student[r, t].log_softmax(-1),
+            teacher[r, t].log_softmax(-1),
+            log_target=True,
+            reduction="sum",
+        )  # fmt: skip
+        for r, t in rows
+    ]
+    assert clean.kl.item() == pytest.approx(torch.stack(per_token).mean().item(), rel=1e-5)
+    assert clean.loss.item() == pytest.approx(clean.ce.item() + 0.25 + 0.5 * clean.kl.item())
+    phase2 = tokenizer_loss(student, None, labels, mask, commitment)
+    assert phase2.kl is None and phase2.loss.item() == pytest.approx(phase2.ce.item() + 0.25)
+
+
+def test_mixing_follows_the_ratio_and_is_deterministic():
+    order = MixedOrder((5, 3), (7.0, 3.0), batch_size=4, rank=0, world_size=2, seed=3)
+    other = MixedOrder((5, 3), (7.0, 3.0), batch_size=4, rank=1, world_size=2, seed=3)
+    draws = [d for p in range(1000) for d in order.batch(p) + other.batch(p)]
+    sources = np.array([s for s, _ in draws])
+    assert (sources == 0).mean() == pytest.approx(0.7, abs=0.005)
+    assert (sources[:1000] == 0).sum() == 700  # exact over every block of 1000 draws
+    first = [i for s, i in draws if s == 0][:10]  # a permutation of source 0's rows, twice
+    assert sorted(first[:5]) == list(range(5)) and sorted(first[5:]) == list(range(5))
+    again = MixedOrder((5, 3), (7.0, 3.0), batch_size=4, rank=0, world_size=2, seed=3)
+    assert [again.batch(p) for p in (0, 17, 250)] == [order.batch(p) for p in (0, 17, 250)]
+    reseeded = MixedOrder((5, 3), (7.0, 3.0), batch_size=4, rank=0, world_size=2, seed=4)
+    assert [reseeded.batch(p) for p in range(5)] != [order.batch(p) for p in range(5)]
+
+
+def test_targets_are_the_transcribe_prompt_and_capped(tokenizer):
+    seq = target_tokens(tokenizer, "Hello there.", "en", 448)
+    assert seq == [tokenizer.sot, tokenizer.no_timestamps, *tokenizer.encode(" Hello there."),
+                   tokenizer.eot]  # fmt: skip
+    capped = target_tokens(tokenizer, "word " * 600, "en", 448)
+    assert len(capped) == 449 and capped[-1] != tokenizer.eot  # no false end of text
+
+
+def _torchrun(path: Path, **popen) -> subprocess.Popen:
+    torchrun = Path(sys.executable).with_name("torchrun")
+    command = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "whisperforge.cli",
+               "tokenizer", "train", str(path), "-q"]  # fmt: skip
+    return subprocess.Popen(command, env=ENV, start_new_session=True, **popen)
+
+
+def test_two_processes_killed_after_a_checkpoint_resume_exactly(tmp_path, teacher_dir, data):
+    whole = _torchrun(_config(tmp_path, teacher_dir, data, "whole"), stderr=subprocess.PIPE)
+    path = _config(tmp_path, teacher_dir, data, "killed")
+    killed = _torchrun(path, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "killed" / "checkpoints" / "step-00000002").exists():
+        assert killed.poll() is None and time.monotonic() < deadline, "no checkpoint"
+        time.sleep(0.02)
+    os.killpg(killed.pid, signal.SIGKILL)  # torchrun and both workers
+    killed.wait(30)
+    assert not (tmp_path / "killed" / "tokenizer").exists()  # it died mid-run
+    assert whole.wait(180) == 0, whole.stderr.read().decode()[-3000:]
+    resumed = _torchrun(path, stderr=subprocess.PIPE)
+    assert resumed.wait(180) == 0, resumed.stderr.read().decode()[-3000:]
+    summary = json.loads((tmp_path / "killed" / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["steps"] == 6
+    a, b = _log(tmp_path / "whole"), _log(tmp_path / "killed")
+    assert sorted(a) == sorted(b) == list(range(1, 7))
+    for step in a:
+        for column in ("loss", "ce_loss", "commitment_loss", "perplexity"):
+            assert float(b[step][column]) == pytest.approx(float(a[step][column]), rel=1e-6)
+
+
+def test_grow_train_merge_keeps_the_layout(tmp_path, trained, teacher_dir, data, capsys):
+    path = _config(tmp_path, teacher_dir, data, "grown", phase1_steps=2, phase2_steps=1,
+                   init_from=str(trained / "tokenizer"),
+                   bottleneck={"codebook_size": 64})  # fmt: skip
+    result = train(load_config(TokenizerTrainConfig, path), progress=False)
+    assert result.data["bottleneck"] == {"init": str(trained / "tokenizer"), "from_codes": 16,
+                                         "grown_to": 64}  # fmt: skip
+    merged = tmp_path / "merged"
+    assert main(["tokens", "merge", str(result.tokenizer), str(trained / "tokenizer"),
+                 "--out", str(merged)]) == 0  # fmt: skip
+    meta = json.loads((merged / "speech_tokenizer.json").read_text())
+    parts = {p["name"]: (p["start"], p["size"]) for p in meta["codebook"]["parts"]}
+    assert parts == {"codes": (0, 64), "mask": (64, 1), "merged": (65, 16)}
+    ids = SpeechTokenizer.load(merged).tokenize(data["a"].parent / "c0.wav")
+    assert ids and all(0 <= i < 81 and i != 64 for i in ids)
+
+
+def test_evaluate_reports_both_wers_bitrates_and_usage(trained, data, tmp_path, capsys):
+    report_path = tmp_path / "report.json"
+    tokenizer = str(trained / "tokenizer")
+    args = ["--manifest", str(data["a"]), "--model", tokenizer, "--report", str(report_path)]
+    assert main(["tokenizer", "evaluate", *args, "--limit", "3"]) == 0
+    report = json.loads(report_path.read_text())
+    assert report["utterances"] == 3 and len(report["per_utterance"]) == 3
+    assert report["wer"] > 0 and report["teacher"]["wer"] > 0
+    assert report["wer_ratio"] == pytest.approx(report["wer"] / report["teacher"]["wer"])
+    assert report["bitrate"]["nominal_bps"] == pytest.approx(25 * 4)  # log2(16) bits
+    assert 0 < report["bitrate"]["entropy_bps"] <= 100
+    assert report["tokens_per_second"] == pytest.approx(25, abs=0.5)
+    assert 0 < report["codebook"]["utilisation"] <= 1 and report["codebook"]["n_codes"] == 16
+    row = report["per_utterance"][0]
+    assert {"hypothesis", "teacher_hypothesis", "teacher_wer", "n_tokens"} <= set(row)
+    assert "from tokens" in capsys.readouterr().out
+
+
+def test_clear_errors(tmp_path, trained, data, capsys):
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("{not json\n")
+    tokenizer = str(trained / "tokenizer")
+    assert main(["tokenizer", "evaluate", "--manifest", str(broken), "--model", tokenizer]) == 2
+    assert "no usable utterances" in capsys.readouterr().err
+    missing = str(tmp_path / "missing.jsonl")
+    assert main(["tokenizer", "evaluate", "--manifest", missing, "--model", tokenizer]) == 2
+    assert "could not load" in capsys.readouterr().err
+    assert main(["tokenizer", "evaluate", "--manifest", str(data["a"])]) == 2  # default model
+    assert "no shipped speech tokenizer is installed" in capsys.readouterr().err
+    nowhere = str(tmp_path / "nowhere")
+    assert main(["tokenizer", "evaluate", "--manifest", str(data["a"]), "--model", nowhere]) == 2
+    assert "no speech tokenizer at" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="set phase1_steps and phase2_steps"):
+        load_config(TokenizerTrainConfig, None, ["train=[{manifest: a.jsonl}]",
+                                                 "training.max_steps=10"])  # fmt: skip
+    with pytest.raises(ConfigError, match="unknown option 'phase_steps'; did you mean"):
+        load_config(TokenizerTrainConfig, None, ["train=[{manifest: a.jsonl}]", "phase_steps=1"])
