@@ -306,24 +306,15 @@ def setup(config: DistillConfig) -> DistillRun:
 
 def _resume(run: DistillRun) -> int | None:
     """Restore the newest checkpoint (model, optimizer, schedule, data position, RNG)."""
-    from whisperforge.training.checkpoint import restore_rng
+    from whisperforge.training.checkpoint import restore_run_state
     from whisperforge.training.runtime import load_trainable_state
 
     checkpoint = run.checkpointer.latest()
     if checkpoint is None:
         return None
-    acc = run.accelerator
-    if checkpoint.state.get("world_size") != acc.num_processes:
-        logger.warning("resuming a %s-process run on %d processes: the data order differs",
-                       checkpoint.state.get("world_size"), acc.num_processes)  # fmt: skip
-    load_trainable_state(acc.unwrap_model(run.student), checkpoint.model_state())
-    state = checkpoint.training_state()
-    run.optimizer.load_state_dict(state["optimizer"])
-    run.scheduler.load_state_dict(state["scheduler"])
+    load_trainable_state(run.accelerator.unwrap_model(run.student), checkpoint.model_state())
+    restore_run_state(run.accelerator, checkpoint, run.optimizer, run.scheduler)
     run.step, run.position = checkpoint.step, int(checkpoint.state["position"])
-    rng = checkpoint.rng_state(acc.process_index)
-    if rng is not None:
-        restore_rng(rng)
     logger.info("resumed from %s (step %d)", checkpoint.path, run.step)
     return run.step
 
@@ -455,22 +446,12 @@ def evaluate(run: DistillRun) -> float | None:
 
 def save_checkpoint(run: DistillRun) -> None:
     """Write a checkpoint of the current step (all processes call this)."""
-    from accelerate.utils import gather_object
-
-    from whisperforge.training.checkpoint import capture_rng
+    from whisperforge.training.checkpoint import save_run_state
     from whisperforge.training.runtime import trainable_state
 
-    acc = run.accelerator
-    rng_states = gather_object([capture_rng()])
-    if acc.is_main_process:
-        run.checkpointer.save(
-            run.step,
-            trainable_state(acc.unwrap_model(run.student)),
-            {"optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict()},
-            rng_states,
-            {"position": run.position, "world_size": acc.num_processes},
-        )
-    acc.wait_for_everyone()
+    model_state = trainable_state(run.accelerator.unwrap_model(run.student))
+    save_run_state(run.accelerator, run.checkpointer, run.step, model_state, run.optimizer,
+                   run.scheduler, {"position": run.position})  # fmt: skip
 
 
 def _after_step(run: DistillRun, epoch: int, micro: list[torch.Tensor]) -> float | None:
