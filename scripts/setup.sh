@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 extras="weights"
 dev=0
-if [[ "${1:-}" == "--dev" ]]; then extras="weights,dev,data,serve,train"; dev=1; fi
+if [[ "${1:-}" == "--dev" ]]; then extras="weights,dev,data,serve,train,tokens"; dev=1; fi
 
 # Speech synthesis engines (test data, corpora) and the browser for the web-demo test.
 if [[ $dev -eq 1 && -f .ci/apt-packages.txt ]] && command -v apt-get >/dev/null; then

@@ -167,7 +167,8 @@ def _vector_quantize(config: VQConfig) -> nn.Module:
         from vector_quantize_pytorch import VectorQuantize
     except ImportError as error:
         raise ImportError(
-            "speech tokenizers need vector-quantize-pytorch; run: pip install 'whisperforge[train]'"
+            "speech tokenizers need vector-quantize-pytorch; "
+            "run: pip install 'whisperforge[tokens]'"
         ) from error
     return VectorQuantize(
         dim=config.d_model,
