@@ -17,7 +17,6 @@ student's backward pass, which inference tensors cannot be). See ``docs/distill.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections import Counter
@@ -33,6 +32,13 @@ from whisperforge.losses import distillation_loss
 from whisperforge.training.config import TrainingConfig, to_dict
 from whisperforge.training.data import Batch, collate
 from whisperforge.training.encoder_cache import SharedEncoder
+from whisperforge.training.loop import (
+    checkpoint_on_schedule,
+    evaluate_and_log,
+    finish_run,
+    mean_over_processes,
+    run_steps,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -297,10 +303,11 @@ def setup(config: DistillConfig) -> DistillRun:
         run.checkpointer.clear()  # else an older run's later steps would pass for the newest
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        from whisperforge.recipes.evaluate import write_report
         from whisperforge.training.log import TrainingLog
 
         run.log = TrainingLog(out, LOG_COLUMNS, resume_step=resumed if resumed else 0)
-        _write_json(out / "config.json", to_dict(config))
+        write_report(to_dict(config), out / "config.json")
     return run
 
 
@@ -317,13 +324,6 @@ def _resume(run: DistillRun) -> int | None:
     run.step, run.position = checkpoint.step, int(checkpoint.state["position"])
     logger.info("resumed from %s (step %d)", checkpoint.path, run.step)
     return run.step
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str))
-    tmp.replace(path)
 
 
 # --------------------------------------------------------------------------- steps
@@ -454,27 +454,24 @@ def save_checkpoint(run: DistillRun) -> None:
                    run.scheduler, {"position": run.position})  # fmt: skip
 
 
-def _after_step(run: DistillRun, epoch: int, micro: list[torch.Tensor]) -> float | None:
+def _epoch(run: DistillRun) -> int:
+    """Epoch of the last batch this process consumed."""
+    return (run.position - 1) // run.order.batches_per_epoch
+
+
+def _after_step(run: DistillRun, micro: list[torch.Tensor]) -> float:
     """Log, evaluate and checkpoint as the config asks for this step; returns the loss."""
-    acc, tc = run.accelerator, run.config.training
+    tc = run.config.training
+    mean = mean_over_processes(run.accelerator, micro)
     row: dict[str, float] = {}
-    mean = acc.reduce(torch.stack(micro).nanmean(0).to(acc.device), reduction="mean").cpu()
     if run.step % tc.log_every == 0:
         loss, ce, kl, norm = (float(v) for v in mean)
-        row |= {"epoch": epoch, "lr": run.scheduler.get_last_lr()[0], "loss": loss,
+        row |= {"epoch": _epoch(run), "lr": run.scheduler.get_last_lr()[0], "loss": loss,
                 "ce_loss": ce, "kl_loss": kl}  # fmt: skip
         if math.isfinite(norm):
             row["grad_norm"] = norm
-    if tc.eval_every and run.step % tc.eval_every == 0 and run.step < run.total_steps:
-        wer = evaluate(run)
-        if wer is not None:
-            row["dev_wer"] = wer
-    if run.log is not None and row:
-        run.log.write(run.step, **row)
-    if run.step % tc.save_every == 0 and run.step < run.total_steps:
-        save_checkpoint(run)
-        if run.log is not None:
-            run.log.plot()
+    evaluate_and_log(run, tc, row, lambda: evaluate(run))
+    checkpoint_on_schedule(run, tc, lambda: save_checkpoint(run))
     return float(mean[0])
 
 
@@ -492,52 +489,34 @@ class DistillResult:
 def finish(run: DistillRun) -> DistillResult:
     """Final dev WER, checkpoint, the student (delta over the teacher), curves, summary."""
     from whisperforge.models.student import save_student
+    from whisperforge.recipes.evaluate import write_report
 
     acc, out = run.accelerator, Path(run.config.training.output_dir)
-    wer = evaluate(run)
-    save_checkpoint(run)
-    teacher_ref = run.config.teacher
-    if Path(teacher_ref).is_dir():  # a local folder: stored absolute, loadable from anywhere
-        teacher_ref = str(Path(teacher_ref).resolve())
-    if acc.is_main_process:
+
+    def write_outputs(wer: float | None) -> None:
+        teacher_ref = run.config.teacher
+        if Path(teacher_ref).is_dir():  # a local folder: stored absolute, loadable from anywhere
+            teacher_ref = str(Path(teacher_ref).resolve())
         model = acc.unwrap_model(run.student)
         save_student(model, run.teacher.model, teacher_ref, run.layer_map, out / "student")
-        if wer is not None:
-            run.log.write(run.step, dev_wer=wer)
-        run.log.plot()
-        run.log.close()
-        _write_json(out / "summary.json", {
+        write_report({
             "steps": run.step, "dev_wer": wer, "data": run.data_report,
             "processes": acc.num_processes, "shared_encoder": run.shared_encoder,
-        })  # fmt: skip
-    acc.wait_for_everyone()
+        }, out / "summary.json")  # fmt: skip
+
+    wer = finish_run(run, lambda: evaluate(run), lambda: save_checkpoint(run), write_outputs)
     return DistillResult(out / "student", run.step, wer, run.data_report, acc.is_main_process)
 
 
 def train(config: DistillConfig, progress: bool = True,
           on_step: Callable[[int, float], None] | None = None) -> DistillResult:  # fmt: skip
     """Run (or resume) a distillation; ``on_step(step, loss)`` after each optimizer step."""
-    from tqdm import tqdm
-
     run = setup(config)
-    acc = run.accelerator
-    bar = tqdm(total=run.total_steps, initial=run.step, unit="step", dynamic_ncols=True,
-               disable=not (progress and acc.is_main_process))  # fmt: skip
-    micro: list[torch.Tensor] = []
-    for position, epoch, indices in run.order.iterate(run.position):
-        if run.step >= run.total_steps:
-            break
-        values, stepped = train_step(run, make_batch(run, epoch, indices))
-        run.position = position + 1
-        micro.append(values)
-        if not stepped:
-            continue
-        run.step += 1
-        loss = _after_step(run, epoch, micro)
-        micro = []
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.3f}", epoch=epoch)
-        if on_step is not None:
-            on_step(run.step, loss)
-    bar.close()
+
+    def step(position: int) -> tuple[torch.Tensor, bool]:
+        return train_step(run, make_batch(run, *run.order.batch(position)))
+
+    run_steps(run, step, lambda micro: _after_step(run, micro),
+              postfix=lambda: {"epoch": _epoch(run)}, progress=progress,
+              on_step=on_step)  # fmt: skip
     return finish(run)

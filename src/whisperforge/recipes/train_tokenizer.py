@@ -41,6 +41,13 @@ from whisperforge.losses import tokenizer_loss
 from whisperforge.models.vq import VQConfig, WhisperVQ, codebook_usage, frame_mask
 from whisperforge.training.config import TrainingConfig, to_dict
 from whisperforge.training.data import Batch, collate
+from whisperforge.training.loop import (
+    checkpoint_on_schedule,
+    evaluate_and_log,
+    finish_run,
+    mean_over_processes,
+    run_steps,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -558,10 +565,12 @@ def save_tokenizer(run: TokenizerRun, folder: Path) -> Path:
     return save_bottleneck(vq, folder, _teacher_ref(run), preset_name(vq.config))
 
 
-def _after_step(run: TokenizerRun, micro: list[torch.Tensor], histogram: torch.Tensor) -> float:
-    """Usage window, log, evaluate and checkpoint as the config asks; returns the loss."""
+def _after_step(run: TokenizerRun, micro: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """Usage window, log, evaluate and checkpoint as the config asks; ``micro`` holds each
+    micro-batch's ``(values, code histogram)``. Returns the loss."""
     acc, cfg, tc = run.accelerator, run.config, run.config.training
-    mean = acc.reduce(torch.stack(micro).nanmean(0).to(acc.device), reduction="mean").cpu()
+    mean = mean_over_processes(acc, [values for values, _ in micro])
+    histogram = torch.stack([counts for _, counts in micro]).sum(0)
     run.usage.append(acc.reduce(histogram.to(acc.device), reduction="sum").cpu())
     row: dict[str, float] = {}
     if run.step % tc.log_every == 0:
@@ -570,18 +579,10 @@ def _after_step(run: TokenizerRun, micro: list[torch.Tensor], histogram: torch.T
                 "lr": run.scheduler.get_last_lr()[0], "loss": loss, "ce_loss": ce,
                 "commitment_loss": commitment} | usage_scalars(run)  # fmt: skip
         row |= {k: v for k, v in (("kl_loss", kl), ("grad_norm", norm)) if math.isfinite(v)}
-    if tc.eval_every and run.step % tc.eval_every == 0 and run.step < run.total_steps:
-        wer = evaluate(run)
-        if wer is not None:
-            row["dev_wer"] = wer
-    if run.log is not None and row:
-        run.log.write(run.step, **row)
+    evaluate_and_log(run, tc, row, lambda: evaluate(run))
     if run.step == cfg.phase1_steps and cfg.phase2_steps and acc.is_main_process:
         save_tokenizer(run, Path(tc.output_dir) / "phase1-tokenizer")
-    if run.step % tc.save_every == 0 and run.step < run.total_steps:
-        save_checkpoint(run)
-        if run.log is not None:
-            run.log.plot()
+    checkpoint_on_schedule(run, tc, lambda: save_checkpoint(run))
     return float(mean[0])
 
 
@@ -601,47 +602,27 @@ def finish(run: TokenizerRun) -> TokenizerResult:
     from whisperforge.recipes.evaluate import write_report
 
     acc, out = run.accelerator, Path(run.config.training.output_dir)
-    wer = evaluate(run)
-    save_checkpoint(run)
-    if acc.is_main_process:
+
+    def write_outputs(wer: float | None) -> None:
         save_tokenizer(run, out / "tokenizer")
-        if wer is not None:
-            run.log.write(run.step, dev_wer=wer)
-        run.log.plot()
-        run.log.close()
         summary = {"steps": run.step, "dev_wer": wer, "processes": acc.num_processes,
                    "data": run.report, "usage": usage_scalars(run)}  # fmt: skip
         write_report(summary, out / "summary.json")
-    acc.wait_for_everyone()
+
+    wer = finish_run(run, lambda: evaluate(run), lambda: save_checkpoint(run), write_outputs)
     return TokenizerResult(out / "tokenizer", run.step, wer, run.report, acc.is_main_process)
 
 
 def train(config: TokenizerTrainConfig, progress: bool = True,
           on_step: Callable[[int, float], None] | None = None) -> TokenizerResult:  # fmt: skip
     """Run (or resume) a tokenizer training; ``on_step(step, loss)`` after each optimizer step."""
-    from tqdm import tqdm
-
     run = setup(config)
-    acc = run.accelerator
-    bar = tqdm(total=run.total_steps, initial=run.step, unit="step", dynamic_ncols=True,
-               disable=not (progress and acc.is_main_process))  # fmt: skip
-    micro: list[torch.Tensor] = []
-    histogram = torch.zeros(run.vq.config.n_ids, dtype=torch.long)
-    for position, draws in run.order.iterate(run.position):
-        if run.step >= run.total_steps:
-            break
-        values, counts, stepped = train_step(run, *make_batch(run, draws))
-        run.position = position + 1
-        micro.append(values)
-        histogram += counts.cpu()
-        if not stepped:
-            continue
-        run.step += 1
-        loss = _after_step(run, micro, histogram)
-        micro, histogram = [], torch.zeros_like(histogram)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.3f}", phase=run.config.phase(run.step - 1))
-        if on_step is not None:
-            on_step(run.step, loss)
-    bar.close()
+
+    def step(position: int):
+        values, counts, stepped = train_step(run, *make_batch(run, run.order.batch(position)))
+        return (values, counts.cpu()), stepped
+
+    run_steps(run, step, lambda micro: _after_step(run, micro),
+              postfix=lambda: {"phase": run.config.phase(run.step - 1)}, progress=progress,
+              on_step=on_step)  # fmt: skip
     return finish(run)

@@ -7,6 +7,8 @@
 - ``data``: a seeded, sharded, resumable order over a dataset's indices.
 - ``log``: CSV + TensorBoard scalars and a PNG of the curves.
 - ``encoder_cache``: frozen-encoder outputs on disk, computed once per utterance.
+- ``loop``: the outer step loop (log / evaluate / checkpoint on schedule, finish) that the
+  recipes drive with their own step, evaluate and save functions.
 """
 
 from whisperforge.training.config import ConfigError, TrainingConfig, load_config
