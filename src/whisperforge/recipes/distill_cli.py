@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from whisperforge.recipes.train_cli import add_train_arguments, run_training
+
 
 def cmd_init(args: argparse.Namespace) -> int:
     from whisperforge.models.loading import load_model
@@ -81,13 +83,9 @@ def cmd_filter(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from whisperforge.cli import _quiet_transformers
     from whisperforge.recipes.distill import DistillConfig, train
-    from whisperforge.training.config import load_config
 
-    config = load_config(DistillConfig, args.config, args.overrides)
-    _quiet_transformers()
-    result = train(config, progress=not args.quiet)
+    result = run_training(args, DistillConfig, train)
     if result.main_process:
         wer = "-" if result.dev_wer is None else f"{result.dev_wer:.2f} %"
         print(f"trained {result.steps} steps on {result.data['kept']} of "
@@ -106,9 +104,7 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("train", help="train a student on pseudo-labels and teacher logits")
-    p.add_argument("config", type=Path, help="YAML config (see recipes/configs/distill-base.yaml)")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. training.lr=3e-4")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_train_arguments(p, "recipes/configs/distill-base.yaml")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("label", help="pseudo-label audio with a teacher (sharded, resumable)")

@@ -11,17 +11,15 @@ import argparse
 import sys
 from pathlib import Path
 
+from whisperforge.recipes.train_cli import add_train_arguments, run_training
+
 DEFAULT_TOKENIZER = "whisper-vq-base"  # shipped in whisperforge/zoo/ once trained
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from whisperforge.cli import _quiet_transformers
     from whisperforge.recipes.train_tokenizer import TokenizerTrainConfig, train
-    from whisperforge.training.config import load_config
 
-    config = load_config(TokenizerTrainConfig, args.config, args.overrides)
-    _quiet_transformers()
-    result = train(config, progress=not args.quiet)
+    result = run_training(args, TokenizerTrainConfig, train)
     if result.main_process:
         wer = "-" if result.dev_wer is None else f"{result.dev_wer:.2f} %"
         print(f"trained {result.steps} steps on {result.data['kept']} rows; dev WER (from "
@@ -114,11 +112,7 @@ def add_parser(subparsers) -> None:
     sub = tokenizer.add_subparsers(dest="tokenizer_command", required=True)
 
     p = sub.add_parser("train", help="train a bottleneck in a frozen Whisper (two phases)")
-    p.add_argument(
-        "config", type=Path, help="YAML config (see recipes/configs/tokenizer-base.yaml)"
-    )
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. training.lr=3e-4")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_train_arguments(p, "recipes/configs/tokenizer-base.yaml")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="WER from tokens next to the continuous model's WER")
