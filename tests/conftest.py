@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import csv
+import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+# for `python -m whisperforge.cli ...` / torchrun subprocesses: this tree's code, 1 thread
+SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
 JFK = REPO / "samples" / "jfk.wav"
 JFK_TEXT = (
     "And so my fellow Americans, ask not what your country can do for you, "
@@ -121,3 +127,59 @@ def long_recording(speech_clips, tmp_path_factory) -> tuple[Path, str]:
     path = tmp_path_factory.mktemp("long") / "long.flac"
     sf.write(path, np.concatenate(pieces), SAMPLE_RATE)
     return path, " ".join(text for _, text in speech_clips)
+
+
+# --------------------------------------------------------------------------- training recipes
+
+
+@pytest.fixture(scope="session")
+def tiny_en_tokenizer():
+    """The text tokenizer of whisper-tiny.en (English-only)."""
+    from whisperforge.models import resolve_model
+    from whisperforge.tokenizer import Tokenizer
+
+    return Tokenizer.from_file(resolve_model("whisper-tiny.en") / "tokenizer.json", False)
+
+
+def save_tiny_whisper(folder: Path, tokenizer, **overrides) -> Path:
+    """A random Whisper (seed 0; d_model 32, 2 encoder layers, 2 heads, FFN 64) with
+    tiny.en's vocabulary and tokenizer, saved as an HF folder; ``overrides`` are
+    ``WhisperConfig`` fields (``decoder_layers``, ``init_std``, ...)."""
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    from whisperforge.models import resolve_model
+
+    torch.manual_seed(0)
+    fields = {
+        "vocab_size": 51864, "d_model": 32, "encoder_layers": 2, "decoder_layers": 2,
+        "encoder_attention_heads": 2, "decoder_attention_heads": 2, "encoder_ffn_dim": 64,
+        "decoder_ffn_dim": 64, "num_mel_bins": 80, "max_source_positions": 1500,
+        "max_target_positions": 448, "decoder_start_token_id": tokenizer.sot,
+        "eos_token_id": tokenizer.eot, "pad_token_id": tokenizer.eot,
+        "bos_token_id": tokenizer.eot,
+    }  # fmt: skip
+    WhisperForConditionalGeneration(WhisperConfig(**fields | overrides)).save_pretrained(folder)
+    shutil.copy(resolve_model("whisper-tiny.en") / "tokenizer.json", folder)
+    return folder
+
+
+def write_yaml(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def read_log(folder: Path) -> dict[int, dict]:
+    """The rows of a run's ``log.csv`` that hold a loss, by step (values as strings)."""
+    with (folder / "log.csv").open() as handle:
+        return {int(r["step"]): r for r in csv.DictReader(handle) if r["loss"]}
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
+    """Wait until ``path`` exists while ``proc`` keeps running (its stderr in the failure)."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            stderr = proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+            raise AssertionError(f"exit {proc.returncode} before {path} appeared\n{stderr}")
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.02)

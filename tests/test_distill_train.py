@@ -3,21 +3,25 @@ a falling loss, 2 processes under torchrun, and a killed run that resumes exactl
 
 from __future__ import annotations
 
-import csv
 import json
-import os
-import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
-from tests.conftest import REPO, SENTENCES, needs_flite, synthesize
+from tests.conftest import (
+    SENTENCES,
+    SUBPROCESS_ENV,
+    needs_flite,
+    read_log,
+    save_tiny_whisper,
+    synthesize,
+    wait_for,
+    write_yaml,
+)
 
 from whisperforge.recipes.distill import DistillConfig, Example, build_sequence, collate, train
 from whisperforge.tokenizer import Tokenizer
@@ -27,31 +31,10 @@ pytestmark = needs_flite
 
 
 @pytest.fixture(scope="module")
-def tokenizer() -> Tokenizer:
-    from whisperforge.models import resolve_model
-
-    return Tokenizer.from_file(resolve_model("whisper-tiny.en") / "tokenizer.json", False)
-
-
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory, tokenizer) -> Path:
+def teacher_dir(tmp_path_factory, tiny_en_tokenizer) -> Path:
     """A random Whisper (d_model 32, 2 encoder + 4 decoder layers) saved as an HF folder."""
-    from transformers import WhisperConfig, WhisperForConditionalGeneration
-
-    from whisperforge.models import resolve_model
-
-    torch.manual_seed(0)
-    config = WhisperConfig(
-        vocab_size=51864, d_model=32, encoder_layers=2, decoder_layers=4,
-        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
-        decoder_ffn_dim=64, num_mel_bins=80, max_source_positions=1500,
-        max_target_positions=448, decoder_start_token_id=tokenizer.sot,
-        eos_token_id=tokenizer.eot, pad_token_id=tokenizer.eot, bos_token_id=tokenizer.eot,
-    )  # fmt: skip
-    folder = tmp_path_factory.mktemp("teacher")
-    WhisperForConditionalGeneration(config).save_pretrained(folder)
-    shutil.copy(resolve_model("whisper-tiny.en") / "tokenizer.json", folder)
-    return folder
+    return save_tiny_whisper(tmp_path_factory.mktemp("teacher"), tiny_en_tokenizer,
+                             decoder_layers=4)  # fmt: skip
 
 
 def _row(path: Path, text: str, tokenizer: Tokenizer, wer: float | None) -> dict:
@@ -66,14 +49,14 @@ def _row(path: Path, text: str, tokenizer: Tokenizer, wer: float | None) -> dict
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory, tokenizer) -> dict:
+def data(tmp_path_factory, tiny_en_tokenizer) -> dict:
     """6 usable label rows, 2 the WER filter drops, and a 2-row dev manifest."""
     folder = tmp_path_factory.mktemp("labels")
     wers = [0.0, 5.0, 0.0, 8.0, 0.0, 0.0, 50.0, None]
     rows = []
     for i, wer in enumerate(wers):
         path = synthesize(SENTENCES[i], folder / f"w{i}.wav", "slt" if i % 2 else "kal16")
-        rows.append(_row(path, SENTENCES[i], tokenizer, wer))
+        rows.append(_row(path, SENTENCES[i], tiny_en_tokenizer, wer))
     (folder / "labels.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (folder / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
     return {"labels": folder / "labels.jsonl", "dev": folder / "dev.jsonl"}
@@ -87,17 +70,15 @@ def _config(tmp: Path, teacher: Path, data: dict, out: str, **training) -> Path:
                      "batch_size": 2, "max_steps": 6, "log_every": 1, "save_every": 2,
                      "eval_every": 0, **training},
     }  # fmt: skip
-    path = tmp / f"{out}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return write_yaml(tmp / f"{out}.yaml", config)
 
 
 def _losses(out: Path) -> dict[int, float]:
-    with (out / "log.csv").open() as handle:
-        return {int(r["step"]): float(r["loss"]) for r in csv.DictReader(handle) if r["loss"]}
+    return {step: float(row["loss"]) for step, row in read_log(out).items()}
 
 
-def test_targets_mask_the_prompt_and_pad_to_the_longest(tokenizer):
+def test_targets_mask_the_prompt_and_pad_to_the_longest(tiny_en_tokenizer):
+    tokenizer = tiny_en_tokenizer
     tokens = [tokenizer.timestamp_begin, *tokenizer.encode(" Hello there."),
               tokenizer.timestamp_begin + 50]  # fmt: skip
     example = Example("a.wav", tokens, "en", "Before this.")
@@ -141,14 +122,6 @@ def test_training_lowers_the_loss_and_writes_a_loadable_student(
     assert json.loads((out / "summary.json").read_text())["shared_encoder"] is True
 
 
-def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.02)
-
-
 def test_killed_run_resumes_with_the_same_losses(tmp_path, teacher_dir, data):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # same arithmetic as the 1-thread subprocess
@@ -156,10 +129,10 @@ def test_killed_run_resumes_with_the_same_losses(tmp_path, teacher_dir, data):
         train(load_config(DistillConfig, _config(tmp_path, teacher_dir, data, "whole")),
               progress=False)  # fmt: skip
         path = _config(tmp_path, teacher_dir, data, "killed")
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
         proc = subprocess.Popen([sys.executable, "-m", "whisperforge.cli", "distill", "train",
-                                 str(path), "-q"], env=env, stderr=subprocess.PIPE)  # fmt: skip
-        _wait_for(tmp_path / "killed" / "checkpoints" / "step-00000002", proc)
+                                 str(path), "-q"], env=SUBPROCESS_ENV,
+                                stderr=subprocess.PIPE)  # fmt: skip
+        wait_for(tmp_path / "killed" / "checkpoints" / "step-00000002", proc)
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
         assert proc.returncode == -signal.SIGKILL
@@ -179,10 +152,9 @@ def test_killed_run_resumes_with_the_same_losses(tmp_path, teacher_dir, data):
 def test_two_cpu_processes_with_torchrun(tmp_path, teacher_dir, data):
     path = _config(tmp_path, teacher_dir, data, "ddp", max_steps=3, save_every=3)
     torchrun = Path(sys.executable).with_name("torchrun")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
     command = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "whisperforge.cli",
                "distill", "train", str(path), f"dev_manifest={data['dev']}", "-q"]  # fmt: skip
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    done = subprocess.run(command, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["steps"] == 3

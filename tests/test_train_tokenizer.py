@@ -5,62 +5,44 @@ training -> merge, and the evaluation report."""
 
 from __future__ import annotations
 
-import csv
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
-from tests.conftest import REPO, SENTENCES, needs_flite, synthesize
+from tests.conftest import (
+    SENTENCES,
+    SUBPROCESS_ENV,
+    needs_flite,
+    read_log,
+    save_tiny_whisper,
+    synthesize,
+    wait_for,
+    write_yaml,
+)
 
 from whisperforge.cli import main
 from whisperforge.losses import tokenizer_loss
 from whisperforge.recipes.train_tokenizer import TokenizerTrainConfig, target_tokens, train
-from whisperforge.tokenizer import Tokenizer
 from whisperforge.tokens import SpeechTokenizer, load_bottleneck
 from whisperforge.training.config import ConfigError, load_config
 from whisperforge.training.mixing import MixedOrder
 
 pytestmark = needs_flite
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
 
 
 @pytest.fixture(scope="module")
-def tokenizer() -> Tokenizer:
-    from whisperforge.models import resolve_model
-
-    return Tokenizer.from_file(resolve_model("whisper-tiny.en") / "tokenizer.json", False)
-
-
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory, tokenizer) -> Path:
+def teacher_dir(tmp_path_factory, tiny_en_tokenizer) -> Path:
     """A random Whisper (d_model 32, 2 + 2 layers) saved as an HF folder. Its weights are
     drawn wider than usual (std 0.5) so that its logits depend on the features it reads and
     a bottleneck has something to learn."""
-    from transformers import WhisperConfig, WhisperForConditionalGeneration
-
-    from whisperforge.models import resolve_model
-
-    torch.manual_seed(0)
-    config = WhisperConfig(
-        vocab_size=51864, d_model=32, encoder_layers=2, decoder_layers=2,
-        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
-        decoder_ffn_dim=64, num_mel_bins=80, init_std=0.5, max_source_positions=1500,
-        max_target_positions=448, decoder_start_token_id=tokenizer.sot,
-        eos_token_id=tokenizer.eot, pad_token_id=tokenizer.eot, bos_token_id=tokenizer.eot,
-    )  # fmt: skip
-    folder = tmp_path_factory.mktemp("teacher")
-    WhisperForConditionalGeneration(config).save_pretrained(folder)
-    shutil.copy(resolve_model("whisper-tiny.en") / "tokenizer.json", folder)
-    return folder
+    return save_tiny_whisper(tmp_path_factory.mktemp("teacher"), tiny_en_tokenizer,
+                             decoder_layers=2, init_std=0.5)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -95,14 +77,7 @@ def _config(tmp: Path, teacher: Path, data: dict, out: str, **options) -> Path:
         "bottleneck": {"codebook_size": 16, "codebook_dim": 8, "n_heads": 2},
         "phase1_steps": 4, "phase2_steps": 2, "training": training, **options,
     }  # fmt: skip
-    path = tmp / f"{out}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def _log(out: Path) -> dict[int, dict]:
-    with (out / "log.csv").open() as handle:
-        return {int(r["step"]): r for r in csv.DictReader(handle) if r["loss"]}
+    return write_yaml(tmp / f"{out}.yaml", config)
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +91,7 @@ def trained(tmp_path_factory, teacher_dir, data) -> Path:
 
 
 def test_phase1_lowers_the_loss_and_writes_a_tokenizer(trained, teacher_dir):
-    log = _log(trained)
+    log = read_log(trained)
     loss = {step: float(row["loss"]) for step, row in log.items()}
     assert sorted(loss) == list(range(1, 17))
     assert np.mean([loss[11], loss[12]]) < 0.9 * np.mean([loss[1], loss[2]])
@@ -133,7 +108,7 @@ def test_phase1_lowers_the_loss_and_writes_a_tokenizer(trained, teacher_dir):
 
 
 def test_phase2_has_no_kl_term(trained):
-    log = _log(trained)
+    log = read_log(trained)
     for step in range(1, 13):
         assert log[step]["phase"] == "1" and float(log[step]["kl_loss"]) > 0
     for step in range(13, 17):
@@ -185,7 +160,8 @@ def test_mixing_follows_the_ratio_and_is_deterministic():
     assert [reseeded.batch(p) for p in range(5)] != [order.batch(p) for p in range(5)]
 
 
-def test_targets_are_the_transcribe_prompt_and_capped(tokenizer):
+def test_targets_are_the_transcribe_prompt_and_capped(tiny_en_tokenizer):
+    tokenizer = tiny_en_tokenizer
     seq = target_tokens(tokenizer, "Hello there.", "en", 448)
     assert seq == [tokenizer.sot, tokenizer.no_timestamps, *tokenizer.encode(" Hello there."),
                    tokenizer.eot]  # fmt: skip
@@ -197,17 +173,14 @@ def _torchrun(path: Path, **popen) -> subprocess.Popen:
     torchrun = Path(sys.executable).with_name("torchrun")
     command = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "whisperforge.cli",
                "tokenizer", "train", str(path), "-q"]  # fmt: skip
-    return subprocess.Popen(command, env=ENV, start_new_session=True, **popen)
+    return subprocess.Popen(command, env=SUBPROCESS_ENV, start_new_session=True, **popen)
 
 
 def test_two_processes_killed_after_a_checkpoint_resume_exactly(tmp_path, teacher_dir, data):
     whole = _torchrun(_config(tmp_path, teacher_dir, data, "whole"), stderr=subprocess.PIPE)
     path = _config(tmp_path, teacher_dir, data, "killed")
     killed = _torchrun(path, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not (tmp_path / "killed" / "checkpoints" / "step-00000002").exists():
-        assert killed.poll() is None and time.monotonic() < deadline, "no checkpoint"
-        time.sleep(0.02)
+    wait_for(tmp_path / "killed" / "checkpoints" / "step-00000002", killed, timeout=120)
     os.killpg(killed.pid, signal.SIGKILL)  # torchrun and both workers
     killed.wait(30)
     assert not (tmp_path / "killed" / "tokenizer").exists()  # it died mid-run
@@ -216,7 +189,7 @@ def test_two_processes_killed_after_a_checkpoint_resume_exactly(tmp_path, teache
     assert resumed.wait(180) == 0, resumed.stderr.read().decode()[-3000:]
     summary = json.loads((tmp_path / "killed" / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["steps"] == 6
-    a, b = _log(tmp_path / "whole"), _log(tmp_path / "killed")
+    a, b = read_log(tmp_path / "whole"), read_log(tmp_path / "killed")
     assert sorted(a) == sorted(b) == list(range(1, 7))
     for step in a:
         for column in ("loss", "ce_loss", "commitment_loss", "perplexity"):
