@@ -250,3 +250,27 @@ def test_clear_errors(tmp_path, trained, data, capsys):
                                                  "training.max_steps=10"])  # fmt: skip
     with pytest.raises(ConfigError, match="unknown option 'phase_steps'; did you mean"):
         load_config(TokenizerTrainConfig, None, ["train=[{manifest: a.jsonl}]", "phase_steps=1"])
+
+
+def test_feature_matching_adds_a_positive_term(tmp_path, teacher_dir, data):
+    path = _config(tmp_path, teacher_dir, data, "feat", phase1_steps=1, phase2_steps=2,
+                   feature_weight=0.5)  # fmt: skip
+    train(load_config(TokenizerTrainConfig, path), progress=False)
+    for step in (2, 3):  # phase 2: loss = CE + commitment + 0.5 * MSE(features, encoder)
+        row = read_log(tmp_path / "feat")[step]
+        assert float(row["loss"]) > float(row["ce_loss"]) + float(row["commitment_loss"]) + 1e-4
+    with pytest.raises(ConfigError, match="feature_weight"):
+        load_config(TokenizerTrainConfig, path, ["feature_weight=-1"])
+
+
+def test_new_bottleneck_output_norm_starts_as_the_encoders(teacher_dir, data, tmp_path):
+    from transformers import WhisperForConditionalGeneration
+
+    from whisperforge.recipes.train_tokenizer import build_bottleneck
+
+    config = load_config(TokenizerTrainConfig, _config(tmp_path, teacher_dir, data, "init"))
+    encoder = WhisperForConditionalGeneration.from_pretrained(teacher_dir).model.encoder
+    vq, how = build_bottleneck(config, encoder)
+    assert "encoder" in how["init"]
+    torch.testing.assert_close(vq.ln_post.weight, encoder.layer_norm.weight)
+    torch.testing.assert_close(vq.ln_post.bias, encoder.layer_norm.bias)

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 
 from whisperforge.audio import SAMPLE_RATE
 from whisperforge.losses import tokenizer_loss
@@ -124,6 +125,9 @@ class TokenizerTrainConfig:
     phase2_steps: int = 500  # without it
     kl_weight: float = 1.0
     temperature: float = 1.0  # of the KL (Ichigo: 1)
+    # weight of an extra MSE between the bottleneck's features and the encoder states on real
+    # frames: not in Ichigo's recipe (0); a dense target that speeds up short CPU runs
+    feature_weight: float = 0.0
     usage_window: int = 50  # codebook usage is logged over the codes of the last N steps
     encoder_cache: str | None = None  # folder for frozen-encoder outputs (multi-epoch runs)
     eval_batch_size: int = 8
@@ -138,8 +142,10 @@ class TokenizerTrainConfig:
             raise ValueError(
                 "training.max_steps is not used here: set phase1_steps and phase2_steps"
             )
-        if self.kl_weight < 0 or self.temperature <= 0 or self.grow_noise < 0:
-            raise ValueError("kl_weight and grow_noise must be >= 0 and temperature > 0")
+        if min(self.kl_weight, self.grow_noise, self.feature_weight) < 0 or self.temperature <= 0:
+            raise ValueError(
+                "kl_weight, feature_weight and grow_noise must be >= 0 and temperature > 0"
+            )
         for name in ("usage_window", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
@@ -259,15 +265,23 @@ def load_dev(config: TokenizerTrainConfig) -> list[Example]:
 # --------------------------------------------------------------------------- setup
 
 
-def build_bottleneck(config: TokenizerTrainConfig, d_model: int) -> tuple[WhisperVQ, dict]:
-    """A new bottleneck of the teacher's width, or ``init_from``'s (grown to ``codebook_size``
-    codes when it has fewer); and how it was made, for the summary."""
+def build_bottleneck(config: TokenizerTrainConfig, encoder) -> tuple[WhisperVQ, dict]:
+    """A new bottleneck of the teacher ``encoder``'s width, or ``init_from``'s (grown to
+    ``codebook_size`` codes when it has fewer); and how it was made, for the summary.
+
+    A new bottleneck's output LayerNorm starts as a copy of the encoder's final one, so from
+    the first step its features have the per-channel scale and offset the frozen decoder's
+    cross-attention was trained on (otherwise the first hundreds of steps only learn that).
+    """
     from whisperforge.models.vq import grow_codebook
     from whisperforge.tokens import load_bottleneck
 
     size = config.bottleneck.codebook_size
+    d_model = encoder.layer_norm.normalized_shape[0]
     if config.init_from is None:
-        return WhisperVQ(config.bottleneck.vq_config(d_model)), {"init": "random"}
+        vq = WhisperVQ(config.bottleneck.vq_config(d_model))
+        vq.ln_post.load_state_dict(encoder.layer_norm.state_dict())
+        return vq, {"init": "random, output norm from the encoder's"}
     source, meta = load_bottleneck(config.init_from)
     have = source.config
     if have.d_model != d_model:
@@ -364,7 +378,7 @@ def setup(config: TokenizerTrainConfig) -> TokenizerRun:
     teacher = load_model(config.teacher)
     teacher.model.requires_grad_(False).eval()
     examples, report = _load_data(config, teacher)
-    bottleneck, report["bottleneck"] = build_bottleneck(config, teacher.model.config.d_model)
+    bottleneck, report["bottleneck"] = build_bottleneck(config, teacher.model.model.encoder)
     order = MixedOrder(tuple(len(e) for e in examples), tuple(s.weight for s in config.train),
                        tc.batch_size, accelerator.process_index, accelerator.num_processes,
                        tc.seed)  # fmt: skip
@@ -436,7 +450,8 @@ def compute_loss(run: TokenizerRun, batch: Batch, samples: torch.Tensor, phase: 
     device, cfg = run.accelerator.device, run.config
     ids, mask = batch.input_ids.to(device), batch.labels_mask.to(device)
     hidden = run.encoder(batch.audio)  # frozen encoder: once per window, no graph
-    out = run.bottleneck(hidden, frame_mask(samples.to(device), hidden.shape[1]))
+    real_frames = frame_mask(samples.to(device), hidden.shape[1])
+    out = run.bottleneck(hidden, real_frames)
     student = decoder_logits(run.teacher.model, out.features, ids, mask)
     teacher = None
     if phase == 1 and cfg.kl_weight > 0:
@@ -447,6 +462,9 @@ def compute_loss(run: TokenizerRun, batch: Batch, samples: torch.Tensor, phase: 
     ones = torch.ones(student.shape[0], dtype=torch.bool, device=device)
     loss = tokenizer_loss(student, teacher, labels, ones, out.loss, cfg.kl_weight,
                           cfg.temperature)  # fmt: skip
+    if cfg.feature_weight > 0:
+        match = F.mse_loss(out.features[real_frames], hidden[real_frames])
+        loss = loss._replace(loss=loss.loss + cfg.feature_weight * match)
     return loss, out.codes, out.token_mask
 
 
