@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from whisperforge.audio import CHUNK_LENGTH, N_SAMPLES_PER_TOKEN, TOKENS_PER_SECOND
 
 N_AUDIO_CTX = CHUNK_LENGTH * TOKENS_PER_SECOND  # 1500 encoder frames per 30 s window
+POSITION_INIT_STD = 0.02  # learned positions after the bottleneck (GPT-2's init)
 
 
 @dataclass(frozen=True)
@@ -212,6 +213,9 @@ class WhisperVQ(nn.Module):
             torch.randn(config.codebook_dim) / math.sqrt(config.codebook_dim)
         )
         self.positions = nn.Embedding(config.n_audio_ctx, d)
+        # small, as GPT-2 initialises learned positions: at nn.Embedding's N(0, 1) they are
+        # ~14x the projected codes and the block after the bottleneck barely sees the codes
+        nn.init.normal_(self.positions.weight, std=POSITION_INIT_STD)
         self.blocks = nn.ModuleList(
             RotaryBlock(d, config.n_heads, config.ffn_mult, config.rope_base)
             for _ in range(config.n_layers)
