@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"
+DEFAULT_TOKENIZER = "whisper-vq-base"  # the shipped speech tokenizer for whisper-base
 
 
 def zoo_models() -> dict[str, Path]:

@@ -11,9 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from whisperforge.models.zoo import DEFAULT_TOKENIZER
 from whisperforge.recipes.train_cli import add_train_arguments, run_training
-
-DEFAULT_TOKENIZER = "whisper-vq-base"  # shipped in whisperforge/zoo/ once trained
 
 
 def cmd_train(args: argparse.Namespace) -> int:
