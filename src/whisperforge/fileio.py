@@ -13,10 +13,13 @@ from pathlib import Path
 @contextlib.contextmanager
 def atomic_folder(dest: Path) -> Iterator[Path]:
     """Yield a temporary folder beside ``dest``; when the block succeeds it replaces ``dest``
-    in one rename, when it fails (or is interrupted) it is removed."""
+    in one rename, when it fails (or is interrupted) it is removed. The result has the mode a
+    plain ``mkdir`` gives under the umask (temporary folders are private), so models, exports
+    and corpora can be shared like any folder their user makes."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
+        _chmod_as_mkdir(tmp)
         yield tmp
         if dest.exists():
             shutil.rmtree(dest)
@@ -39,3 +42,11 @@ def write_text_atomic(path: Path, text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _chmod_as_mkdir(folder: Path) -> None:
+    probe = folder / ".mode-probe"
+    probe.mkdir()
+    mode = probe.stat().st_mode & 0o777
+    probe.rmdir()
+    folder.chmod(mode)

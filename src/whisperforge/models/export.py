@@ -94,7 +94,6 @@ def export_model(
     writer = _write_ct2 if options.format == "ct2" else _write_hf
     with atomic_folder(out) as tmp:
         writer(bundle, heads, options.quantization, tmp)
-        _chmod_as_mkdir(tmp)
     logger.info("exported %s as %s %s -> %s", model, format, quantization, out)
     return out
 
@@ -104,16 +103,6 @@ def _check_destination(out: Path, overwrite: bool) -> None:
         raise ExportError(f"{out} exists and is not a folder; choose another --out")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise ExportError(f"{out} is not empty; choose another folder or pass --overwrite")
-
-
-def _chmod_as_mkdir(folder: Path) -> None:
-    """Give ``folder`` the mode a plain ``mkdir`` gets under the umask (temporary folders
-    are private), so an export can be shared like any folder its user makes."""
-    probe = folder / ".mode-probe"
-    probe.mkdir()
-    mode = probe.stat().st_mode & 0o777
-    probe.rmdir()
-    folder.chmod(mode)
 
 
 # -- alignment heads ----------------------------------------------------------------------

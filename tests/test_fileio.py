@@ -1,0 +1,33 @@
+"""Atomic writes: all or nothing, and folders as shareable as a plain mkdir makes them."""
+
+from __future__ import annotations
+
+import pytest
+
+from whisperforge.fileio import atomic_folder, write_text_atomic
+
+
+def test_atomic_folder_replaces_in_one_piece_with_mkdir_permissions(tmp_path):
+    (tmp_path / "plain").mkdir()
+    dest = tmp_path / "model"
+    with atomic_folder(dest) as tmp:
+        (tmp / "a.txt").write_text("one")
+        assert not dest.exists()  # nothing visible until the block succeeds
+    assert (dest / "a.txt").read_text() == "one"
+    assert dest.stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777
+    with atomic_folder(dest) as tmp:
+        (tmp / "b.txt").write_text("two")
+    assert sorted(p.name for p in dest.iterdir()) == ["b.txt"]
+
+
+def test_atomic_folder_leaves_nothing_when_the_block_fails(tmp_path):
+    dest = tmp_path / "model"
+    with pytest.raises(RuntimeError), atomic_folder(dest) as tmp:
+        (tmp / "half.bin").write_bytes(b"\0" * 10)
+        raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_text_atomic(tmp_path):
+    path = write_text_atomic(tmp_path / "sub" / "f.json", "{}")
+    assert path.read_text() == "{}" and [p.name for p in path.parent.iterdir()] == ["f.json"]
