@@ -10,8 +10,6 @@ import json
 import sys
 from pathlib import Path
 
-from whisperforge.models.zoo import DEFAULT_TOKENIZER
-
 FORMATS = ("ids", "json", "llm")
 
 
@@ -172,9 +170,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--model", default=DEFAULT_TOKENIZER, help="speech tokenizer folder or shipped name"
-    )
+    p.add_argument("--model", required=True, help="speech tokenizer folder or shipped name")
     p.add_argument("--batch-size", type=int, default=8, help="30 s windows per forward pass")
     p.add_argument("--output", type=Path, default=None, help="write here instead of stdout")
     p.add_argument("--device", default="cpu")
