@@ -59,3 +59,64 @@ def test_pack_audio_joins_with_silence():
 def test_bad_limits():
     with pytest.raises(ValueError):
         pack_utterances([], max_seconds=0)
+
+
+def _write_corpus(tmp_path, n=7):
+    import soundfile as sf
+
+    from whisperforge.data.manifest import write_manifest
+
+    rng = np.random.default_rng(1)
+    utts = []
+    for i in range(n):
+        path = tmp_path / "src" / f"u{i}.flac"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        seconds = 4.0 + i % 3
+        sf.write(str(path), (0.1 * rng.standard_normal(int(16000 * seconds))).astype("float32"),
+                 16000)  # fmt: skip
+        utts.append(Utterance(str(path), f"sentence {i}.", "en", seconds, "spk" + str(i % 2),
+                              {"id": f"u{i}"}))  # fmt: skip
+    return write_manifest(utts, tmp_path / "src" / "train.jsonl")
+
+
+def test_write_packs_writes_windows_reports_broken_files_and_reuses(tmp_path):
+    import soundfile as sf
+
+    from whisperforge.data.manifest import read_manifest
+    from whisperforge.data.packing import write_packs
+
+    manifest = _write_corpus(tmp_path)
+    utts = read_manifest(manifest)
+    (tmp_path / "src" / "u3.flac").write_bytes(b"not audio")  # broken after validation
+    report = write_packs(utts, tmp_path / "out", max_seconds=12.0, gap_seconds=0.5)
+    assert [r["id"] for r in report.left_out] == ["u3"]
+    assert "cannot decode" in report.left_out[0]["reason"]
+    rows = read_manifest(tmp_path / "out" / "train.jsonl")
+    assert report.packs == len(rows) and report.utterances == 6
+    members = [m for r in rows for m in r.extra["members"]]
+    assert sorted(members) == ["u0", "u1", "u2", "u4", "u5", "u6"]
+    for row in rows:
+        assert row.duration <= 12.0
+        ids = row.extra["members"]
+        assert row.text == " ".join(f"sentence {m[1:]}." for m in ids)
+        assert len({int(m[1:]) % 2 for m in ids}) == 1  # one speaker per window
+        durations = [4.0 + int(m[1:]) % 3 for m in ids]
+        expected = sum(durations) + 0.5 * (len(ids) - 1)
+        assert sf.info(row.audio).frames == round(expected * 16000)
+        assert row.duration == pytest.approx(expected, abs=1e-3)
+    assert not list((tmp_path / "out").rglob(".*tmp*"))  # nothing half-written
+    again = write_packs(read_manifest(manifest), tmp_path / "out", max_seconds=12.0,
+                        gap_seconds=0.5)  # fmt: skip
+    assert again.reused == report.packs - 1  # all but the window u3 belongs to (u1 + u3)
+    assert again.left_out == report.left_out
+    assert read_manifest(tmp_path / "out" / "train.jsonl")[0].text == rows[0].text
+
+
+def test_data_pack_cli(tmp_path):
+    from whisperforge.cli import main
+
+    manifest = _write_corpus(tmp_path, n=4)
+    assert main(["data", "pack", str(manifest), "--out", str(tmp_path / "p"), "--seconds", "30",
+                 "--gap", "0"]) == 0  # fmt: skip
+    rows = [line for line in (tmp_path / "p" / "train.jsonl").read_text().splitlines()]
+    assert len(rows) == 2  # two speakers, each fits one window

@@ -5,6 +5,7 @@ whisperforge data synth  --texts texts/ --hours 1 --out corpus/  -> synth.build_
 whisperforge data stats  corpus/test.jsonl                -> stats.manifest_stats
 whisperforge data validate corpus/train.jsonl             -> hf.load_utterances
 whisperforge data voices                                  -> tts.available_voices
+whisperforge data pack corpus/train.jsonl --out packed/   -> packing.write_packs
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     _add_stats(sub)
     _add_validate(sub)
     _add_voices(sub)
+    _add_pack(sub)
     return parser
 
 
@@ -224,3 +226,36 @@ def run_voices(args) -> int:
         default = " (default)" if name in DEFAULT_VOICES else ""
         print(f"{name:<20} {voice.language}  {voice.gender:<6} {state}{default}")
     return 0
+
+
+def _add_pack(sub) -> None:
+    p = sub.add_parser("pack", help="join consecutive utterances of a speaker into <= 30 s "
+                                    "windows (audio + joined text)")  # fmt: skip
+    _add_source_args(p)
+    p.add_argument("--out", required=True, help="folder for <name>.jsonl and audio/<name>/")
+    p.add_argument("--name", help="manifest name (default: the split)")
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=25.0,
+        help="longest window, seconds (default 25; at most 30)",
+    )
+    p.add_argument("--gap", type=float, default=0.3, help="silence between utterances, seconds")
+    p.set_defaults(func=run_pack)
+
+
+def run_pack(args) -> int:
+    from tqdm import tqdm
+
+    from whisperforge.data.packing import write_packs
+
+    report = _load(args)
+    if report.skipped:
+        print(report.summary())
+    with tqdm(total=len(report.kept), unit="utt", desc="pack") as bar:
+        result = write_packs(report.kept, args.out, args.name or args.split, args.seconds,
+                             args.gap, bar.update)  # fmt: skip
+    print(result.summary())
+    for row in result.left_out[:20]:
+        print(f"  left out {row['id'] or row['audio']}: {row['reason']}")
+    return 0 if result.packs else 1

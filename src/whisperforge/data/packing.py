@@ -107,3 +107,118 @@ def pack_audio(
             pieces.append(gap)
         pieces.append(np.asarray(load(utt), dtype=np.float32))
     return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
+
+
+@dataclass
+class PackReport:
+    """What ``write_packs`` did: the manifest written, packs (new and already on disk), and
+    utterances left out with their reasons."""
+
+    manifest: str
+    packs: int = 0
+    reused: int = 0  # packs whose audio was already complete on disk (a rerun)
+    utterances: int = 0
+    seconds: float = 0.0
+    left_out: list[dict] = field(default_factory=list)  # {"id", "audio", "reason"}
+
+    def summary(self) -> str:
+        hours = self.seconds / 3600
+        text = (f"{self.utterances} utterances -> {self.packs} windows ({hours:.2f} h, "
+                f"{self.reused} already written) in {self.manifest}")  # fmt: skip
+        if self.left_out:
+            text += f"; {len(self.left_out)} utterances left out"
+        return text
+
+
+def write_packs(
+    utterances: list[Utterance],
+    out_dir,
+    name: str = "train",
+    max_seconds: float = 25.0,
+    gap_seconds: float = 0.3,
+    progress: Callable[[int], None] | None = None,
+) -> PackReport:
+    """Pack ``utterances`` (``pack_utterances``) and write each window as 16 kHz FLAC under
+    ``out_dir/audio/<name>/`` plus the manifest ``out_dir/<name>.jsonl`` (texts joined, one
+    speaker and language per window, ``members``: the ids packed).
+
+    Nothing half-written is left: every file and the manifest are written atomically; a
+    rerun reuses windows already on disk. An utterance whose audio cannot be read, or that is
+    longer than ``max_seconds``, is reported in ``left_out`` and the rest goes on.
+    ``max_seconds`` of 25 leaves the teacher room to finish its transcript of a 30 s window.
+    """
+    from pathlib import Path
+
+    import soundfile as sf
+
+    from whisperforge.audio import SAMPLE_RATE, AudioError, load_audio
+    from whisperforge.data.manifest import write_manifest
+    from whisperforge.data.synth import write_flac_atomic
+
+    if not 0 < max_seconds <= WINDOW_SECONDS:
+        raise ValueError(f"max_seconds must be in (0, {WINDOW_SECONDS:.0f}], not {max_seconds}")
+    out_dir = Path(out_dir)
+    manifest = out_dir / f"{name}.jsonl"
+    report = PackReport(str(manifest))
+    known = [u for u in utterances if u.duration is not None]
+    for utt in utterances:
+        if utt.duration is None:
+            report.left_out.append(_left_out(utt, "no duration in the manifest"))
+    result = pack_utterances(known, max_seconds, gap_seconds)
+    report.left_out += [_left_out(u, f"longer than {max_seconds:g} s") for u in result.too_long]
+    before = _previous_members(manifest)
+    rows: list[Utterance] = []
+    for index, pack in enumerate(result.packs):
+        path = out_dir / "audio" / name / f"{index:06d}.flac"
+        pack_id = f"{name}-pack-{index:06d}"
+        members = [u for u in pack.utterances if u.audio is not None or u.array is not None]
+        readable: list[tuple[Utterance, np.ndarray | None]] = []
+        if path.exists() and before.get(pack_id) == [_member_id(u) for u in members]:
+            report.reused += 1
+            readable = [(u, None) for u in members]
+            seconds = sf.info(str(path)).frames / SAMPLE_RATE
+        else:
+            for utt in members:
+                try:
+                    source = utt.audio if utt.audio is not None else utt.array
+                    readable.append((utt, load_audio(source, utt.sampling_rate)))
+                except AudioError as error:
+                    report.left_out.append(_left_out(utt, f"cannot decode: {error}"))
+            if not readable:
+                continue
+            joined = Pack([u for u, _ in readable], gap_seconds)
+            samples = dict((id(u), a) for u, a in readable)
+            audio = pack_audio(joined, lambda u, s=samples: s[id(u)], SAMPLE_RATE)
+            write_flac_atomic(path, np.clip(audio, -1.0, 1.0))
+            seconds = len(audio) / SAMPLE_RATE
+        done = Pack([u for u, _ in readable], gap_seconds)
+        ids = [_member_id(u) for u, _ in readable]
+        rows.append(Utterance(str(path), done.text, done.language, round(seconds, 3),
+                              done.utterances[0].speaker,
+                              {"id": pack_id, "voice": done.speaker, "members": ids}))  # fmt: skip
+        report.packs += 1
+        report.utterances += len(readable)
+        report.seconds += seconds
+        if progress is not None:
+            progress(len(pack.utterances))
+    write_manifest(rows, manifest)
+    return report
+
+
+def _member_id(utt: Utterance) -> str:
+    return str(utt.extra.get("id", utt.audio))
+
+
+def _previous_members(manifest) -> dict[str, list[str]]:
+    """``{pack id: member ids}`` of a manifest an earlier run wrote (empty if none): a
+    window on disk is reused only when it holds the same utterances."""
+    import json
+
+    if not manifest.exists():
+        return {}
+    rows = (json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines())
+    return {r["id"]: r.get("members") for r in rows if isinstance(r, dict) and "id" in r}
+
+
+def _left_out(utt: Utterance, reason: str) -> dict:
+    return {"id": utt.extra.get("id"), "audio": utt.audio, "reason": reason}

@@ -5,6 +5,10 @@
 - ``POST /v1/audio/transcriptions`` and ``/v1/audio/translations``: OpenAI's multipart form
   (``file``, ``model``, ``language``, ``prompt``, ``temperature``, ``response_format``,
   ``timestamp_granularities[]``) so the official ``openai`` client works unchanged.
+- ``POST /v1/audio/tokens``: speech -> discrete speech tokens (25 per second) from a served
+  speech tokenizer, as ids, LLM text (``<|sound_start|><|sound_0123|>...<|sound_end|>``), and
+  optionally the text the Whisper decoder reads back from them; ``POST /v1/tokens/transcribe``:
+  ids (or LLM text) -> text.
 - ``GET /v1/models`` (OpenAI's list shape), ``GET /health``, and the demo page at ``/``.
 
 Request path: ``_Guard`` (ASGI middleware: API key, upload size, before the body is read) ->
@@ -76,13 +80,57 @@ def _error_response(error: APIError) -> JSONResponse:
 # -- models ------------------------------------------------------------------------------
 
 
-class ModelPool:
-    """One warm ``Transcriber`` per served model, loaded on first use under its own lock."""
+class _WarmPool:
+    """Objects loaded on first use, once, under a lock per name, then kept (warm)."""
 
-    def __init__(self, settings: ServeSettings):
+    kind = "model"  # for messages
+
+    def __init__(self, settings: ServeSettings, names: tuple[str, ...]):
         self.settings = settings
         self._loaded: dict[str, Any] = {}
-        self._locks = {name: threading.Lock() for name in settings.models}
+        self._locks = {name: threading.Lock() for name in names}
+
+    def _not_served(self, name: str) -> APIError:
+        served = ", ".join(self._locks) or "none"
+        return APIError(
+            404, f"The {self.kind} '{name}' is not served here; served: {served}",
+            param="model", code="model_not_found",
+        )  # fmt: skip
+
+    def status(self) -> dict[str, str]:
+        return {m: "loaded" if m in self._loaded else "not loaded" for m in self._locks}
+
+    def _load(self, name: str):
+        raise NotImplementedError
+
+    def get(self, name: str):
+        """The loaded object; blocking (call from a worker thread)."""
+        if name in self._loaded:
+            return self._loaded[name]
+        from whisperforge.models.loading import ModelNotFoundError
+        from whisperforge.models.presets import WeightsNotInstalledError
+
+        with self._locks[name]:
+            if name not in self._loaded:
+                started = time.perf_counter()
+                try:
+                    self._loaded[name] = self._load(name)
+                except (ModelNotFoundError, WeightsNotInstalledError, OSError, ImportError,
+                        ValueError) as error:  # fmt: skip
+                    logger.error("cannot load %s %r: %s", self.kind, name, error)
+                    raise APIError(
+                        503, f"{self.kind} '{name}' cannot be loaded on this server: {error}",
+                        type="server_error", param="model", code="model_unavailable",
+                    ) from error  # fmt: skip
+                logger.info("loaded %s in %.1f s", name, time.perf_counter() - started)
+        return self._loaded[name]
+
+
+class ModelPool(_WarmPool):
+    """One warm ``Transcriber`` per served model."""
+
+    def __init__(self, settings: ServeSettings):
+        super().__init__(settings, settings.models)
 
     def resolve(self, requested: str | None) -> str:
         """The served model for a request's ``model`` field; ``whisper-1`` is the default."""
@@ -90,37 +138,43 @@ class ModelPool:
         if name == OPENAI_DEFAULT_ALIAS:
             return self.settings.default_model
         if name not in self._locks:
-            served = ", ".join([OPENAI_DEFAULT_ALIAS, *self.settings.models])
             raise APIError(
-                404, f"The model '{name}' does not exist on this server; served: {served}",
+                404, f"The model '{name}' does not exist on this server; served: "
+                f"{', '.join([OPENAI_DEFAULT_ALIAS, *self.settings.models])}",
                 param="model", code="model_not_found",
             )  # fmt: skip
         return name
 
-    def status(self) -> dict[str, str]:
-        return {m: "loaded" if m in self._loaded else "not loaded" for m in self.settings.models}
-
-    def get(self, name: str):
-        """The model's ``Transcriber``; blocking (call from a worker thread)."""
-        if name in self._loaded:
-            return self._loaded[name]
-        from whisperforge.models.loading import ModelNotFoundError
-        from whisperforge.models.presets import WeightsNotInstalledError
+    def _load(self, name: str):
         from whisperforge.transcribe import Transcriber
 
-        with self._locks[name]:
-            if name not in self._loaded:
-                started = time.perf_counter()
-                try:
-                    self._loaded[name] = Transcriber(name, device=self.settings.device)
-                except (ModelNotFoundError, WeightsNotInstalledError, OSError) as error:
-                    logger.error("cannot load model %r: %s", name, error)
-                    raise APIError(
-                        503, f"model '{name}' cannot be loaded on this server: {error}",
-                        type="server_error", param="model", code="model_unavailable",
-                    ) from error  # fmt: skip
-                logger.info("loaded %s in %.1f s", name, time.perf_counter() - started)
-        return self._loaded[name]
+        return Transcriber(name, device=self.settings.device)
+
+
+class TokenizerPool(_WarmPool):
+    """One warm ``SpeechTokenizer`` per served speech tokenizer."""
+
+    kind = "speech tokenizer"
+
+    def __init__(self, settings: ServeSettings):
+        super().__init__(settings, settings.tokenizers)
+
+    def resolve(self, requested: str | None) -> str:
+        name = (requested or "").strip() or self.settings.default_tokenizer
+        if name is None:
+            raise APIError(
+                404, "No speech tokenizer is served; start the server with --tokenizers "
+                "NAME_OR_FOLDER (a folder written by 'whisperforge tokenizer train')",
+                param="model", code="model_not_found",
+            )  # fmt: skip
+        if name not in self._locks:
+            raise self._not_served(name)
+        return name
+
+    def _load(self, name: str):
+        from whisperforge.tokens import SpeechTokenizer
+
+        return SpeechTokenizer.load(name, device=self.settings.device)
 
 
 # -- admission: bounded concurrency + bounded queue --------------------------------------
@@ -363,12 +417,12 @@ def _check_form(
     return name, options, fmt
 
 
-def _run_job(pool: ModelPool, settings: ServeSettings, job: _Job):
-    """Decode, check the duration, transcribe; blocking, runs in a worker thread."""
+def _decode_upload(settings: ServeSettings, data: bytes, filename: str):
+    """The upload's 16 kHz samples; 400 for a file that does not decode or is too long."""
     try:
-        audio = load_audio(job.data)
+        audio = load_audio(data)
     except AudioError as error:
-        message = str(error).replace("'<bytes>'", repr(job.filename))
+        message = str(error).replace("'<bytes>'", repr(filename))
         raise APIError(
             400, f"Invalid file: {message}", param="file", code="invalid_audio"
         ) from None
@@ -378,6 +432,12 @@ def _run_job(pool: ModelPool, settings: ServeSettings, job: _Job):
             400, f"Audio is {duration:.0f} s long; this server accepts at most "
             f"{settings.max_audio_seconds:g} s", param="file", code="audio_too_long",
         )  # fmt: skip
+    return audio
+
+
+def _run_job(pool: ModelPool, settings: ServeSettings, job: _Job):
+    """Decode, check the duration, transcribe; blocking, runs in a worker thread."""
+    audio = _decode_upload(settings, job.data, job.filename)
     transcriber = pool.get(job.model)
     try:
         segments, info = transcriber.transcribe(audio, **job.options)
@@ -386,10 +446,8 @@ def _run_job(pool: ModelPool, settings: ServeSettings, job: _Job):
         raise APIError(400, str(error), code="invalid_value") from None
 
 
-async def _handle(request: Request, task: str, file: UploadFile, form: dict) -> Response:
+async def _read_upload(request: Request, file: UploadFile) -> bytes:
     app = request.app
-    pool: ModelPool = app.state.pool
-    name, options, fmt = _check_form(pool, task, **form)
     data = await file.read()
     if not data:
         raise APIError(400, "Invalid file: the uploaded file is empty", param="file",
@@ -397,6 +455,14 @@ async def _handle(request: Request, task: str, file: UploadFile, form: dict) -> 
     if len(data) > app.state.settings.max_upload_bytes:
         raise APIError(413, f"File too large: the limit is {app.state.settings.max_upload_mb:g} MB",
                        param="file", code="file_too_large")  # fmt: skip
+    return data
+
+
+async def _handle(request: Request, task: str, file: UploadFile, form: dict) -> Response:
+    app = request.app
+    pool: ModelPool = app.state.pool
+    name, options, fmt = _check_form(pool, task, **form)
+    data = await _read_upload(request, file)
     job = _Job(name, data, file.filename or "upload", options, fmt)
     started = time.perf_counter()
     async with app.state.admission.slot():
@@ -405,6 +471,76 @@ async def _handle(request: Request, task: str, file: UploadFile, form: dict) -> 
         "%s %s %.1f s audio in %.2f s", task, name, info.duration, time.perf_counter() - started
     )
     return render(segments, info, fmt, task)
+
+
+# -- speech tokens -------------------------------------------------------------------------
+
+TOKEN_FORMATS = ("json", "llm", "ids")
+
+
+def _language_option(language: str | None) -> str | None:
+    from whisperforge.tokenizer import normalize_language
+
+    if not language:
+        return None
+    try:
+        return normalize_language(language)
+    except ValueError as error:
+        raise APIError(400, str(error), param="language", code="invalid_value") from None
+
+
+def _tokens_job(
+    tokenizers: TokenizerPool, settings: ServeSettings, name: str, data: bytes, filename: str,
+    transcribe: bool, language: str | None,
+) -> dict[str, Any]:  # fmt: skip
+    """Decode, tokenize and (if asked) read the tokens back; blocking, in a worker thread."""
+    from whisperforge.tokens import to_llm_text
+
+    audio = _decode_upload(settings, data, filename)
+    speech = tokenizers.get(name)
+    ids = speech.tokenize(audio)
+    body: dict[str, Any] = {
+        "model": name, "duration": round(len(audio) / SAMPLE_RATE, 3),
+        "tokens_per_second": speech.config.tokens_per_second, "n_tokens": len(ids),
+        "codebook_size": speech.config.n_ids, "tokens": ids, "llm": to_llm_text(ids),
+    }  # fmt: skip
+    if transcribe:
+        try:
+            body["text"] = speech.transcribe_tokens([ids], language=language)[0] if ids else ""
+        except ValueError as error:  # a language an English-only model cannot honour
+            raise APIError(400, str(error), param="language", code="invalid_value") from None
+    return body
+
+
+def _parse_ids(tokens: Any, llm: Any) -> list[int]:
+    from whisperforge.tokens import from_llm_text
+
+    if (tokens is None) == (llm is None):
+        raise APIError(400, "send exactly one of 'tokens' (a list of ids) or 'llm' (text)",
+                       param="tokens", code="invalid_value")  # fmt: skip
+    if llm is not None:
+        if not isinstance(llm, str):
+            raise APIError(400, "'llm' must be a string", param="llm", code="invalid_value")
+        try:
+            return from_llm_text(llm)
+        except ValueError as error:
+            raise APIError(400, str(error), param="llm", code="invalid_value") from None
+    if not isinstance(tokens, list) or not all(
+        isinstance(t, int) and not isinstance(t, bool) for t in tokens
+    ):
+        raise APIError(400, "'tokens' must be a list of integer ids", param="tokens",
+                       code="invalid_value")  # fmt: skip
+    return tokens
+
+
+def _transcribe_ids_job(tokenizers: TokenizerPool, name: str, ids: list[int],
+                        language: str | None) -> dict[str, Any]:  # fmt: skip
+    speech = tokenizers.get(name)
+    try:
+        text = speech.transcribe_tokens([ids], language=language)[0] if ids else ""
+    except ValueError as error:  # ids outside the codebook, unknown language
+        raise APIError(400, str(error), param="tokens", code="invalid_value") from None
+    return {"model": name, "n_tokens": len(ids), "text": text}
 
 
 # -- the app -------------------------------------------------------------------------------
@@ -435,6 +571,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.pool = pool
+    app.state.tokenizers = tokenizers = TokenizerPool(settings)
     app.state.admission = _Admission(settings)
     app.add_middleware(_Guard, settings=settings)
     _add_error_handlers(app)
@@ -469,6 +606,53 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
                     response_format=response_format, grans=None)  # fmt: skip
         return await _handle(request, "translate", file, form)
 
+    @app.post("/v1/audio/tokens")
+    async def speech_tokens(
+        request: Request,
+        file: FileField,
+        model: OptionalStr = None,
+        response_format: Annotated[str, Form()] = "json",
+        transcribe: Annotated[bool, Form()] = False,
+        language: OptionalStr = None,
+    ) -> Response:
+        name = tokenizers.resolve(model)
+        fmt = (response_format or "json").strip().lower()
+        if fmt not in TOKEN_FORMATS:
+            raise APIError(
+                400, f"response_format must be one of {', '.join(TOKEN_FORMATS)}, not {fmt!r}",
+                param="response_format", code="invalid_value",
+            )  # fmt: skip
+        lang = _language_option(language)
+        data = await _read_upload(request, file)
+        started = time.perf_counter()
+        async with app.state.admission.slot():
+            body = await run_in_threadpool(
+                _tokens_job, tokenizers, settings, name, data, file.filename or "upload",
+                transcribe, lang,
+            )  # fmt: skip
+        logger.info("tokens %s %.1f s audio in %.2f s", name, body["duration"],
+                    time.perf_counter() - started)  # fmt: skip
+        if fmt == "llm":
+            return PlainTextResponse(body["llm"])
+        if fmt == "ids":
+            return PlainTextResponse(" ".join(map(str, body["tokens"])))
+        return JSONResponse(body)
+
+    @app.post("/v1/tokens/transcribe")
+    async def transcribe_speech_tokens(request: Request) -> dict[str, Any]:
+        try:
+            payload = await request.json()
+        except ValueError:
+            raise APIError(400, "send a JSON body: {\"tokens\": [...]} or {\"llm\": \"...\"}",
+                           code="invalid_value") from None  # fmt: skip
+        if not isinstance(payload, dict):
+            raise APIError(400, "the JSON body must be an object", code="invalid_value")
+        name = tokenizers.resolve(payload.get("model"))
+        ids = _parse_ids(payload.get("tokens"), payload.get("llm"))
+        lang = _language_option(payload.get("language"))
+        async with app.state.admission.slot():
+            return await run_in_threadpool(_transcribe_ids_job, tokenizers, name, ids, lang)
+
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         names = [OPENAI_DEFAULT_ALIAS, *settings.models]
@@ -492,6 +676,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
             "status": "ok",
             "default_model": settings.default_model,
             "models": pool.status(),
+            "tokenizers": tokenizers.status(),
             "queue": app.state.admission.status(),
             "auth": settings.api_key is not None,
             "max_upload_mb": settings.max_upload_mb,

@@ -27,6 +27,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--models", help="comma-separated models to serve; the first is the default and "
         "answers to 'whisper-1' (default whisper-base,whisper-tiny.en)",
     )  # fmt: skip
+    p.add_argument(
+        "--tokenizers", help="comma-separated speech tokenizers (names or folders) for "
+        "/v1/audio/tokens; the first is the default (default: the shipped ones)",
+    )  # fmt: skip
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY'")
     p.add_argument("--max-upload-mb", type=float, help="largest upload in MB (default 25)")
     p.add_argument("--max-audio-seconds", type=float, help="longest audio (default 1800)")
@@ -43,7 +47,8 @@ def settings_from_args(args: argparse.Namespace):
     from whisperforge.serve.settings import ServeSettings
 
     names = ("host", "port", "models", "api_key", "max_upload_mb", "max_audio_seconds",
-             "max_concurrency", "max_queue", "queue_timeout", "preload", "device")  # fmt: skip
+             "max_concurrency", "max_queue", "queue_timeout", "preload", "device",
+             "tokenizers")  # fmt: skip
     return ServeSettings.from_env(**{n: getattr(args, n, None) for n in names})
 
 
@@ -61,6 +66,7 @@ def run_serve(args: argparse.Namespace) -> int:
         logger.warning("serving on %s without an API key: anyone who can reach it may use it",
                        settings.host)  # fmt: skip
     print(f"whisperforge serve: http://{settings.host}:{settings.port}/ "
-          f"(models: {', '.join(settings.models)})", file=sys.stderr)  # fmt: skip
+          f"(models: {', '.join(settings.models)}; speech tokenizers: "
+          f"{', '.join(settings.tokenizers) or 'none'})", file=sys.stderr)  # fmt: skip
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
     return 0

@@ -37,6 +37,8 @@ class ServeSettings:
     queue_timeout: float = 300.0  # seconds a queued request waits before 503
     preload: bool = False  # load every model at startup instead of on first use
     device: str = "cpu"
+    # speech tokenizers served at /v1/audio/tokens (names or folders); None: the shipped ones
+    tokenizers: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         models = self.models
@@ -44,6 +46,7 @@ class ServeSettings:
             models = tuple(m.strip() for m in models.split(",") if m.strip())
         models = tuple(dict.fromkeys(models))  # dedupe, keep order
         object.__setattr__(self, "models", models)
+        object.__setattr__(self, "tokenizers", _names(self.tokenizers, shipped_tokenizers))
         object.__setattr__(self, "api_key", self.api_key or None)
         if not models:
             raise ValueError("models must name at least one model, e.g. whisper-base")
@@ -55,6 +58,10 @@ class ServeSettings:
             raise ValueError("max_upload_mb, max_audio_seconds and queue_timeout must be > 0")
         if self.max_concurrency < 1 or self.max_queue < 0:
             raise ValueError("max_concurrency must be >= 1 and max_queue >= 0")
+
+    @property
+    def default_tokenizer(self) -> str | None:
+        return self.tokenizers[0] if self.tokenizers else None
 
     @property
     def default_model(self) -> str:
@@ -77,6 +84,23 @@ class ServeSettings:
                 values[f.name] = _parse(f.name, raw, getattr(cls, f.name))
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+def shipped_tokenizers() -> tuple[str, ...]:
+    """Speech tokenizers that ship with the package, the default one first."""
+    from whisperforge.models.zoo import DEFAULT_TOKENIZER, zoo_models
+
+    names = [n for n, p in zoo_models().items() if (p / "speech_tokenizer.json").exists()]
+    return tuple(sorted(names, key=lambda n: n != DEFAULT_TOKENIZER))
+
+
+def _names(value, default) -> tuple[str, ...]:
+    """A comma-separated string or a sequence -> unique names in order; None -> default()."""
+    if value is None:
+        return default()
+    if isinstance(value, str):
+        value = value.split(",")
+    return tuple(dict.fromkeys(v.strip() for v in value if v.strip()))
 
 
 def _parse(name: str, raw: str, default):

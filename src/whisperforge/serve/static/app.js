@@ -1,6 +1,8 @@
 // whisperforge demo: a thin client over the OpenAI-compatible API of this server.
 // No build step, no dependencies: upload or record audio, send it to each chosen model
-// (the server queues them), show each transcript with its segment timestamps.
+// (the server queues them), show each transcript with its segment timestamps. Speech
+// tokenizers served by /v1/audio/tokens are listed too: their card shows the discrete speech
+// tokens (as an LLM reads them) and the text the Whisper decoder reads back from them.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -14,7 +16,7 @@ function headers() {
 function setStatus(text) { $("status").textContent = text; }
 
 function updateGo() {
-  const chosen = document.querySelectorAll("#models input:checked").length;
+  const chosen = document.querySelectorAll("#models input:checked, #tokenizers input:checked").length;
   $("go").disabled = !state.blob || chosen === 0;
 }
 
@@ -44,7 +46,30 @@ async function loadModels() {
     label.append(input, document.createTextNode(m.id + (m.default ? " (default)" : "")));
     box.append(label);
   });
+  await loadTokenizers();
   updateGo();
+}
+
+async function loadTokenizers() {
+  const box = $("tokenizers");
+  let names = [];
+  try {
+    const health = await (await fetch("/health", { headers: headers() })).json();
+    names = Object.keys(health.tokenizers || {});
+  } catch (err) {
+    names = [];
+  }
+  box.textContent = "";
+  $("tokenizers-box").hidden = names.length === 0;
+  names.forEach((name) => {
+    const label = document.createElement("label");
+    const input = document.createElement("input");
+    input.type = "checkbox";
+    input.value = name;
+    input.addEventListener("change", updateGo);
+    label.append(input, document.createTextNode(name));
+    box.append(label);
+  });
 }
 
 function useAudio(blob, name) {
@@ -137,6 +162,45 @@ function fail(div, message) {
   div.dataset.done = "1";
 }
 
+function fillTokens(div, body, seconds) {
+  div.querySelector(".spinner").remove();
+  div.querySelector(".meta").textContent = body.n_tokens + " speech tokens (" +
+    body.tokens_per_second + " per second, " + body.codebook_size + " ids) · " +
+    body.duration.toFixed(1) + " s audio · " + seconds.toFixed(1) + " s";
+  div.querySelector(".text").textContent = body.text || "(no text read back)";
+  const details = document.createElement("details");
+  const summary = document.createElement("summary");
+  summary.textContent = "tokens as an LLM reads them";
+  const code = document.createElement("code");
+  code.className = "tokens";
+  code.textContent = body.llm;
+  details.append(summary, code);
+  div.querySelector(".segments").replaceWith(details);
+  div.dataset.done = "1";
+}
+
+async function runTokens(name, div) {
+  const form = new FormData();
+  form.append("file", state.blob, state.name);
+  form.append("model", name);
+  form.append("transcribe", "true");
+  const language = $("language").value.trim();
+  if (language) form.append("language", language);
+  div.querySelector(".meta").textContent = "working…";
+  const started = performance.now();
+  try {
+    const response = await fetch("/v1/audio/tokens", { method: "POST", body: form, headers: headers() });
+    const body = await response.json().catch(() => ({}));
+    if (!response.ok) {
+      fail(div, (body.error && body.error.message) || "HTTP " + response.status);
+      return;
+    }
+    fillTokens(div, body, (performance.now() - started) / 1000);
+  } catch (err) {
+    fail(div, "Request failed: " + err.message);
+  }
+}
+
 async function runOne(model, div) {
   const form = new FormData();
   form.append("file", state.blob, state.name);
@@ -164,15 +228,20 @@ async function runOne(model, div) {
 
 async function transcribe() {
   const models = [...document.querySelectorAll("#models input:checked")].map((i) => i.value);
+  const tokenizers = [...document.querySelectorAll("#tokenizers input:checked")].map((i) => i.value);
   const results = $("results");
   results.textContent = "";
   $("go").disabled = true;
-  setStatus("Transcribing with " + models.join(", ") + "…");
+  setStatus("Transcribing with " + [...models, ...tokenizers].join(", ") + "…");
   const jobs = models.map((model) => {
     const div = card(model);
     results.append(div);
     return runOne(model, div);
-  });
+  }).concat(tokenizers.map((name) => {
+    const div = card("speech tokens: " + name);
+    results.append(div);
+    return runTokens(name, div);
+  }));
   await Promise.all(jobs);
   setStatus("Done.");
   updateGo();
