@@ -274,3 +274,31 @@ def test_new_bottleneck_output_norm_starts_as_the_encoders(teacher_dir, data, tm
     assert "encoder" in how["init"]
     torch.testing.assert_close(vq.ln_post.weight, encoder.layer_norm.weight)
     torch.testing.assert_close(vq.ln_post.bias, encoder.layer_norm.bias)
+
+
+def test_warns_when_the_dead_code_threshold_is_too_high_for_the_batch(
+    tmp_path, teacher_dir, data, caplog
+):
+    from whisperforge.models.vq import tokens_for_samples
+    from whisperforge.recipes.train_tokenizer import setup
+
+    path = _config(tmp_path, teacher_dir, data, "thr")
+    run = setup(load_config(TokenizerTrainConfig, path))
+    rows = [e for source in run.examples for e in source]
+    mean = sum(tokens_for_samples(e.samples) for e in rows) / len(rows)
+    expected = mean * 2 / 16  # batch 2, one process, 16 codes
+    assert run.report["tokens_per_code_per_step"] == pytest.approx(expected, abs=1e-3)
+    assert "threshold_ema_dead_code" not in caplog.text  # 2 is well below ~expected / 2
+    high = expected  # an evenly used code would sit at the threshold
+    with caplog.at_level("WARNING"):
+        setup(
+            load_config(
+                TokenizerTrainConfig,
+                path,
+                [
+                    f"bottleneck.threshold_ema_dead_code={high}",
+                    f"training.output_dir={tmp_path}/thr2",
+                ],
+            )
+        )
+    assert "threshold_ema_dead_code" in caplog.text and "re-seeded" in caplog.text

@@ -346,7 +346,9 @@ def compute_loss(run: DistillRun, batch: Batch):
     """Forward teacher and student on one batch -> ``DistillationLoss``."""
     device, cfg = run.accelerator.device, run.config
     ids = batch.input_ids.to(device)
-    hidden = run.encoder(batch.audio)  # the teacher's frozen encoder: once, no graph
+    hidden = None  # the teacher's frozen encoder: once, no graph; only when something reads it
+    if run.shared_encoder or cfg.kl_weight > 0:
+        hidden = run.encoder(batch.audio)
     if run.shared_encoder:
         student = run.student(encoder_outputs=(hidden,), decoder_input_ids=ids, use_cache=False)
     else:

@@ -397,6 +397,7 @@ def setup(config: TokenizerTrainConfig) -> TokenizerRun:
                        order, encoder, Checkpointer(out / "checkpoints", tc.keep_checkpoints),
                        load_dev(config), report)  # fmt: skip
     run.usage = deque(maxlen=config.usage_window)
+    _check_dead_code_threshold(run)
     resumed = _resume(run) if tc.resume else None
     if accelerator.is_main_process:
         from whisperforge.recipes.evaluate import write_report
@@ -405,6 +406,33 @@ def setup(config: TokenizerTrainConfig) -> TokenizerRun:
         run.log = TrainingLog(out, LOG_COLUMNS, resume_step=resumed or 0)
         write_report(to_dict(config), out / "config.json")
     return run
+
+
+def tokens_per_code(run: TokenizerRun) -> float:
+    """Real speech tokens one optimizer step quantizes (all processes), per searchable code:
+    about the EMA usage (``cluster_size``) of a code used evenly."""
+    from whisperforge.models.vq import tokens_for_samples
+
+    rows = [e for source in run.examples for e in source]
+    mean_tokens = sum(tokens_for_samples(e.samples) for e in rows) / max(1, len(rows))
+    tc = run.config.training
+    per_step = mean_tokens * tc.batch_size * tc.gradient_accumulation_steps
+    return per_step * run.accelerator.num_processes / run.vq.config.n_searchable
+
+
+def _check_dead_code_threshold(run: TokenizerRun) -> None:
+    """Warn when ``threshold_ema_dead_code`` is so high for this batch that codes used as
+    often as the average would be re-seeded every step (WhisperSpeech's 2 assumes batches of
+    tens of thousands of tokens)."""
+    threshold = run.vq.config.threshold_ema_dead_code
+    average = tokens_per_code(run)
+    run.report["tokens_per_code_per_step"] = round(average, 3)
+    if threshold > 0.5 * average:
+        logger.warning(
+            "threshold_ema_dead_code %.3g is high for this batch: a code used evenly sees "
+            "%.2f tokens per step, so most codes would be re-seeded every step; use about "
+            "%.2g (or larger batches)", threshold, average, average / 10,
+        )  # fmt: skip
 
 
 def _resume(run: TokenizerRun) -> int | None:
