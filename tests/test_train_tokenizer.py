@@ -74,7 +74,8 @@ def _config(tmp: Path, teacher: Path, data: dict, out: str, **options) -> Path:
         "teacher": str(teacher), "eval_batch_size": 2, "usage_window": 3,
         "train": [{"manifest": str(data["a"]), "weight": 7},
                   {"manifest": str(data["b"]), "weight": 3}],
-        "bottleneck": {"codebook_size": 16, "codebook_dim": 8, "n_heads": 2},
+        "bottleneck": {"codebook_size": 16, "codebook_dim": 8, "n_heads": 2,
+                       **options.pop("bottleneck", {})},
         "phase1_steps": 4, "phase2_steps": 2, "training": training, **options,
     }  # fmt: skip
     return write_yaml(tmp / f"{out}.yaml", config)
@@ -82,10 +83,11 @@ def _config(tmp: Path, teacher: Path, data: dict, out: str, **options) -> Path:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, teacher_dir, data) -> Path:
-    """A two-phase run: 12 steps with the KL, 4 without; dev WER at the end."""
+    """A two-phase run from a random bottleneck: 12 steps with the KL, 4 without; dev WER at
+    the end."""
     tmp = tmp_path_factory.mktemp("run")
     path = _config(tmp, teacher_dir, data, "run", phase1_steps=12, phase2_steps=4,
-                   dev_manifest=str(data["dev"]))  # fmt: skip
+                   dev_manifest=str(data["dev"]), bottleneck={"init": "random"})  # fmt: skip
     train(load_config(TokenizerTrainConfig, path), progress=False)
     return tmp / "run"
 
@@ -302,3 +304,16 @@ def test_warns_when_the_dead_code_threshold_is_too_high_for_the_batch(
             )
         )
     assert "threshold_ema_dead_code" in caplog.text and "re-seeded" in caplog.text
+
+
+def test_data_init_starts_below_a_random_bottleneck(tmp_path, teacher_dir, data, trained):
+    path = _config(tmp_path, teacher_dir, data, "fit", phase1_steps=2, phase2_steps=0)
+    result = train(load_config(TokenizerTrainConfig, path), progress=False)
+    fitted = read_log(tmp_path / "fit")
+    summary = json.loads((tmp_path / "fit" / "summary.json").read_text())
+    assert summary["data"]["bottleneck"]["init"].startswith("data")
+    assert summary["data"]["bottleneck"]["fit"]["windows"] == 6  # every training clip
+    assert result.steps == 2
+    random = read_log(trained)
+    for step in (1, 2):  # same data order and seed; only the start differs
+        assert float(fitted[step]["ce_loss"]) < float(random[step]["ce_loss"])

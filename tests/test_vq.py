@@ -17,6 +17,7 @@ from whisperforge.models.vq import (
     codebook_usage,
     frame_mask,
     grow_codebook,
+    init_from_states,
     merge_codebooks,
     preset_config,
     preset_for_width,
@@ -171,3 +172,50 @@ def test_merge_rejects_mismatched_models():
     merged = merge_codebooks(_model(), _model(seed=1))
     with pytest.raises(ValueError, match="not been merged"):
         grow_codebook(merged, 4096)
+
+
+def _structured_states(windows: int = 12, seed: int = 3):
+    """States as a Whisper encoder's look to the bottleneck: a positional pattern (a function
+    of the frame index) plus content of constant length in a 4-dimensional subspace, through
+    a final LayerNorm; each window's audio ends at a different frame."""
+    g = torch.Generator().manual_seed(seed)
+    positions = 0.3 * torch.randn(N_AUDIO_CTX, D, generator=g)
+    basis = torch.linalg.qr(torch.randn(D, 4, generator=g))[0]
+    slow = torch.randn(windows, N_AUDIO_CTX // 20, 4, generator=g).repeat_interleave(20, 1)
+    content = 2.0 * F.normalize(slow, dim=-1) @ basis.T  # changes every 20 frames
+    gamma, beta = 1 + 0.2 * torch.rand(D, generator=g), 0.1 * torch.randn(D, generator=g)
+    lengths = torch.randint(300, N_AUDIO_CTX, (windows,), generator=g) * 320
+    mask = frame_mask(lengths)
+    normalised = F.layer_norm(positions + torch.where(mask[..., None], content, 0.0), (D,))
+    return normalised * gamma + beta, mask, gamma, beta, positions
+
+
+def test_init_from_states_starts_near_a_linear_code_of_the_states():
+    states, mask, gamma, beta, positions = _structured_states()
+    fitted = _model(codebook_size=256, codebook_dim=8)
+    with torch.no_grad():
+        fitted.ln_post.weight.copy_(gamma)
+        fitted.ln_post.bias.copy_(beta)
+    random = _model(codebook_size=256, codebook_dim=8)
+    random.load_state_dict(fitted.state_dict())
+    fit = init_from_states(fitted, states, mask, tokens_per_step=1000.0)
+    assert fit["variance_kept"] > 0.95 and fit["codes_used"] > 200
+    torch.testing.assert_close(fitted.positions.weight, ((states - beta) / gamma).mean(0))
+    book = fitted.vq._codebook
+    assert bool(book.initted) and float(book.cluster_size.sum()) == pytest.approx(1000.0)
+    for block in fitted.blocks:  # the blocks start as identities
+        assert not block.out.weight.any() and not block.mlp[-1].weight.any()
+    random.train()  # the library's k-means on the first batch, as without init_from_states
+    random(states[:4], mask[:4])
+    fitted.eval(), random.eval()
+
+    def error(model):
+        with torch.no_grad():
+            feats = model(states, mask).features
+        return F.mse_loss(feats[mask], states[mask]).item(), F.mse_loss(
+            feats[~mask], states[~mask]).item()  # fmt: skip
+
+    (real, padding), (real_random, _) = error(fitted), error(random)
+    variance = states[mask].var(0).sum().item() / D
+    assert real < 0.1 * variance and real < 0.1 * real_random
+    assert padding < 0.1 * variance  # the mask code stands for the padding frames

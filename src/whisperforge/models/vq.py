@@ -430,6 +430,111 @@ def preset_for_width(d_model: int) -> str:
     raise ValueError(f"no bottleneck preset has width {d_model}; widths: {_WIDTHS}")
 
 
+# ------------------------------------------ data-driven initialisation (from encoder states)
+
+
+def _kmeans_cosine(
+    x: Tensor, k: int, iters: int, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """Spherical k-means of unit rows ``x`` ``(n, d)``: ``(centroids (k, d), counts (k,))``;
+    an empty cluster is re-seeded from a random row."""
+    pick = torch.randperm(x.shape[0], generator=generator)[:k]
+    if len(pick) < k:  # fewer vectors than codes: repeat some
+        pick = torch.cat(
+            [pick, torch.randint(0, x.shape[0], (k - len(pick),), generator=generator)]
+        )
+    centroids = x[pick].clone()
+    counts = torch.zeros(k, dtype=x.dtype)
+    for _ in range(iters):
+        assign = torch.cat([(part @ centroids.T).argmax(1) for part in x.split(8192)])
+        counts = torch.bincount(assign, minlength=k).to(x.dtype)
+        sums = torch.zeros_like(centroids).index_add_(0, assign, x)
+        empty = counts == 0
+        spare = x[torch.randint(0, x.shape[0], (k,), generator=generator)]
+        centroids = F.normalize(torch.where(empty[:, None], spare, sums), dim=-1)
+    return centroids, counts
+
+
+@torch.no_grad()
+def init_from_states(
+    model: WhisperVQ,
+    states: Tensor,
+    frame_mask: Tensor,
+    tokens_per_step: float | None = None,
+    kmeans_iters: int = 20,
+    generator: torch.Generator | None = None,
+) -> dict[str, float]:
+    """Start a new bottleneck close to a linear code of the encoder ``states`` ``(n_windows,
+    n_audio_ctx, d_model)`` (``frame_mask``: True on real frames) instead of at random.
+
+    The frozen decoder reads *where* a frame is from a small positional component of the
+    encoder states (the mean state at each frame index: ~5 % of the variance, yet without it
+    even a 128-dimensional reconstruction decodes to nothing). So, in the space of the output
+    LayerNorm (``ln_post``, a copy of the encoder's final norm: ``n = (states - beta) /
+    gamma``):
+
+    - ``positions`` = the mean of ``n`` at each frame index;
+    - ``project_in`` = the top ``codebook_dim`` principal directions of what is left at real
+      frames (applied to the pooled states; the residual MLP and the blocks' output
+      projections start at zero, so both are identities), ``project_out`` = the same
+      directions scaled by the mean length of the codes (codes are unit vectors);
+    - the codebook = spherical k-means of the real tokens' directions, its EMA usage the
+      cluster shares of ``tokens_per_step`` (so nothing is re-seeded as dead at the start);
+    - the mask code = the padding frames' mean residual.
+
+    Returns a few figures of the fit (variance kept, codes used). Pure: the caller supplies
+    the states (e.g. from the encoder cache).
+    """
+    cfg = model.config
+    if cfg.merged_codes:
+        raise ValueError("initialise a new bottleneck, not a merged one")
+    generator = generator or torch.Generator().manual_seed(0)
+    gamma = model.ln_post.weight.detach().float()
+    beta = model.ln_post.bias.detach().float()
+    n = (states.float() - beta) / gamma  # (w, t, d)
+    positions = n.mean(0)
+    residual = n - positions
+    real = frame_mask.bool()
+    b, t, d = n.shape
+    token_real = real.view(b, t // cfg.downsample, cfg.downsample).any(-1)
+    pooled = n.view(b, t // cfg.downsample, cfg.downsample, d).mean(2)  # what project_in sees
+    rows = residual[real]
+    offset = rows.mean(0)
+    centred = rows - offset
+    _, _, directions = torch.linalg.svd(
+        centred[:: max(1, len(centred) // 50000)], full_matrices=False
+    )
+    basis = directions[: cfg.codebook_dim].T  # (d, codebook_dim)
+    kept = float((centred @ basis).pow(2).sum() / centred.pow(2).sum())
+    mean_pooled = pooled[token_real].mean(0)
+    coords = (pooled[token_real] - mean_pooled) @ basis  # (tokens, codebook_dim)
+    scale = coords.norm(dim=1).mean()
+    # project_in acts on the raw pooled states x: n = (x - beta) / gamma
+    model.vq.project_in.weight.copy_((basis.T / gamma[None]).to(model.vq.project_in.weight))
+    model.vq.project_in.bias.copy_(
+        -(basis.T @ (beta / gamma + mean_pooled)).to(model.vq.project_in.bias)
+    )
+    model.vq.project_out.weight.copy_((basis * scale).to(model.vq.project_out.weight))
+    model.vq.project_out.bias.copy_(offset.to(model.vq.project_out.bias))
+    model.positions.weight.copy_(positions.to(model.positions.weight))
+    pad_rows = residual[~real]
+    pad_mean = pad_rows.mean(0) if len(pad_rows) else offset
+    model.mask_code.copy_(((pad_mean - offset) @ basis / scale).to(model.mask_code))
+    for layer in (
+        model.mlp[-1],
+        *(blk.out for blk in model.blocks),
+        *(blk.mlp[-1] for blk in model.blocks),
+    ):
+        layer.weight.zero_()
+        layer.bias.zero_()
+    units = F.normalize(coords, dim=-1)
+    codes, counts = _kmeans_cosine(units, cfg.n_searchable, kmeans_iters, generator)
+    per_step = tokens_per_step if tokens_per_step is not None else float(len(units))
+    _set_codebook(model, codes, counts / counts.sum() * per_step)
+    return {"variance_kept": kept, "code_scale": float(scale), "tokens": len(units),
+            "codes_used": int((counts > 0).sum()), "windows": b}  # fmt: skip
+
+
 # ------------------------------------------------- codebook growth and merge (Ichigo Whisper)
 
 _CODEBOOK_PREFIX = "vq._codebook."

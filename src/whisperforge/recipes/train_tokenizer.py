@@ -83,9 +83,18 @@ class BottleneckOptions:
     threshold_ema_dead_code: float = 2.0
     kmeans_init: bool = False
     rotation_trick: bool = False
+    # "data": positions, projections and codebook fitted to the encoder states of
+    # ``init_windows`` training windows (``models.vq.init_from_states``); "random": as built
+    init: Literal["data", "random"] = "data"
+    init_windows: int = 64
+
+    def __post_init__(self) -> None:
+        if self.init_windows < 1:
+            raise ValueError(f"bottleneck.init_windows must be >= 1, not {self.init_windows}")
 
     def vq_config(self, d_model: int) -> VQConfig:
         fields = to_dict(self)
+        fields.pop("init"), fields.pop("init_windows")
         heads = fields.pop("n_heads") or max(1, d_model // 64)
         return VQConfig(d_model=d_model, n_heads=heads, **fields)
 
@@ -301,6 +310,31 @@ def build_bottleneck(config: TokenizerTrainConfig, encoder) -> tuple[WhisperVQ, 
     return grown.train(), origin | {"grown_to": size}
 
 
+def fit_to_states(config: TokenizerTrainConfig, vq: WhisperVQ, encoder, examples,
+                  processes: int) -> dict:  # fmt: skip
+    """``init_from_states`` on the encoder states of ``bottleneck.init_windows`` training
+    windows spread evenly over each source (the same windows on every process, so every
+    process computes the same start)."""
+    from whisperforge.models.vq import init_from_states
+
+    n = config.bottleneck.init_windows
+    weights = [s.weight for s in config.train]
+    picked: list[Example] = []
+    for source, weight in zip(examples, weights):
+        want = max(1, min(len(source), round(n * weight / sum(weights))))
+        picked += [source[int(i * len(source) / want)] for i in range(want)]
+    states = torch.cat([encoder([e.audio for e in picked[i : i + 8]]).float().cpu()
+                        for i in range(0, len(picked), 8)])  # fmt: skip
+    mask = frame_mask(torch.tensor([e.samples for e in picked]), states.shape[1])
+    generator = torch.Generator().manual_seed(config.training.seed)
+    per_step = tokens_per_step(config, examples, processes)
+    fit = init_from_states(vq, states, mask, per_step, generator=generator)
+    logger.info("bottleneck fitted to %d windows: %.0f %% of the residual variance kept, "
+                "%d of %d codes used", fit["windows"], 100 * fit["variance_kept"],
+                fit["codes_used"], vq.config.n_searchable)  # fmt: skip
+    return {"init": "data (encoder states)", "fit": fit}
+
+
 def preset_name(vq: VQConfig) -> str | None:
     """The preset this bottleneck's width and heads match, if any (recorded on save)."""
     from whisperforge.models.vq import preset_for_width
@@ -386,13 +420,17 @@ def setup(config: TokenizerTrainConfig) -> TokenizerRun:
     scheduler = make_scheduler(optimizer, config.total_steps, tc.warmup_steps, tc.lr_decay,
                                tc.final_lr_fraction)  # fmt: skip
     teacher.model.to(accelerator.device)
-    bottleneck, optimizer = accelerator.prepare(bottleneck, optimizer)
     cache = None
     if config.encoder_cache is not None:
         fingerprint = module_fingerprint(teacher.model.model.encoder, f"mels={teacher.n_mels}")
         cache = EncoderCache(config.encoder_cache, fingerprint)
     encoder = SharedEncoder(teacher.model.model.encoder, teacher.n_mels, accelerator.device, cache)
     out = Path(tc.output_dir)
+    fresh = not (tc.resume and Checkpointer(out / "checkpoints", tc.keep_checkpoints).latest())
+    if config.init_from is None and config.bottleneck.init == "data" and fresh:
+        report["bottleneck"] |= fit_to_states(config, bottleneck, encoder, examples,
+                                              accelerator.num_processes)  # fmt: skip
+    bottleneck, optimizer = accelerator.prepare(bottleneck, optimizer)
     run = TokenizerRun(config, accelerator, teacher, bottleneck, optimizer, scheduler, examples,
                        order, encoder, Checkpointer(out / "checkpoints", tc.keep_checkpoints),
                        load_dev(config), report)  # fmt: skip
@@ -408,16 +446,21 @@ def setup(config: TokenizerTrainConfig) -> TokenizerRun:
     return run
 
 
-def tokens_per_code(run: TokenizerRun) -> float:
-    """Real speech tokens one optimizer step quantizes (all processes), per searchable code:
-    about the EMA usage (``cluster_size``) of a code used evenly."""
+def tokens_per_step(config: TokenizerTrainConfig, examples, processes: int) -> float:
+    """Real speech tokens one optimizer step quantizes on average (all processes)."""
     from whisperforge.models.vq import tokens_for_samples
 
-    rows = [e for source in run.examples for e in source]
+    rows = [e for source in examples for e in source]
     mean_tokens = sum(tokens_for_samples(e.samples) for e in rows) / max(1, len(rows))
-    tc = run.config.training
-    per_step = mean_tokens * tc.batch_size * tc.gradient_accumulation_steps
-    return per_step * run.accelerator.num_processes / run.vq.config.n_searchable
+    tc = config.training
+    return mean_tokens * tc.batch_size * tc.gradient_accumulation_steps * processes
+
+
+def tokens_per_code(run: TokenizerRun) -> float:
+    """``tokens_per_step`` per searchable code: about the EMA usage (``cluster_size``) of a
+    code used evenly."""
+    per_step = tokens_per_step(run.config, run.examples, run.accelerator.num_processes)
+    return per_step / run.vq.config.n_searchable
 
 
 def _check_dead_code_threshold(run: TokenizerRun) -> None:
