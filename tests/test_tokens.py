@@ -231,3 +231,20 @@ def test_shipped_tokenizer_loads_by_short_name(speech_tokenizer, jfk_ids, tiny_e
     assert SpeechTokenizer.load("vq-test", whisper=tiny_en).tokenize(JFK) == jfk_ids
     with pytest.raises(ModelNotFoundError, match="shipped: vq-test"):
         SpeechTokenizer.load("vq-missing", whisper=tiny_en)
+
+
+def test_cli_save_in_float16_halves_the_folder_and_keeps_the_tokens(tmp_path, capsys):
+    model, half = tmp_path / "tok", tmp_path / "tok16"
+    assert _run(capsys, "tokens", "init", "--teacher", "whisper-tiny.en", "--codebook-size",
+                "128", "--out", str(model))[0] == 0  # fmt: skip
+    code, out, _ = _run(capsys, "tokens", "save", str(model), "--out", str(half))
+    assert code == 0 and "float16" in out
+    size = lambda folder: (folder / WEIGHTS_FILE).stat().st_size  # noqa: E731
+    assert size(half) < 0.55 * size(model)
+    ids = [
+        _run(capsys, "tokens", "encode", str(JFK), "--model", str(m), "-q")[1].split()
+        for m in (model, half)
+    ]
+    agree = sum(a == b for a, b in zip(*ids)) / len(ids[0])
+    assert len(ids[1]) == 275 and agree > 0.95  # near-ties may flip in half precision
+    assert json.loads((half / CONFIG_FILE).read_text())["teacher"] == "whisper-tiny.en"

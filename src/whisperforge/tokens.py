@@ -130,13 +130,17 @@ def save_bottleneck(
     teacher: str,
     preset: str | None = None,
     merged_from: str | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Path:
-    """Write ``bottleneck`` (weights + codebook state, float32) and its metadata into
-    ``folder`` atomically; ``teacher`` is the Whisper model reference it sits in."""
+    """Write ``bottleneck`` (weights + codebook state, float32 or ``dtype``: float16 halves
+    the folder, for a tokenizer that ships) and its metadata into ``folder`` atomically;
+    ``teacher`` is the Whisper model reference it sits in. Loading casts back to float32."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
     state = {k: v.detach().cpu().contiguous() for k, v in bottleneck.state_dict().items()}
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     meta = {
         "format": FORMAT_VERSION,
         "teacher": str(teacher),

@@ -169,6 +169,22 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_save(args: argparse.Namespace) -> int:
+    import torch
+
+    from whisperforge.tokens import load_bottleneck, resolve_tokenizer, save_bottleneck
+
+    bottleneck, meta = load_bottleneck(args.source)
+    parts = meta.get("codebook", {}).get("parts", [])
+    merged_from = next((p.get("source") for p in parts if p["name"] == "merged"), None)
+    out = save_bottleneck(bottleneck, args.out, args.teacher or meta["teacher"],
+                          meta.get("preset"), merged_from, getattr(torch, args.dtype))  # fmt: skip
+    before = (resolve_tokenizer(args.source) / "speech_tokenizer.safetensors").stat().st_size
+    after = (out / "speech_tokenizer.safetensors").stat().st_size
+    print(f"{args.source} -> {out} ({args.dtype}, {before / 1e6:.1f} -> {after / 1e6:.1f} MB)")
+    return 0
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="speech tokenizer folder or shipped name")
     p.add_argument("--batch-size", type=int, default=8, help="30 s windows per forward pass")
@@ -225,3 +241,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("small", help="the tokenizer it was grown from")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("save", help="a copy of a tokenizer, e.g. in float16 (half the size)")
+    p.add_argument("source", help="speech tokenizer (folder or name)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16")
+    p.add_argument("--teacher", default=None, help="Whisper reference to store instead")
+    p.set_defaults(func=cmd_save)
