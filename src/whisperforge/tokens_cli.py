@@ -10,6 +10,8 @@ import json
 import sys
 from pathlib import Path
 
+from whisperforge.models.zoo import DEFAULT_TOKENIZER
+
 FORMATS = ("ids", "json", "llm")
 
 
@@ -186,7 +188,10 @@ def cmd_save(args: argparse.Namespace) -> int:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="speech tokenizer folder or shipped name")
+    p.add_argument(
+        "--model", default=DEFAULT_TOKENIZER,
+        help=f"speech tokenizer folder or shipped name (default {DEFAULT_TOKENIZER})",
+    )  # fmt: skip
     p.add_argument("--batch-size", type=int, default=8, help="30 s windows per forward pass")
     p.add_argument("--output", type=Path, default=None, help="write here instead of stdout")
     p.add_argument("--device", default="cpu")
