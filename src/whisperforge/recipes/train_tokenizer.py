@@ -430,6 +430,8 @@ def setup(config: TokenizerTrainConfig) -> TokenizerRun:
     if config.init_from is None and config.bottleneck.init == "data" and fresh:
         report["bottleneck"] |= fit_to_states(config, bottleneck, encoder, examples,
                                               accelerator.num_processes)  # fmt: skip
+    elif not fresh:  # the weights come from the checkpoint, whatever the start was
+        report["bottleneck"] = {"init": "resumed from a checkpoint"}
     bottleneck, optimizer = accelerator.prepare(bottleneck, optimizer)
     run = TokenizerRun(config, accelerator, teacher, bottleneck, optimizer, scheduler, examples,
                        order, encoder, Checkpointer(out / "checkpoints", tc.keep_checkpoints),
