@@ -384,18 +384,32 @@ class _Job:
     response_format: str
 
 
+def _language_option(language: str | None) -> str | None:
+    from whisperforge.tokenizer import normalize_language
+
+    if not language:
+        return None
+    try:
+        return normalize_language(language)
+    except ValueError as error:
+        raise APIError(400, str(error), param="language", code="invalid_value") from None
+
+
+def _response_format(value: str | None, allowed: tuple[str, ...]) -> str:
+    fmt = (value or "json").strip().lower()
+    if fmt not in allowed:
+        raise APIError(
+            400, f"response_format must be one of {', '.join(allowed)}, not {fmt!r}",
+            param="response_format", code="invalid_value",
+        )  # fmt: skip
+    return fmt
+
+
 def _check_form(
     pool: ModelPool, task: str, model, language, prompt, temperature, response_format, grans
 ) -> tuple[str, dict[str, Any], str]:
-    from whisperforge.tokenizer import normalize_language
-
     name = pool.resolve(model)
-    fmt = (response_format or "json").strip().lower()
-    if fmt not in RESPONSE_FORMATS:
-        raise APIError(
-            400, f"response_format must be one of {', '.join(RESPONSE_FORMATS)}, not {fmt!r}",
-            param="response_format", code="invalid_value",
-        )  # fmt: skip
+    fmt = _response_format(response_format, RESPONSE_FORMATS)
     for g in grans or []:
         if g not in GRANULARITIES:
             raise APIError(
@@ -406,10 +420,7 @@ def _check_form(
         raise APIError(400, "temperature must be between 0 and 1", param="temperature")
     options: dict[str, Any] = {"task": task}
     if language:
-        try:
-            options["language"] = normalize_language(language)
-        except ValueError as error:
-            raise APIError(400, str(error), param="language", code="invalid_value") from None
+        options["language"] = _language_option(language)
     if prompt:
         options["initial_prompt"] = prompt
     if temperature:  # OpenAI: 0 (the default) means "raise it automatically when needed"
@@ -476,17 +487,6 @@ async def _handle(request: Request, task: str, file: UploadFile, form: dict) -> 
 # -- speech tokens -------------------------------------------------------------------------
 
 TOKEN_FORMATS = ("json", "llm", "ids")
-
-
-def _language_option(language: str | None) -> str | None:
-    from whisperforge.tokenizer import normalize_language
-
-    if not language:
-        return None
-    try:
-        return normalize_language(language)
-    except ValueError as error:
-        raise APIError(400, str(error), param="language", code="invalid_value") from None
 
 
 def _tokens_job(
@@ -616,12 +616,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         language: OptionalStr = None,
     ) -> Response:
         name = tokenizers.resolve(model)
-        fmt = (response_format or "json").strip().lower()
-        if fmt not in TOKEN_FORMATS:
-            raise APIError(
-                400, f"response_format must be one of {', '.join(TOKEN_FORMATS)}, not {fmt!r}",
-                param="response_format", code="invalid_value",
-            )  # fmt: skip
+        fmt = _response_format(response_format, TOKEN_FORMATS)
         lang = _language_option(language)
         data = await _read_upload(request, file)
         started = time.perf_counter()

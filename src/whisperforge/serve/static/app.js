@@ -186,16 +186,21 @@ async function runTokens(name, div) {
   form.append("transcribe", "true");
   const language = $("language").value.trim();
   if (language) form.append("language", language);
+  await post("/v1/audio/tokens", form, div, fillTokens);
+}
+
+// POST the form; on success fillFn(div, body, seconds), else the card shows the error.
+async function post(url, form, div, fillFn) {
   div.querySelector(".meta").textContent = "working…";
   const started = performance.now();
   try {
-    const response = await fetch("/v1/audio/tokens", { method: "POST", body: form, headers: headers() });
+    const response = await fetch(url, { method: "POST", body: form, headers: headers() });
     const body = await response.json().catch(() => ({}));
     if (!response.ok) {
       fail(div, (body.error && body.error.message) || "HTTP " + response.status);
       return;
     }
-    fillTokens(div, body, (performance.now() - started) / 1000);
+    fillFn(div, body, (performance.now() - started) / 1000);
   } catch (err) {
     fail(div, "Request failed: " + err.message);
   }
@@ -211,19 +216,7 @@ async function runOne(model, div) {
   const task = $("task").value;
   if (language && task === "transcribe") form.append("language", language);
   const url = task === "translate" ? "/v1/audio/translations" : "/v1/audio/transcriptions";
-  div.querySelector(".meta").textContent = "working…";
-  const started = performance.now();
-  try {
-    const response = await fetch(url, { method: "POST", body: form, headers: headers() });
-    const body = await response.json().catch(() => ({}));
-    if (!response.ok) {
-      fail(div, (body.error && body.error.message) || "HTTP " + response.status);
-      return;
-    }
-    fill(div, body, (performance.now() - started) / 1000);
-  } catch (err) {
-    fail(div, "Request failed: " + err.message);
-  }
+  await post(url, form, div, fill);
 }
 
 async function transcribe() {
