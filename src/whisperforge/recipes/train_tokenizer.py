@@ -426,7 +426,8 @@ def setup(config: TokenizerTrainConfig) -> TokenizerRun:
         cache = EncoderCache(config.encoder_cache, fingerprint)
     encoder = SharedEncoder(teacher.model.model.encoder, teacher.n_mels, accelerator.device, cache)
     out = Path(tc.output_dir)
-    fresh = not (tc.resume and Checkpointer(out / "checkpoints", tc.keep_checkpoints).latest())
+    checkpointer = Checkpointer(out / "checkpoints", tc.keep_checkpoints)
+    fresh = not (tc.resume and checkpointer.latest())
     if config.init_from is None and config.bottleneck.init == "data" and fresh:
         report["bottleneck"] |= fit_to_states(config, bottleneck, encoder, examples,
                                               accelerator.num_processes)  # fmt: skip
@@ -434,8 +435,7 @@ def setup(config: TokenizerTrainConfig) -> TokenizerRun:
         report["bottleneck"] = {"init": "resumed from a checkpoint"}
     bottleneck, optimizer = accelerator.prepare(bottleneck, optimizer)
     run = TokenizerRun(config, accelerator, teacher, bottleneck, optimizer, scheduler, examples,
-                       order, encoder, Checkpointer(out / "checkpoints", tc.keep_checkpoints),
-                       load_dev(config), report)  # fmt: skip
+                       order, encoder, checkpointer, load_dev(config), report)  # fmt: skip
     run.usage = deque(maxlen=config.usage_window)
     _check_dead_code_threshold(run)
     resumed = _resume(run) if tc.resume else None
