@@ -120,3 +120,46 @@ def test_data_pack_cli(tmp_path):
                  "--gap", "0"]) == 0  # fmt: skip
     rows = [line for line in (tmp_path / "p" / "train.jsonl").read_text().splitlines()]
     assert len(rows) == 2  # two speakers, each fits one window
+
+
+def test_stream_windows_cut_a_speakers_recording_every_30_s():
+    from whisperforge.data.packing import stream_windows
+
+    rng = np.random.default_rng(1)
+    durations = rng.uniform(1.0, 9.0, 120).round(2)
+    speakers = rng.choice(["a", "b"], 120)
+    utts = _utts(durations, speakers)
+    windows = stream_windows(utts, 30.0, gap_range=(0.3, 1.2), seed=0)
+    assert windows == stream_windows(utts, 30.0, gap_range=(0.3, 1.2), seed=0)
+    assert windows != stream_windows(utts, 30.0, gap_range=(0.3, 1.2), seed=1)
+    seen = set()
+    for w in windows:
+        assert 1.0 <= w.seconds <= 30.0
+        assert len({u.speaker for u in w.utterances}) == 1
+        starts = np.array(w.offsets)
+        ends = starts + np.array([u.duration for u in w.utterances])
+        assert (ends > 0).all() and (starts < w.seconds).all()  # every member is heard
+        assert w.cut_head == (starts[0] < 0) and w.cut_tail == (ends[-1] > w.seconds + 1e-3)
+        seen.update(u.audio for u in w.utterances)
+    assert seen == {u.audio for u in utts}
+    # most windows are full and begin or end inside an utterance, as long-form windows do
+    full = [w for w in windows if w.seconds == 30.0]
+    assert len(full) >= 0.8 * len(windows)
+    assert sum(w.cut_head or w.cut_tail for w in full) >= 0.8 * len(full)
+    # an utterance cut by a boundary is in both windows, at offsets 30 s apart
+    cut = next(i for i, w in enumerate(windows[:-1]) if w.cut_tail and windows[i + 1].cut_head)
+    first, second = windows[cut], windows[cut + 1]
+    assert first.utterances[-1] is second.utterances[0]
+    assert first.offsets[-1] - second.offsets[0] == pytest.approx(30.0, abs=1e-3)
+
+
+def test_stream_audio_places_members_and_cuts_at_the_window():
+    from whisperforge.data.packing import StreamWindow, stream_audio
+
+    utts = _utts([2.0, 1.0], "aa")
+    window = StreamWindow(utts, [-1.0, 2.0], 2.5, cut_head=True, cut_tail=True)
+    audio = stream_audio(window, lambda u: np.full(int(u.duration * 16000), 1.0 + u.duration))
+    assert audio.shape == (40000,)
+    assert (audio[:16000] == 3.0).all()  # the second half of the 2 s member
+    assert (audio[16000:32000] == 0.0).all()  # the pause
+    assert (audio[32000:] == 2.0).all()  # the first half second of the 1 s member

@@ -193,3 +193,22 @@ def test_real_time_factor_and_throughput():
 def test_speed_metrics_reject_degenerate_timings(fn, audio, wall):
     with pytest.raises(ValueError, match="seconds must be"):
         fn(audio, wall)
+
+
+def test_cut_word_errors_skip_only_the_cut_ends():
+    from whisperforge.metrics import cut_word_errors
+
+    pieces = ["The cat sat on the mat.", "A dog ran.", "Far away from home."]
+    heard = "on the mat. A dog ran. Far away"
+    counts = cut_word_errors(pieces, heard, cut_head=True, cut_tail=True)
+    assert (counts.hits, counts.errors, counts.ref_words) == (8, 0, 8)
+    # without the cuts the missing words are deletions, as word_errors counts them
+    whole = cut_word_errors(pieces, heard, cut_head=False, cut_tail=False)
+    assert whole == word_errors(" ".join(pieces), heard)
+    assert whole.deletions == 5
+    # a missing middle piece is never free
+    counts = cut_word_errors(pieces, "on the mat. Far away", cut_head=True, cut_tail=True)
+    assert counts.deletions == 3 and counts.ref_words == 8
+    # words of the cut ends that the hypothesis does hold are scored, errors included
+    counts = cut_word_errors(pieces, "the bat sat on the mat. A dog ran.", True, True)
+    assert (counts.substitutions, counts.hits) == (1, 8)

@@ -146,6 +146,38 @@ def test_packed_windows_fit_30_s_and_cover_every_text(corpus, tmp_path):
         assert row["teacher_wer"] is not None
 
 
+def test_stream_windows_are_cut_like_long_form_and_scored_on_what_they_hold(corpus, tmp_path):
+    from whisperforge.data.manifest import load_manifest
+    from whisperforge.metrics import word_errors
+    from whisperforge.recipes.pseudo_label import plan_windows
+
+    utterances = load_manifest(corpus).kept
+    windows, _ = plan_windows(utterances, pack=False, stream=True, seed=3)
+    assert windows == plan_windows(utterances, pack=False, stream=True, seed=3)[0]
+    cut = next(
+        seed
+        for seed in range(40)
+        if any(w.cut.cut_head for w in plan_windows(utterances, False, stream=True, seed=seed)[0])
+    )  # fmt: skip  (a seed whose first cut lands inside an utterance)
+    summary = label(corpus, tmp_path / "s", _options(stream=True, seed=cut), progress=False)
+    rows = _rows(tmp_path / "s")
+    assert summary["failed"] == 1 and rows
+    assert any(r["cut"]["head"] for r in rows)
+    for row in rows:
+        audio = tmp_path / "s" / row["audio"]
+        assert sf.info(str(audio)).duration == pytest.approx(row["duration"], abs=1e-3)
+        assert 1.0 <= row["duration"] <= 30.0
+        assert len(row["members"]) == len(row["cut"]["offsets"])
+        # the WER counts only what the window can hold: the teacher is not charged for the
+        # words cut off before the window starts, as scoring against every member's text would
+        whole = 100.0 * word_errors(row["text"], row["pseudo_text"]).wer
+        assert row["teacher_wer"] is not None and row["teacher_wer"] <= whole
+        if row["cut"]["head"]:
+            assert row["teacher_wer"] < whole
+    with pytest.raises(ValueError, match="one of pack and stream"):
+        LabelOptions(pack=True, stream=True)
+
+
 def test_killed_run_resumes_without_redoing_finished_shards(corpus, reference_run, tmp_path):
     out = tmp_path / "resumed"
     proc = subprocess.Popen([sys.executable, *_cli(corpus, out)], env=_env(), cwd=tmp_path)

@@ -178,6 +178,57 @@ def word_errors(
     return _word_counts(ref, hyp)
 
 
+def cut_word_errors(
+    pieces: list[str],
+    hypothesis: str,
+    cut_head: bool,
+    cut_tail: bool,
+    language: str | None = "en",
+) -> ErrorCounts:
+    """Word errors of ``hypothesis`` against the texts ``pieces`` of a window cut out of a
+    longer recording, whose first piece may begin before the window (``cut_head``) and whose
+    last may end after it (``cut_tail``).
+
+    Only the words that can be inside the window are counted: a leading run of the first
+    piece's words and a trailing run of the last piece's words may be skipped at no cost (the
+    alignment picks the cheapest), every other reference word counts as in
+    :func:`word_errors`. ``ref_words`` is the number of words of the aligned span.
+    """
+    words = [normalize_text(p, language).split() for p in pieces]
+    ref = [w for piece in words for w in piece]
+    hyp = normalize_text(hypothesis, language).split()
+    head = len(words[0]) if cut_head and words else 0
+    tail = len(ref) - len(words[-1]) if cut_tail and words else len(ref)
+    # cell: (errors, -hits, hits, subs, dels, ins); rows i over ref, columns j over hyp
+    inf = (math.inf, 0, 0, 0, 0, 0)
+    prev = [inf] * (len(hyp) + 1)
+    best = inf
+    for i in range(len(ref) + 1):
+        row = [inf] * (len(hyp) + 1)
+        for j in range(len(hyp) + 1):
+            options = []
+            if i <= head and j == 0:
+                options.append((0, 0, 0, 0, 0, 0))  # the span starts at word i
+            if j:
+                e, _, h, s, d, n = row[j - 1]
+                options.append((e + 1, -h, h, s, d, n + 1))
+            if i:
+                e, _, h, s, d, n = prev[j]
+                options.append((e + 1, -h, h, s, d + 1, n))
+                if j:
+                    e, _, h, s, d, n = prev[j - 1]
+                    if ref[i - 1] == hyp[j - 1]:
+                        options.append((e, -h - 1, h + 1, s, d, n))
+                    else:
+                        options.append((e + 1, -h, h, s + 1, d, n))
+            row[j] = min(options)
+        if i >= tail:
+            best = min(best, row[len(hyp)])
+        prev = row
+    _, _, hits, subs, dels, ins = best
+    return ErrorCounts(hits, subs, dels, ins)
+
+
 def char_errors(
     reference: str, hypothesis: str, language: str | None = "en", normalize: bool = True
 ) -> ErrorCounts:

@@ -110,6 +110,94 @@ def pack_audio(
 
 
 @dataclass
+class StreamWindow:
+    """A 30 s cut of a recording made of consecutive utterances with pauses between them.
+
+    ``offsets`` are the members' start times relative to the window start (the first may be
+    negative: the window starts inside it); ``cut_head`` / ``cut_tail`` say whether the first
+    member starts before the window or the last ends after it.
+    """
+
+    utterances: list[Utterance]
+    offsets: list[float]
+    seconds: float
+    cut_head: bool
+    cut_tail: bool
+
+
+def stream_windows(
+    utterances: Iterable[Utterance],
+    window_seconds: float = WINDOW_SECONDS,
+    gap_range: tuple[float, float] = (0.3, 1.2),
+    seed: int = 0,
+    key: Callable[[Utterance], object] = _default_key,
+    min_seconds: float = 1.0,
+) -> list[StreamWindow]:
+    """Cut recordings into windows the way long-form transcription does, not at sentence ends.
+
+    The utterances of each ``key`` (a speaker and language), in input order, play one after
+    another with seeded pauses drawn from ``gap_range``; the recording is cut into
+    back-to-back windows of ``window_seconds`` from a seeded start (up to half a window before
+    the first word, so the cuts fall anywhere and no speech is skipped): windows begin and end
+    inside utterances, as the 30 s windows of a long file do. Windows holding no
+    speech, and a recording's last window when shorter than ``min_seconds``, are left out
+    (a few hundred ms of a cut word is nothing to learn from). Deterministic for a given
+    input and ``seed``.
+    """
+    low, high = gap_range
+    if window_seconds <= 0 or not 0 <= low <= high:
+        raise ValueError(f"need window_seconds > 0 and 0 <= gap low <= high, got {gap_range}")
+    by_key: dict[object, list[Utterance]] = {}
+    for utt in utterances:
+        by_key.setdefault(key(utt), []).append(utt)
+    runs = list(by_key.values())
+    windows: list[StreamWindow] = []
+    for n, run in enumerate(runs):
+        rng = np.random.default_rng([seed, n])
+        starts, t = [], 0.0
+        for utt in run:
+            starts.append(t)
+            t += float(utt.duration or 0.0) + rng.uniform(low, high)
+        end = starts[-1] + float(run[-1].duration or 0.0)
+        a = -rng.uniform(0.0, window_seconds / 2)  # the first window opens on silence
+        while a < end:
+            b = min(a + window_seconds, end)
+            inside = [
+                i
+                for i, (s, u) in enumerate(zip(starts, run))
+                if s < b and s + float(u.duration or 0.0) > a
+            ]
+            if inside and b - a >= min_seconds:
+                first, final = inside[0], inside[-1]
+                windows.append(
+                    StreamWindow(
+                        [run[i] for i in inside],
+                        [round(starts[i] - a, 4) for i in inside],
+                        round(b - a, 4),
+                        cut_head=starts[first] < a,
+                        cut_tail=starts[final] + float(run[final].duration or 0.0) > b,
+                    )
+                )
+            a = b
+    return windows
+
+
+def stream_audio(
+    window: StreamWindow, load: Callable[[Utterance], np.ndarray], sample_rate: int = 16000
+) -> np.ndarray:
+    """The window's samples: each member's audio placed at its offset, silence elsewhere,
+    cut to the window."""
+    out = np.zeros(round(window.seconds * sample_rate), dtype=np.float32)
+    for utt, offset in zip(window.utterances, window.offsets):
+        samples = np.asarray(load(utt), dtype=np.float32)
+        start = round(offset * sample_rate)
+        lo, hi = max(0, -start), min(len(samples), len(out) - start)
+        if hi > lo:
+            out[start + lo : start + hi] = samples[lo:hi]
+    return out
+
+
+@dataclass
 class PackReport:
     """What ``write_packs`` did: the manifest written, packs (new and already on disk), and
     utterances left out with their reasons."""

@@ -33,6 +33,8 @@ def cmd_label(args: argparse.Namespace) -> int:
         split=args.split,
         pack=args.pack,
         pack_seconds=args.pack_seconds,
+        stream=args.stream,
+        seed=args.seed,
         batch_size=args.batch_size,
         shard_size=args.shard_size,
         language=args.language,
@@ -123,6 +125,12 @@ def add_parser(subparsers) -> None:
         "--pack-seconds", type=float, default=30.0,
         help="longest packed window, s (below 30 leaves room at the window end)",
     )  # fmt: skip
+    p.add_argument(
+        "--stream", action="store_true",
+        help="play a speaker's utterances as one recording (seeded pauses) and cut it into "
+        "30 s windows wherever 30 s ends, as long-form transcription does",
+    )  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="seed of --stream's pauses and cuts")
     p.add_argument("--batch-size", type=int, default=8, help="windows decoded together")
     p.add_argument("--shard-size", type=int, default=256, help="windows per shard")
     p.add_argument("--language", default=None, help="default: each row's language, else detect")

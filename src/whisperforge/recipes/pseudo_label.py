@@ -7,7 +7,9 @@ normalised WER against the ground truth exceeds a threshold (section 9.2: 10 % w
 
 Phases, each a function: ``read_source`` (manifest, corpus folder, audiofolder or HF dataset)
 -> ``plan_windows`` (one window per utterance, or consecutive utterances of one speaker and
-language packed into <= 30 s) -> fixed shards of the plan, shard ``k`` on rank ``k % world``
+language packed into <= 30 s, or played as one recording and cut into 30 s windows wherever
+30 s ends, as long-form transcription cuts a file) -> fixed shards of the plan, shard ``k``
+on rank ``k % world``
 -> ``label_shard`` (load, batch-decode, score) -> one atomic file per finished shard ->
 rank 0 merges them into ``labels.jsonl`` and ``label_summary.json``. A rerun skips the
 finished shards, so a killed run resumes where it stopped. See ``docs/distill.md``.
@@ -30,9 +32,16 @@ import numpy as np
 
 from whisperforge.audio import N_SAMPLES, SAMPLE_RATE, AudioError, load_audio
 from whisperforge.data.manifest import Utterance
-from whisperforge.data.packing import Pack, pack_audio, pack_utterances
+from whisperforge.data.packing import (
+    Pack,
+    StreamWindow,
+    pack_audio,
+    pack_utterances,
+    stream_audio,
+    stream_windows,
+)
 from whisperforge.fileio import write_text_atomic
-from whisperforge.metrics import ErrorCounts, word_errors
+from whisperforge.metrics import ErrorCounts, cut_word_errors, word_errors
 from whisperforge.tokenizer import normalize_language
 
 logger = logging.getLogger(__name__)
@@ -55,6 +64,8 @@ class LabelOptions:
     split: str = "train"
     pack: bool = False  # pack consecutive utterances of a speaker/language into <= 30 s
     pack_seconds: float = MAX_WINDOW_SECONDS  # longest pack, seconds (< 30 leaves a margin)
+    stream: bool = False  # play a speaker's utterances as one recording, cut every 30 s
+    seed: int = 0  # the stream's pauses and first cut
     batch_size: int = 8  # windows decoded together
     shard_size: int = 256  # windows per shard (the unit of resumption and of sharding)
     language: str | None = None  # None: each row's own language, else detected
@@ -67,6 +78,8 @@ class LabelOptions:
             raise ValueError("batch_size and shard_size must be >= 1")
         if not 0 < self.pack_seconds <= MAX_WINDOW_SECONDS:
             raise ValueError(f"pack_seconds must be in (0, {MAX_WINDOW_SECONDS:.0f}] seconds")
+        if self.pack and self.stream:
+            raise ValueError("choose one of pack and stream")
         if self.limit is not None and self.limit < 1:
             raise ValueError("limit must be >= 1 (or None for all utterances)")
         _check_max_wer(self.max_wer)
@@ -91,10 +104,12 @@ class LabelWindow:
     utterances: list[Utterance]
     member_ids: list[str]
     packed: bool = False
+    cut: StreamWindow | None = None  # a stream window: where its members sit, what is cut
 
     @property
     def writes_audio(self) -> bool:
-        """True when the window's audio is written under ``DIR/audio`` (packs, arrays)."""
+        """True when the window's audio is written under ``DIR/audio`` (packs, streams,
+        arrays)."""
         return self.packed or self.utterances[0].audio is None
 
 
@@ -140,7 +155,11 @@ def utterance_ids(utterances: list[Utterance]) -> list[str]:
 
 
 def plan_windows(
-    utterances: list[Utterance], pack: bool, pack_seconds: float = MAX_WINDOW_SECONDS
+    utterances: list[Utterance],
+    pack: bool,
+    pack_seconds: float = MAX_WINDOW_SECONDS,
+    stream: bool = False,
+    seed: int = 0,
 ) -> tuple[list[LabelWindow], list[dict]]:
     """The windows to label, in a deterministic order, and the utterances left out (longer
     than 30 s: Whisper's window; split them first).
@@ -148,6 +167,8 @@ def plan_windows(
     Unpacked, each utterance is its own window. Packed, ``pack_utterances`` joins consecutive
     utterances of one speaker and language into at most ``pack_seconds``; utterances without
     a known duration (formats without a cheap header) stay on their own, after the packs.
+    As a stream, ``stream_windows`` plays each run of one speaker and language as a recording
+    with pauses and cuts it into 30 s windows that start and end inside utterances.
     """
     ids = utterance_ids(utterances)
     id_of = {id(u): i for u, i in zip(utterances, ids)}
@@ -158,13 +179,22 @@ def plan_windows(
         result = pack_utterances(known, pack_seconds)
         groups = [(p.utterances, True) for p in result.packs]
         groups += [([u], False) for u in fits if u.duration is None]
+    elif stream:
+        known = [u for u in fits if u.duration is not None]
+        cuts = stream_windows(known, MAX_WINDOW_SECONDS, seed=seed)
+        groups = [(c.utterances, True, c) for c in cuts]
+        groups += [([u], False) for u in fits if u.duration is None]
     else:
         groups = [([u], False) for u in fits]
     windows = []
-    for group, packed in groups:
+    seen: Counter = Counter()
+    for group, packed, *cut in groups:
         members = [id_of[id(u)] for u in group]
         window_id = members[0] if len(members) == 1 else f"{members[0]}+{len(members) - 1}"
-        windows.append(LabelWindow(window_id, group, members, packed))
+        if cut:  # an utterance can be cut across two windows: ids stay unique
+            seen[window_id] += 1
+            window_id = f"{window_id}@{seen[window_id]}" if seen[window_id] > 1 else window_id
+        windows.append(LabelWindow(window_id, group, members, packed, cut[0] if cut else None))
     failures = [_failure(id_of[id(u)], u.audio, _too_long(u.duration)) for u in too_long]
     return windows, failures
 
@@ -183,7 +213,13 @@ def _failure(window_id: str | None, audio, reason: str) -> dict:
 def plan_fingerprint(windows: list[LabelWindow], options: LabelOptions) -> str:
     """What decides the shards' content: teacher, language, shard size and the windows."""
     plan = [
-        [w.id, [[u.audio, u.text, u.language] for u in w.utterances], w.packed] for w in windows
+        [
+            w.id,
+            [[u.audio, u.text, u.language] for u in w.utterances],
+            w.packed,
+            None if w.cut is None else [w.cut.offsets, w.cut.seconds],
+        ]
+        for w in windows
     ]
     keys = (options.teacher, options.language, options.shard_size)
     blob = json.dumps([keys, plan], sort_keys=True, default=str)
@@ -202,7 +238,8 @@ def check_plan(out_dir: Path, fingerprint: str, n_shards: int, write: bool) -> N
         if previous != fingerprint:
             raise ValueError(
                 f"{out_dir} holds labels of other data or options (teacher, language, "
-                f"--pack, --shard-size); use a new --out, or delete {out_dir / SHARDS_DIR}"
+                f"--pack, --stream, --shard-size); use a new --out, or delete "
+                f"{out_dir / SHARDS_DIR}"
             )
     elif write:
         body = {"fingerprint": fingerprint, "shards": n_shards}
@@ -237,7 +274,17 @@ def load_window(
     utterances, members, arrays = (list(x) for x in zip(*loaded))
     if window.writes_audio:
         samples = dict(zip(map(id, utterances), arrays))
-        audio = pack_audio(Pack(utterances), lambda u: samples[id(u)])
+        if window.cut is not None:
+            kept = {id(u) for u in utterances}
+            placed = list(zip(window.cut.utterances, window.cut.offsets))
+            part = StreamWindow(
+                [u for u, _ in placed if id(u) in kept],
+                [o for u, o in placed if id(u) in kept],
+                window.cut.seconds, window.cut.cut_head, window.cut.cut_tail,
+            )  # fmt: skip
+            audio = stream_audio(part, lambda u: samples[id(u)])
+        else:
+            audio = pack_audio(Pack(utterances), lambda u: samples[id(u)])
         safe = re.sub(r"[^A-Za-z0-9._+~-]", "_", window.id)[:80]
         path = out_dir / AUDIO_DIR / f"{index:06d}-{safe}.flac"
         if len(audio) <= N_SAMPLES:
@@ -275,11 +322,24 @@ def label_row(loaded: LoadedWindow, result, language: str | None, out_dir: Path)
         "speaker": first.speaker,
         "id": loaded.window.id,
     }
+    cut = loaded.window.cut
     if loaded.window.packed:
         row["members"] = loaded.member_ids
         if first.voice is not None:
             row["voice"] = first.voice
-    counts = word_errors(text, pseudo_text, language=language) if text else None
+    if cut is not None:  # the reference is every member's text; the cut ends may be missing
+        held = {id(u) for u in loaded.utterances}
+        offsets = [o for u, o in zip(cut.utterances, cut.offsets) if id(u) in held]
+        row["cut"] = {"head": cut.cut_head, "tail": cut.cut_tail, "offsets": offsets}
+    if not text:
+        counts = None
+    elif cut is not None:
+        pieces = [u.text for u in loaded.utterances if u.text]
+        head = cut.cut_head and loaded.utterances[0] is cut.utterances[0]
+        tail = cut.cut_tail and loaded.utterances[-1] is cut.utterances[-1]
+        counts = cut_word_errors(pieces, pseudo_text, head, tail, language=language)
+    else:
+        counts = word_errors(text, pseudo_text, language=language)
     if counts is not None and counts.ref_words == 0:  # nothing left after normalisation
         counts = None
     row["pseudo_text"] = pseudo_text
@@ -363,7 +423,9 @@ def label(
 
         accelerator = Accelerator(cpu=not torch.cuda.is_available())
     utterances, skipped = read_source(source, options)
-    windows, failures = plan_windows(utterances, options.pack, options.pack_seconds)
+    windows, failures = plan_windows(
+        utterances, options.pack, options.pack_seconds, options.stream, options.seed
+    )
     shards = [
         range(s, min(s + options.shard_size, len(windows)))
         for s in range(0, len(windows), options.shard_size)
