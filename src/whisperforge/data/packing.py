@@ -124,6 +124,16 @@ class StreamWindow:
     cut_head: bool
     cut_tail: bool
 
+    def keeping(self, utterances: Iterable[Utterance]) -> StreamWindow:
+        """This window with only the members in ``utterances`` (the others could not be read),
+        each where it was; an end counts as cut only if its cut member is still there."""
+        held = {id(u) for u in utterances}
+        placed = [(u, o) for u, o in zip(self.utterances, self.offsets) if id(u) in held]
+        members = [u for u, _ in placed]
+        head = self.cut_head and bool(members) and members[0] is self.utterances[0]
+        tail = self.cut_tail and bool(members) and members[-1] is self.utterances[-1]
+        return StreamWindow(members, [o for _, o in placed], self.seconds, head, tail)
+
 
 def stream_windows(
     utterances: Iterable[Utterance],
@@ -154,28 +164,23 @@ def stream_windows(
     windows: list[StreamWindow] = []
     for n, run in enumerate(runs):
         rng = np.random.default_rng([seed, n])
-        starts, t = [], 0.0
+        starts, ends, t = [], [], 0.0
         for utt in run:
             starts.append(t)
+            ends.append(t + float(utt.duration or 0.0))
             t += float(utt.duration or 0.0) + rng.uniform(low, high)
-        end = starts[-1] + float(run[-1].duration or 0.0)
         a = -rng.uniform(0.0, window_seconds / 2)  # the first window opens on silence
-        while a < end:
-            b = min(a + window_seconds, end)
-            inside = [
-                i
-                for i, (s, u) in enumerate(zip(starts, run))
-                if s < b and s + float(u.duration or 0.0) > a
-            ]
+        while a < ends[-1]:
+            b = min(a + window_seconds, ends[-1])
+            inside = [i for i in range(len(run)) if starts[i] < b and ends[i] > a]
             if inside and b - a >= min_seconds:
-                first, final = inside[0], inside[-1]
                 windows.append(
                     StreamWindow(
                         [run[i] for i in inside],
                         [round(starts[i] - a, 4) for i in inside],
                         round(b - a, 4),
-                        cut_head=starts[first] < a,
-                        cut_tail=starts[final] + float(run[final].duration or 0.0) > b,
+                        cut_head=starts[inside[0]] < a,
+                        cut_tail=ends[inside[-1]] > b,
                     )
                 )
             a = b

@@ -167,8 +167,8 @@ def plan_windows(
     Unpacked, each utterance is its own window. Packed, ``pack_utterances`` joins consecutive
     utterances of one speaker and language into at most ``pack_seconds``; utterances without
     a known duration (formats without a cheap header) stay on their own, after the packs.
-    As a stream, ``stream_windows`` plays each run of one speaker and language as a recording
-    with pauses and cuts it into 30 s windows that start and end inside utterances.
+    As a stream, ``stream_windows`` plays the utterances of each speaker and language as a
+    recording with pauses and cuts it into 30 s windows that start and end inside utterances.
     """
     ids = utterance_ids(utterances)
     id_of = {id(u): i for u, i in zip(utterances, ids)}
@@ -275,14 +275,7 @@ def load_window(
     if window.writes_audio:
         samples = dict(zip(map(id, utterances), arrays))
         if window.cut is not None:
-            kept = {id(u) for u in utterances}
-            placed = list(zip(window.cut.utterances, window.cut.offsets))
-            part = StreamWindow(
-                [u for u, _ in placed if id(u) in kept],
-                [o for u, o in placed if id(u) in kept],
-                window.cut.seconds, window.cut.cut_head, window.cut.cut_tail,
-            )  # fmt: skip
-            audio = stream_audio(part, lambda u: samples[id(u)])
+            audio = stream_audio(window.cut.keeping(utterances), lambda u: samples[id(u)])
         else:
             audio = pack_audio(Pack(utterances), lambda u: samples[id(u)])
         safe = re.sub(r"[^A-Za-z0-9._+~-]", "_", window.id)[:80]
@@ -328,16 +321,13 @@ def label_row(loaded: LoadedWindow, result, language: str | None, out_dir: Path)
         if first.voice is not None:
             row["voice"] = first.voice
     if cut is not None:  # the reference is every member's text; the cut ends may be missing
-        held = {id(u) for u in loaded.utterances}
-        offsets = [o for u, o in zip(cut.utterances, cut.offsets) if id(u) in held]
-        row["cut"] = {"head": cut.cut_head, "tail": cut.cut_tail, "offsets": offsets}
+        cut = cut.keeping(loaded.utterances)
+        row["cut"] = {"head": cut.cut_head, "tail": cut.cut_tail, "offsets": cut.offsets}
     if not text:
         counts = None
     elif cut is not None:
-        pieces = [u.text for u in loaded.utterances if u.text]
-        head = cut.cut_head and loaded.utterances[0] is cut.utterances[0]
-        tail = cut.cut_tail and loaded.utterances[-1] is cut.utterances[-1]
-        counts = cut_word_errors(pieces, pseudo_text, head, tail, language=language)
+        pieces = [u.text for u in cut.utterances if u.text]
+        counts = cut_word_errors(pieces, pseudo_text, cut.cut_head, cut.cut_tail, language)
     else:
         counts = word_errors(text, pseudo_text, language=language)
     if counts is not None and counts.ref_words == 0:  # nothing left after normalisation
