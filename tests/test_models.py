@@ -144,3 +144,42 @@ def test_killed_conversion_is_redone(monkeypatch, tmp_path):
     assert (folder / "whisperforge.json").exists()
     assert os.path.getsize(folder / "model.safetensors") > 70_000_000
     assert Path(folder) == dest
+
+
+def _convert_on_rank(rank: int, init_file: str, cache: str) -> None:
+    import torch.distributed as dist
+
+    os.environ["WHISPERFORGE_CACHE"] = cache
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        if rank == 1:  # transformers' save_pretrained writes nothing on this rank
+            resolve_model("whisper-tiny.en")
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_conversion_on_a_nonzero_distributed_rank_writes_the_weights(tmp_path, tiny_en):
+    """The first ``torchrun`` launch on a fresh machine may convert on any rank."""
+    import torch.multiprocessing as mp
+
+    cache = tmp_path / "cache"
+    mp.spawn(_convert_on_rank, args=(str(tmp_path / "init"), str(cache)), nprocs=2)
+    from safetensors.torch import load_file
+
+    folder = next((cache / "models").glob("whisper-tiny.en-*"))
+    got, want = (load_file(str(f / "model.safetensors")) for f in (folder, tiny_en.path))
+    assert sorted(got) == sorted(want)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_stamped_entry_without_weights_is_redone(monkeypatch, tmp_path):
+    """A cache entry stamped complete but missing its weights (as a conversion on a
+    non-zero rank left it before) is converted again, not loaded."""
+    monkeypatch.setenv("WHISPERFORGE_CACHE", str(tmp_path))
+    preset = PRESETS["whisper-tiny.en"]
+    dest = tmp_path / "models" / f"whisper-tiny.en-{preset.sha256[:12]}"
+    dest.mkdir(parents=True)
+    (dest / "whisperforge.json").write_text("{}")
+    folder = resolve_model("whisper-tiny.en")
+    assert os.path.getsize(folder / "model.safetensors") > 70_000_000

@@ -45,6 +45,11 @@ def cache_dir() -> Path:
     return Path(base) / "whisperforge"
 
 
+def cache_entry_ready(dest: Path) -> bool:
+    """A converted or built model folder that is complete: stamped, with its weights."""
+    return (dest / "whisperforge.json").exists() and (dest / "model.safetensors").exists()
+
+
 def sha256_of(paths: list[Path]) -> tuple[str, int]:
     """SHA-256 and total size of the concatenation of ``paths``."""
     digest, size = hashlib.sha256(), 0
@@ -57,7 +62,7 @@ def sha256_of(paths: list[Path]) -> tuple[str, int]:
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
+def file_lock(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -65,6 +70,26 @@ def _file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def save_model_files(model: torch.nn.Module, out: Path) -> None:
+    """What ``model.save_pretrained(out)`` writes (``config.json``, ``generation_config.json``,
+    ``model.safetensors``), on any process. transformers skips the writing on a
+    ``torch.distributed`` rank other than 0, so a cache entry or export made there (the first
+    ``torchrun`` launch on a fresh machine) would otherwise be stamped complete without weights.
+    Tied tensors (the output projection is the token embedding) are stored once."""
+    from safetensors.torch import save_file
+
+    model.config.save_pretrained(out)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(out)
+    state, seen = {}, set()
+    for name, tensor in model.state_dict().items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if key not in seen:
+            seen.add(key)
+            state[name] = tensor.detach().contiguous()
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
 
 
 def _read_parts(parts: list[Path], scratch: Path) -> CT2Model:
@@ -121,7 +146,7 @@ def _write_hf_folder(ct2: CT2Model, meta_dir: Path, out: Path, multilingual: boo
     model.load_state_dict(state, strict=False, assign=True)
     model.tie_weights()
     model.config.torch_dtype = torch.float16
-    model.save_pretrained(out, safe_serialization=True)
+    save_model_files(model, out)
     gen = generation_config_dict(kwargs, ct2_config, multilingual)
     (out / "generation_config.json").write_text(json.dumps(gen, indent=2))
     write_processor_files(meta_dir / "tokenizer.json", config.num_mel_bins, out)
@@ -153,8 +178,8 @@ def convert_ct2_to_hf(
     Verifies ``expected_sha256`` first; writes into a temporary sibling folder and renames
     it into place. Returns ``dest``. Safe to call concurrently from several processes.
     """
-    with _file_lock(dest.parent / f".{dest.name}.lock"):
-        if (dest / "whisperforge.json").exists():
+    with file_lock(dest.parent / f".{dest.name}.lock"):
+        if cache_entry_ready(dest):
             return dest
         digest, size = sha256_of(parts)
         if expected_sha256 is not None and digest != expected_sha256:

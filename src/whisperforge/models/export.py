@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from whisperforge.fileio import atomic_folder
-from whisperforge.models.convert import write_processor_files
+from whisperforge.models.convert import save_model_files, write_processor_files
 from whisperforge.models.ct2 import QUANTIZATIONS, hf_to_ct2_variables, write_ct2_model
 from whisperforge.models.loading import ModelBundle, load_model
 from whisperforge.models.student import STUDENT_FILE, is_student_folder
@@ -184,7 +184,7 @@ def _write_processor(source: Path, out: Path, n_mels: int, tokenizer_only: bool 
 
 def _write_hf(bundle: ModelBundle, heads: list[list[int]], quantization: str, out: Path) -> None:
     dtype = torch.float16 if quantization == "float16" else torch.float32
-    bundle.model.to(dtype).save_pretrained(out, safe_serialization=True)
+    save_model_files(bundle.model.to(dtype), out)
     generation = _generation_config(bundle.path)
     if generation:  # keep the source's (language ids, timestamps...), heads fitted
         generation["alignment_heads"] = heads

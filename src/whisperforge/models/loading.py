@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from whisperforge.models.convert import cache_dir, convert_ct2_to_hf
+from whisperforge.models.convert import cache_dir, cache_entry_ready, convert_ct2_to_hf
 from whisperforge.models.presets import PRESETS, preset_files
 from whisperforge.models.zoo import zoo_models, zoo_path
 from whisperforge.tokenizer import Tokenizer
@@ -45,7 +45,7 @@ def _is_ct2_folder(path: Path) -> bool:
 def _convert_preset(name: str) -> Path:
     preset = PRESETS[name]
     dest = cache_dir() / "models" / f"{name}-{preset.sha256[:12]}"
-    if (dest / "whisperforge.json").exists():
+    if cache_entry_ready(dest):
         return dest
     parts, meta = preset_files(preset)
     return convert_ct2_to_hf(
@@ -57,7 +57,7 @@ def _convert_local_ct2(folder: Path) -> Path:
     stat = (folder / "model.bin").stat()
     key = f"{folder.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()
     dest = cache_dir() / "models" / f"ct2-{folder.name}-{hashlib.sha256(key).hexdigest()[:12]}"
-    if (dest / "whisperforge.json").exists():
+    if cache_entry_ready(dest):
         return dest
     vocab = (
         json.loads((folder / "config.json").read_text())

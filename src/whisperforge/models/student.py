@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from whisperforge.fileio import atomic_folder
+from whisperforge.models.convert import cache_entry_ready, file_lock, save_model_files
 
 STUDENT_FILE = "student.json"
 DELTA_FILE = "delta.safetensors"
@@ -151,16 +152,20 @@ def materialize_student(folder: Path, cache_root: Path) -> Path:
     digest = hashlib.sha256((folder / DELTA_FILE).read_bytes())
     digest.update((folder / STUDENT_FILE).read_bytes())
     dest = cache_root / f"student-{folder.name}-{digest.hexdigest()[:12]}"
-    if (dest / "whisperforge.json").exists():
+    if cache_entry_ready(dest):
         return dest
     meta = read_student_meta(folder)
     teacher = load_model(meta["teacher"])
-    student, _ = student_from_delta(folder, teacher.model)
-    with atomic_folder(dest) as tmp:
-        student.save_pretrained(tmp, safe_serialization=True)
-        for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json",
-                     "preprocessor_config.json"):  # fmt: skip
-            if (teacher.path / name).exists():
-                shutil.copy(teacher.path / name, tmp / name)
-        (tmp / "whisperforge.json").write_text(json.dumps({"student_of": meta["teacher"]}))
+    with file_lock(cache_root / f".{dest.name}.lock"):  # one process builds, the rest wait
+        if cache_entry_ready(dest):
+            return dest
+        student, _ = student_from_delta(folder, teacher.model)
+        with atomic_folder(dest) as tmp:
+            save_model_files(student, tmp)
+            for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json",
+                         "preprocessor_config.json"):  # fmt: skip
+                if (teacher.path / name).exists():
+                    shutil.copy(teacher.path / name, tmp / name)
+            stamp = {"student_of": meta["teacher"]}
+            (tmp / "whisperforge.json").write_text(json.dumps(stamp))
     return dest
