@@ -20,6 +20,20 @@ def test_atomic_folder_replaces_in_one_piece_with_mkdir_permissions(tmp_path):
     assert sorted(p.name for p in dest.iterdir()) == ["b.txt"]
 
 
+def test_atomic_folder_files_get_the_mode_of_a_plain_write(tmp_path):
+    """safetensors writes 0600 files; a cached model or export stays readable to the group
+    and others as far as the umask allows."""
+    import torch
+    from safetensors.torch import save_file
+
+    (tmp_path / "plain.txt").write_text("x")
+    dest = tmp_path / "model"
+    with atomic_folder(dest) as tmp:
+        save_file({"w": torch.zeros(2)}, str(tmp / "model.safetensors"))
+    plain = (tmp_path / "plain.txt").stat().st_mode & 0o777
+    assert (dest / "model.safetensors").stat().st_mode & 0o777 == plain
+
+
 def test_atomic_folder_leaves_nothing_when_the_block_fails(tmp_path):
     dest = tmp_path / "model"
     with pytest.raises(RuntimeError), atomic_folder(dest) as tmp:

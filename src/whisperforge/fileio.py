@@ -21,6 +21,7 @@ def atomic_folder(dest: Path) -> Iterator[Path]:
     try:
         _chmod_as_mkdir(tmp)
         yield tmp
+        _widen_private_files(tmp)
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(tmp, dest)
@@ -42,6 +43,20 @@ def write_text_atomic(path: Path, text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _widen_private_files(folder: Path) -> None:
+    """Give files written private (safetensors writes its files 0600) the mode a plain
+    ``open`` gives under the umask."""
+    probe = folder / ".mode-probe"
+    probe.touch()
+    mode = probe.stat().st_mode & 0o777
+    probe.unlink()
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            have = path.stat().st_mode & 0o777
+            if have | mode != have:
+                path.chmod(have | mode)
 
 
 def _chmod_as_mkdir(folder: Path) -> None:
