@@ -168,6 +168,7 @@ def test_conversion_on_a_nonzero_distributed_rank_writes_the_weights(tmp_path, t
     from safetensors.torch import load_file
 
     folder = next((cache / "models").glob("whisper-tiny.en-*"))
+    assert (folder / "config.json").exists() and (folder / "generation_config.json").exists()
     got, want = (load_file(str(f / "model.safetensors")) for f in (folder, tiny_en.path))
     assert sorted(got) == sorted(want)
     assert all(torch.equal(got[k], want[k]) for k in want)
