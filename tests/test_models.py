@@ -133,15 +133,18 @@ def test_failed_conversion_leaves_no_half_written_cache(tmp_path):
     assert leftovers == []
 
 
-def test_killed_conversion_is_redone(monkeypatch, tmp_path):
-    """A destination without the completion stamp (e.g. copied by hand) is rebuilt."""
+@pytest.mark.parametrize("left", ["config.json", "whisperforge.json"])
+def test_incomplete_cache_entry_is_redone(monkeypatch, tmp_path, left):
+    """A destination without the completion stamp (e.g. copied by hand), or stamped but
+    without its weights (as a conversion on a non-zero distributed rank once left it), is
+    converted again, not loaded."""
     monkeypatch.setenv("WHISPERFORGE_CACHE", str(tmp_path))
     preset = PRESETS["whisper-tiny.en"]
     dest = tmp_path / "models" / f"whisper-tiny.en-{preset.sha256[:12]}"
     dest.mkdir(parents=True)
-    (dest / "config.json").write_text("{}")
+    (dest / left).write_text("{}")
     folder = resolve_model("whisper-tiny.en")
-    assert (folder / "whisperforge.json").exists()
+    assert "source_sha256" in json.loads((folder / "whisperforge.json").read_text())
     assert os.path.getsize(folder / "model.safetensors") > 70_000_000
     assert Path(folder) == dest
 
@@ -172,15 +175,3 @@ def test_conversion_on_a_nonzero_distributed_rank_writes_the_weights(tmp_path, t
     got, want = (load_file(str(f / "model.safetensors")) for f in (folder, tiny_en.path))
     assert sorted(got) == sorted(want)
     assert all(torch.equal(got[k], want[k]) for k in want)
-
-
-def test_stamped_entry_without_weights_is_redone(monkeypatch, tmp_path):
-    """A cache entry stamped complete but missing its weights (as a conversion on a
-    non-zero rank left it before) is converted again, not loaded."""
-    monkeypatch.setenv("WHISPERFORGE_CACHE", str(tmp_path))
-    preset = PRESETS["whisper-tiny.en"]
-    dest = tmp_path / "models" / f"whisper-tiny.en-{preset.sha256[:12]}"
-    dest.mkdir(parents=True)
-    (dest / "whisperforge.json").write_text("{}")
-    folder = resolve_model("whisper-tiny.en")
-    assert os.path.getsize(folder / "model.safetensors") > 70_000_000

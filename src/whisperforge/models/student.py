@@ -154,11 +154,11 @@ def materialize_student(folder: Path, cache_root: Path) -> Path:
     dest = cache_root / f"student-{folder.name}-{digest.hexdigest()[:12]}"
     if cache_entry_ready(dest):
         return dest
-    meta = read_student_meta(folder)
-    teacher = load_model(meta["teacher"])
     with file_lock(cache_root / f".{dest.name}.lock"):  # one process builds, the rest wait
         if cache_entry_ready(dest):
             return dest
+        meta = read_student_meta(folder)
+        teacher = load_model(meta["teacher"])
         student, _ = student_from_delta(folder, teacher.model)
         with atomic_folder(dest) as tmp:
             save_model_files(student, tmp)
