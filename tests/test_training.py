@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from whisperforge.training import runtime
 from whisperforge.training.checkpoint import Checkpointer, capture_rng, restore_rng
 from whisperforge.training.config import ConfigError, TrainingConfig, load_config
 from whisperforge.training.data import ShardedOrder
@@ -51,6 +52,25 @@ def test_config_file_and_dotted_overrides(tmp_path):
 def test_config_errors_name_the_key(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         load_config(_Recipe, None, overrides)
+
+
+def test_mixed_precision_no_survives_yaml_and_auto_follows_the_hardware(tmp_path, monkeypatch):
+    # YAML 1.1 reads a bare `no` as False; the option still means float32
+    path = tmp_path / "run.yaml"
+    path.write_text("training:\n  mixed_precision: no\n")
+    assert load_config(_Recipe, path, []).training.mixed_precision == "no"
+    override = load_config(_Recipe, None, ["training.mixed_precision=no"])
+    assert override.training.mixed_precision == "no"
+    with pytest.raises(ConfigError, match="mixed_precision must be one of"):
+        load_config(_Recipe, None, ["training.mixed_precision=false16"])
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, probe, lambda: False, raising=False)
+    assert not runtime.cpu_has_bf16_matmul() and runtime.resolve_precision("auto") == "no"
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    assert runtime.cpu_has_bf16_matmul() and runtime.resolve_precision("auto") == "bf16"
+    assert runtime.resolve_precision("no") == "no"  # an explicit choice is kept
 
 
 def test_schedule_warms_up_then_decays_to_the_final_fraction():

@@ -70,6 +70,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], key) if len(inner) == 1 else value
     if origin is Literal:
+        if value is False and "no" in args:  # YAML 1.1 reads a bare `no` as false
+            return "no"
         if value not in args:
             raise ConfigError(f"{key} must be one of {', '.join(map(repr, args))}, not {value!r}")
         return value
@@ -181,7 +183,7 @@ class TrainingConfig:
     log_every: int = 10
     keep_checkpoints: int = 2
     seed: int = 0
-    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: resolve_precision
     resume: bool = True  # continue from the newest checkpoint; false: delete them, start afresh
 
     def __post_init__(self) -> None:
