@@ -67,6 +67,15 @@ def test_incremental_decoder_matches_transformers_forward(tiny_en):
     torch.testing.assert_close(torch.stack(got), want.logits[0, 1:], atol=2e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("shape", [(1, 384), (1, 1, 384), (5, 1, 384), (2, 3, 384)])
+def test_vocabulary_projection_matches_linear_for_any_row_count(tiny_en, shape):
+    session = InferenceSession(tiny_en.model)
+    hidden = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    got = session.logits(hidden)
+    assert got.shape == (*shape[:-1], session.embed.shape[0]) and got.is_contiguous()
+    torch.testing.assert_close(got, torch.nn.functional.linear(hidden, session.embed))
+
+
 def test_variable_length_prompts_in_one_batch_match_single_rows(tiny_en):
     session = InferenceSession(tiny_en.model)
     tok = tiny_en.tokenizer
