@@ -216,7 +216,7 @@ class InferenceSession:
         rows = hidden.reshape(-1, d)
         n = rows.shape[0]
         if n == 1:
-            rows = rows.expand(2, d)
+            rows = rows.repeat(2, 1)  # a real copy: a stride-0 view takes the slow path too
         out = torch.mm(self.embed, rows.t())[:, :n].t()
         return out.float().contiguous().reshape(*lead, -1)
 
