@@ -42,7 +42,11 @@ def per_call_ms(fn, calls: int) -> float:
 def measure(model: str, batches: list[int], rounds: int, calls: int) -> list[dict]:
     from whisperforge.transcribe import Transcriber
 
-    session = Transcriber(model).session
+    transcriber = Transcriber(model)
+    session, tok = transcriber.session, transcriber.tokenizer
+    language = "en" if tok.multilingual else None
+    prompt = [*tok.sot_sequence(language), tok.no_timestamps]
+    word = tok.encode(" the")[0]
     embed = session.embed
     gen = torch.Generator().manual_seed(0)
     audio = session.encode(torch.randn(1, session.encoder.config.num_mel_bins, 3000, generator=gen))
@@ -54,19 +58,20 @@ def measure(model: str, batches: list[int], rounds: int, calls: int) -> list[dic
             "session": lambda h=hidden: session.logits(h),
         }
         worst = (ways["F.linear"]() - ways["session"]()).abs().max().item()
-        state = session.start(audio.expand(batch, -1, -1).contiguous(), [4] * batch, calls + 8)
-        session.prompt(state, [[50258, 50259, 50359, 50363]] * batch)
-        token = torch.full((batch,), 440)
+        state = session.start(
+            audio.expand(batch, -1, -1).contiguous(), [len(prompt)] * batch, calls
+        )
+        session.prompt(state, [prompt] * batch)
+        token = torch.full((batch,), word)
         for fn in ways.values():
             fn()
         times = {name: [] for name in ways}
-        steps = []
         for r in range(rounds):
             order = list(ways) if r % 2 == 0 else list(reversed(ways))
             for name in order:
                 times[name].append(per_call_ms(ways[name], calls))
-            if r == 0:  # one decoder step per cache slot: the cache has room for `calls`
-                steps.append(per_call_ms(lambda s=state, t=token: session.step(s, t), calls))
+        # `calls` decoder steps fill the cache, which has room for exactly that many
+        step_ms = per_call_ms(lambda: session.step(state, token), calls)  # noqa: B023
         linear, ours = (statistics.median(times[n]) for n in ways)
         rows.append(
             {
@@ -75,7 +80,7 @@ def measure(model: str, batches: list[int], rounds: int, calls: int) -> list[dic
                 "linear_ms": linear,
                 "session_ms": ours,
                 "speedup": linear / ours,
-                "step_ms": steps[0],
+                "step_ms": step_ms,
                 "max_abs_diff": worst,
                 "runs_ms": times,
             }
@@ -116,7 +121,8 @@ def render(report: dict) -> str:
         f"Machine: {machine} ({os.cpu_count()} CPUs), torch {torch.__version__}; load average "
         f"at start {', '.join(f'{x:.2f}' for x in facts['load_average_start'])}.\n\n"
         f"Median of {report['rounds']} rounds of {report['calls']} calls; the decoder step "
-        "(every layer, no projection) is one round at the same batch, for scale.\n\n"
+        "(every layer, no projection) is one round of as many calls at the same batch, "
+        "for scale.\n\n"
         f"{table}\n\n{END_MARK}"
     )
 
