@@ -4,7 +4,9 @@ Three whisperforge systems transcribe the same 16 kHz arrays in one process, war
 same thread count: the teacher, the student, and the teacher with the student as its
 speculative ``assistant`` (the student drafts, the teacher verifies; the text is the
 teacher's own greedy output). Each runs short clips (one window each) at batch 1 and batch N,
-and a ~5 minute long-form file chunked at batch N and sequential at batch 1.
+and a ~5 minute long-form file chunked at batch N and sequential at batch 1. The short clips
+run again with the student at its other audio context (full 30 s windows, or dynamic: the
+batch's longest + 1 s) and with the teacher at the dynamic context.
 
 Decoding is greedy (``beam_size=1``, temperature 0 only: no fallback, so every window of the
 assisted system is decoded speculatively) with ``language="en"``; ``--fallback`` restores
@@ -137,6 +139,11 @@ def build_cases(teacher_ref: str, student_ref: str, batch_size: int, decode: dic
         "student": Transcriber(student),
         "assisted": Transcriber(teacher, assistant=student),
     }
+    # short clips (one window each) also with the student's other audio context, and with
+    # the teacher at the dynamic one (which it was not trained for)
+    other = "full" if student.audio_context == "dynamic" else "dynamic"
+    contexts = [(f"student-{other}-context", student, other),
+                ("teacher-dynamic-context", teacher, "dynamic")]  # fmt: skip
     cases = []
     for system, transcriber in transcribers.items():
         probe = SystemProbe(transcriber)
@@ -145,6 +152,12 @@ def build_cases(teacher_ref: str, student_ref: str, batch_size: int, decode: dic
         if assistant is not None and not transcriber.assistant_shares_encoder:
             assistant.encode = group[0].clock.wrap(assistant.encode)  # counted as encoder time
         cases += group
+    for system, bundle, context in contexts:
+        transcriber = Transcriber(bundle)
+        options = dict(decode, audio_context=context)
+        group = transcriber_cases(transcriber, system, system, batch_size, options,
+                                  SystemProbe(transcriber))  # fmt: skip
+        cases += [c for c in group if c.workload == "short"]
     models = {"teacher": teacher, "student": student}
     return cases, models, transcribers["assisted"].assistant_shares_encoder
 
@@ -156,6 +169,7 @@ def describe(bundle) -> dict:
         "encoder_layers": config.encoder_layers,
         "decoder_layers": config.decoder_layers,
         "parameters_millions": round(sum(p.numel() for p in bundle.model.parameters()) / 1e6, 1),
+        "audio_context": bundle.audio_context,
     }
 
 
@@ -208,7 +222,7 @@ def ratios(rows: list[dict]) -> list[dict]:
         if system != "teacher":
             continue
         entry = {"workload": teacher["workload"], "case": kind}
-        for other in ("student", "assisted"):
+        for other in sorted({s for s, _ in by} - {"teacher"}):
             if (other, kind) in by:
                 entry[f"{other}_vs_teacher"] = by[other, kind]["throughput"] / teacher["throughput"]
         out.append(entry)
@@ -223,12 +237,17 @@ def _pct(value: float | None) -> str:
 
 
 def ratios_table(pairs: list[dict]) -> str:
-    header = ["workload", "case", "student / teacher", "teacher + assistant / teacher"]
-    rows = [
-        [p["workload"], p["case"], f"**{fmt(p.get('student_vs_teacher'), '.2f')}x**",
-         f"**{fmt(p.get('assisted_vs_teacher'), '.2f')}x**"]
-        for p in pairs
-    ]  # fmt: skip
+    keys = {k.removesuffix("_vs_teacher") for p in pairs for k in p if k.endswith("_vs_teacher")}
+    others = sorted(keys - {"student", "assisted"})
+    header = ["workload", "case", "student / teacher", "teacher + assistant / teacher",
+              *(f"{o} / teacher" for o in others)]  # fmt: skip
+
+    def cell(p: dict, key: str) -> str:
+        value = p.get(f"{key}_vs_teacher")
+        return "—" if value is None else f"**{fmt(value, '.2f')}x**"
+
+    rows = [[p["workload"], p["case"], *(cell(p, k) for k in ("student", "assisted", *others))]
+            for p in pairs]  # fmt: skip
     return markdown_table(header, rows)
 
 
@@ -285,7 +304,8 @@ def models_line(report: dict) -> str:
         f"Teacher `{t['reference']}` ({t['parameters_millions']}M parameters, "
         f"{t['decoder_layers']} decoder layers); student `{s['reference']}` "
         f"({s['parameters_millions']}M, {s['decoder_layers']} decoder layers, "
-        f"{s['encoder_layers']} encoder layers), which {shared}"
+        f"{s['encoder_layers']} encoder layers, {s.get('audio_context', 'full')} audio "
+        f"context), which {shared}"
     )
 
 
@@ -325,7 +345,10 @@ decoding model's forward passes (`decoder`), the assistant's (`draft`) and the r
 (features, logit rules, stitching). "decoder passes" counts batched forward passes of the
 decoding model (a batch of windows is one pass). Speculative decoding verifies one window at a
 time, so for the assisted system the batch size batches the encoder only; its table gives the
-teacher's passes, the tokens they produced and the share of drafted tokens accepted.
+teacher's passes, the tokens they produced and the share of drafted tokens accepted. A student
+trained for a dynamic audio context (windows padded to the batch's longest + 1 s, not 30 s)
+transcribes that way by default. The short clips also run with the student's other context
+and with the teacher at the dynamic one, which it was not trained for (see its WER).
 
 """
 

@@ -23,7 +23,14 @@ from tests.conftest import (
     write_yaml,
 )
 
-from whisperforge.recipes.distill import DistillConfig, Example, build_sequence, collate, train
+from whisperforge.recipes.distill import (
+    DistillConfig,
+    Example,
+    build_sequence,
+    collate,
+    context_length,
+    train,
+)
 from whisperforge.tokenizer import Tokenizer
 from whisperforge.training.config import load_config
 
@@ -149,11 +156,13 @@ def test_killed_run_resumes_with_the_same_losses(tmp_path, teacher_dir, data):
         assert resumed[step] == pytest.approx(whole[step], abs=1e-6, rel=1e-6), step
 
 
-def test_two_cpu_processes_with_torchrun(tmp_path, teacher_dir, data):
+@pytest.mark.parametrize("audio_context", ["full", "dynamic"])
+def test_two_cpu_processes_with_torchrun(tmp_path, teacher_dir, data, audio_context):
     path = _config(tmp_path, teacher_dir, data, "ddp", max_steps=3, save_every=3)
     torchrun = Path(sys.executable).with_name("torchrun")
     command = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "whisperforge.cli",
-               "distill", "train", str(path), f"dev_manifest={data['dev']}", "-q"]  # fmt: skip
+               "distill", "train", str(path), f"dev_manifest={data['dev']}",
+               f"audio_context={audio_context}", "-q"]  # fmt: skip
     done = subprocess.run(command, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
@@ -162,3 +171,30 @@ def test_two_cpu_processes_with_torchrun(tmp_path, teacher_dir, data):
     assert len(_losses(tmp_path / "ddp")) == 3
     assert (tmp_path / "ddp" / "student" / "delta.safetensors").exists()
     assert done.stdout.count("trained 3 steps") == 1  # printed by the main process only
+    meta = json.loads((tmp_path / "ddp" / "student" / "student.json").read_text())
+    assert meta["config"].get("audio_context", "full") == audio_context  # transcribe reads it
+
+
+def test_dynamic_context_rows_read_states_of_their_own_length(teacher_dir, data):
+    """Each row of a dynamic-context batch gets logits from its own shortened window: the
+    same as the student run on that row alone."""
+    from whisperforge.recipes.distill import _student_logits, compute_loss, make_batch, setup
+
+    config = load_config(DistillConfig, _config(Path(data["labels"]).parent, teacher_dir, data,
+                                                "dyn"), ["audio_context=dynamic"])  # fmt: skip
+    run = setup(config)
+    epoch, indices = run.order.batch(0)
+    batch = make_batch(run, epoch, indices)
+    assert batch.margins is not None and len(batch.margins) == len(indices)
+    ids = batch.input_ids
+    with torch.no_grad():
+        hidden = run.encoder(batch.audio)
+        logits = _student_logits(run, batch, hidden, ids)
+        for row, (audio, margin) in enumerate(zip(batch.audio, batch.margins)):
+            n = context_length(run.encoder.samples([audio])[0], margin)
+            states = run.encoder.short([audio], n)
+            assert states.shape[1] == n // 320 < 1500
+            alone = run.student(encoder_outputs=(states,), decoder_input_ids=ids[row : row + 1],
+                                use_cache=False).logits  # fmt: skip
+            torch.testing.assert_close(logits[row : row + 1], alone, rtol=1e-4, atol=1e-4)
+        assert torch.isfinite(compute_loss(run, batch).loss)

@@ -282,6 +282,7 @@ def log_mel_spectrogram(
     n_mels: int = N_MELS,
     *,
     device: str | torch.device | None = None,
+    n_samples: int = N_SAMPLES,
 ) -> torch.Tensor:
     """Whisper's log-mel features of windows of 16 kHz audio, equal to HF's WhisperFeatureExtractor.
 
@@ -290,15 +291,21 @@ def log_mel_spectrogram(
             each row is zero-padded (or trimmed) to ``N_SAMPLES`` (30 s) before the STFT.
         n_mels: mel bands, 80 (most Whisper models) or 128 (large-v3).
         device: where to compute; default the tensor's device (CPU for numpy input).
+        n_samples: window length the rows are padded or trimmed to, a multiple of
+            ``HOP_LENGTH``; shorter than 30 s for a shortened audio context (rows that end in
+            at least a second of silence give the first frames of their 30 s features).
 
     Returns:
-        float32 ``(n_mels, N_FRAMES)`` or ``(batch, n_mels, N_FRAMES)``, 100 frames per second,
-        each window floored at its max - 8 (log10 units) and scaled by ``(x + 4) / 4``.
+        float32 ``(n_mels, n_samples // HOP_LENGTH)`` (30 s: ``N_FRAMES``) or with a leading
+        batch axis, 100 frames per second, each window floored at its max - 8 (log10 units)
+        and scaled by ``(x + 4) / 4``.
     """
+    if n_samples <= 0 or n_samples % HOP_LENGTH:
+        raise ValueError(f"n_samples must be a positive multiple of {HOP_LENGTH}, not {n_samples}")
     x = _as_float_tensor(audio, device)
     if x.ndim not in (1, 2):
         raise ValueError(f"audio must be (n_samples,) or (batch, n_samples), got {tuple(x.shape)}")
-    batch = pad_or_trim((x if x.ndim == 2 else x[None]).float(), N_SAMPLES)
+    batch = pad_or_trim((x if x.ndim == 2 else x[None]).float(), n_samples)
     window = torch.hann_window(N_FFT, periodic=True, device=batch.device)
     stft = torch.stft(
         batch,

@@ -43,6 +43,11 @@ def _add_decoding_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stride-length", type=float, default=5.0, help="chunked overlap per side, s")
     p.add_argument("--batch-size", type=int, default=8, help="windows decoded together")
     p.add_argument(
+        "--audio-context", choices=("full", "dynamic"), default=None,
+        help="pad windows to 30 s (full) or to the batch's longest + 1 s (dynamic: a faster "
+        "encoder on short clips, for models trained for it); default: the model's",
+    )  # fmt: skip
+    p.add_argument(
         "--assistant", default=None,
         help="a small model (e.g. a distilled student) that drafts for --model: same text, "
         "greedy windows decoded speculatively",
@@ -55,7 +60,7 @@ _DECODING_KEYS = (
     "language", "task", "beam_size", "best_of", "patience", "length_penalty", "temperature",
     "compression_ratio_threshold", "log_prob_threshold", "no_speech_threshold",
     "condition_on_previous_text", "initial_prompt", "without_timestamps", "long_form",
-    "stride_length", "batch_size",
+    "stride_length", "batch_size", "audio_context",
 )  # fmt: skip
 
 
@@ -172,7 +177,8 @@ def _print_report(r: dict) -> None:
     print(f"repeated 5-grams {r['repeated_5grams']}")
     print(
         f"throughput  {r['throughput']:.2f} audio s / wall s ({r['wall_seconds']:.1f} s wall, "
-        f"{r['machine']['torch_threads']} threads, batch {r['options']['batch_size']})"
+        f"{r['machine']['torch_threads']} threads, batch {r['options']['batch_size']}, "
+        f"{r.get('audio_context', 'full')} audio context)"
     )
     if len(r["by_speaker"]) > 1:
         for name, g in r["by_speaker"].items():

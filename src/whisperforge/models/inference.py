@@ -10,11 +10,13 @@ forward pass to float32 rounding (tested).
 Rows of a batch may have prompts of different lengths: prompts are right-aligned in the
 cache, each token keeps its own learned position, and the empty slots on the left are
 masked. Shapes: ``(batch, n_mels, 3000)`` features -> ``(batch, 1500, d_model)`` encoder
-states; decoder steps take ``(batch, n_new)`` tokens and return ``(batch, n_new, vocab)``.
+states (fewer frames give fewer states: a shortened audio context, ``encoder_states``);
+decoder steps take ``(batch, n_new)`` tokens and return ``(batch, n_new, vocab)``.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -100,6 +102,35 @@ class DecoderState:
         )
 
 
+def encoder_states(encoder: torch.nn.Module, features: Tensor) -> Tensor:
+    """A Whisper encoder's ``(batch, frames // 2, d_model)`` states for ``(batch, n_mels,
+    frames)`` log-mel with any even number of frames up to 30 s (3000).
+
+    30 s goes through the transformers forward; fewer frames through the same modules with
+    the first ``frames // 2`` learned positions (transformers insists on 3000 frames). The
+    states then differ from the first rows of the 30 s states, since attention sees less
+    padding: models are trained for it (``audio_context: dynamic``, docs/distill.md)."""
+    full = encoder.config.max_source_positions * encoder.conv1.stride[0] * encoder.conv2.stride[0]
+    frames = features.shape[-1]
+    if frames == full:
+        return encoder(features).last_hidden_state
+    if frames > full or frames % 2 or frames < 2:
+        raise ValueError(f"the encoder takes an even number of frames up to {full}, not {frames}")
+    x = F.gelu(encoder.conv1(features))
+    x = F.gelu(encoder.conv2(x)).permute(0, 2, 1)
+    x = x + encoder.embed_positions.weight[: x.shape[1]]
+    x = F.dropout(x, p=encoder.dropout, training=encoder.training)
+    for layer in encoder.layers:
+        out = layer(x, None, **_layer_kwargs(layer))
+        x = out[0] if isinstance(out, tuple) else out  # transformers 4 returns a tuple
+    return encoder.layer_norm(x)
+
+
+def _layer_kwargs(layer: torch.nn.Module) -> dict:
+    params = inspect.signature(layer.forward).parameters
+    return {"layer_head_mask": None} if "layer_head_mask" in params else {}
+
+
 class InferenceSession:
     """Encoder + incremental decoder over a ``WhisperForConditionalGeneration``'s weights."""
 
@@ -122,9 +153,10 @@ class InferenceSession:
 
     @torch.inference_mode()
     def encode(self, features: Tensor) -> Tensor:
-        """``(batch, n_mels, n_frames)`` log-mel -> ``(batch, n_audio_ctx, d_model)``."""
+        """``(batch, n_mels, n_frames)`` log-mel -> ``(batch, n_frames // 2, d_model)``
+        (30 s: 3000 frames -> 1500 states)."""
         features = features.to(device=self.embed.device, dtype=self.dtype)
-        return self.encoder(features).last_hidden_state
+        return encoder_states(self.encoder, features)
 
     def _heads(self, x: Tensor) -> Tensor:
         b, t, _ = x.shape

@@ -135,6 +135,13 @@ class ModelBundle:
         return self.tokenizer.multilingual
 
     @property
+    def audio_context(self) -> str:
+        """``full`` (every window padded to 30 s, as Whisper) or ``dynamic`` (a batch's
+        windows padded to the longest + 1 s): the model's ``config.audio_context``, set on
+        students distilled for the shorter context."""
+        return getattr(self.model.config, "audio_context", None) or "full"
+
+    @property
     def n_mels(self) -> int:
         return self.model.config.num_mel_bins
 

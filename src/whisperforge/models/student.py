@@ -142,6 +142,9 @@ def student_from_delta(folder: Path, teacher: torch.nn.Module) -> tuple[torch.nn
     delta = load_file(str(folder / DELTA_FILE))
     student.load_state_dict({k: v.to(teacher.dtype) for k, v in delta.items()}, strict=False)
     student.tie_weights()
+    context = meta.get("config", {}).get("audio_context")
+    if context:  # distilled for a dynamic audio context: transcription pads that way
+        student.config.audio_context = context
     return student, layer_map
 
 

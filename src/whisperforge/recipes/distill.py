@@ -65,6 +65,10 @@ class DistillConfig:
     timestamp_probability: float = 0.5
     condition_on_prev_probability: float = 0.2
     encoder_cache: str | None = None  # folder for frozen-encoder outputs (multi-epoch CPU runs)
+    # full: the student reads 30 s encoder states, as Whisper; dynamic: states of each clip
+    # padded by 1 s or more (a random share of the rest of the 30 s), so that it transcribes
+    # well with ``audio_context: dynamic`` (set in the saved student's config)
+    audio_context: str = "full"
     eval_batch_size: int = 8
     training: TrainingConfig = field(default_factory=lambda: TrainingConfig("runs/distill"))
 
@@ -79,6 +83,10 @@ class DistillConfig:
             raise ValueError("ce_weight and kl_weight must be >= 0 and not both 0")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, not {self.temperature}")
+        if self.audio_context not in ("full", "dynamic"):
+            raise ValueError(f"audio_context must be full or dynamic, not {self.audio_context!r}")
+        if self.audio_context == "dynamic" and not self.freeze_encoder:
+            raise ValueError("audio_context: dynamic needs freeze_encoder: true")
         for name in ("timestamp_probability", "condition_on_prev_probability"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], not {getattr(self, name)}")
@@ -278,6 +286,10 @@ def setup(config: DistillConfig) -> DistillRun:
     teacher = load_model(config.teacher)
     student, layer_map = build_student(config, teacher.model)
     shared = freeze(student, teacher.model, config)
+    if config.audio_context == "dynamic":
+        if not shared:
+            raise ValueError("audio_context: dynamic needs the teacher's encoder in the student")
+        student.config.audio_context = "dynamic"  # saved with the student; transcribe reads it
     max_length = teacher.model.config.max_target_positions
     examples, report, dev = _load_data(config, teacher.tokenizer, max_length)
     logger.info("training rows: %s", report)
@@ -334,12 +346,53 @@ def make_batch(run: DistillRun, epoch: int, indices: list[int]) -> Batch:
     row) alone, so a resumed run draws exactly what an uninterrupted one would."""
     cfg, tok = run.config, run.teacher.tokenizer
     max_length = run.teacher.model.config.max_target_positions
-    sequences = []
+    sequences, margins = [], []
     for i in indices:
         rng = np.random.default_rng([cfg.training.seed, epoch, i])
         sequences.append(build_sequence(run.examples[i], tok, rng, cfg.timestamp_probability,
                                         cfg.condition_on_prev_probability, max_length))  # fmt: skip
-    return collate(sequences, [run.examples[i].audio for i in indices], tok.eot)
+        # half the rows with the shortest padding (1 s), the others with more, as when a
+        # longer clip shares their batch
+        margins.append(0.0 if rng.random() < 0.5 else float(rng.random()))
+    batch = collate(sequences, [run.examples[i].audio for i in indices], tok.eot)
+    if cfg.audio_context == "dynamic":
+        batch.margins = margins
+    return batch
+
+
+def context_length(samples: int, margin: float) -> int:
+    """Samples a dynamic-context training row is padded to: its length + 1 s + ``margin``
+    (0-1) of the rest of the 30 s, in whole encoder frames, at most 30 s."""
+    from whisperforge.audio import N_SAMPLES, N_SAMPLES_PER_TOKEN
+    from whisperforge.transcribe import context_samples
+
+    shortest = context_samples([samples], "dynamic")
+    n = shortest + int(margin * max(0, N_SAMPLES - shortest))
+    return min(N_SAMPLES, -(-n // N_SAMPLES_PER_TOKEN) * N_SAMPLES_PER_TOKEN)
+
+
+def _student_logits(run: DistillRun, batch: Batch, hidden: torch.Tensor, ids: torch.Tensor):
+    """Student logits with a dynamic audio context: each row reads the frozen encoder's
+    states of its own shortened window; rows of one length run together (30 s rows share
+    the teacher's states)."""
+    from whisperforge.audio import N_SAMPLES
+
+    lengths = [context_length(n, m) for n, m in
+               zip(run.encoder.samples(batch.audio), batch.margins)]  # fmt: skip
+    logits = None
+    for n in sorted(set(lengths)):
+        rows = [i for i, length in enumerate(lengths) if length == n]
+        index = torch.tensor(rows, device=ids.device)
+        if n == N_SAMPLES:
+            states = hidden.index_select(0, index)
+        else:
+            states = run.encoder.short([batch.audio[i] for i in rows], n)
+        out = run.student(encoder_outputs=(states,), decoder_input_ids=ids.index_select(0, index),
+                          use_cache=False).logits  # fmt: skip
+        if logits is None:
+            logits = out.new_zeros((ids.shape[0], *out.shape[1:]))
+        logits = logits.index_copy(0, index, out)
+    return logits
 
 
 def compute_loss(run: DistillRun, batch: Batch):
@@ -349,11 +402,15 @@ def compute_loss(run: DistillRun, batch: Batch):
     hidden = None  # the teacher's frozen encoder: once, no graph; only when something reads it
     if run.shared_encoder or cfg.kl_weight > 0:
         hidden = run.encoder(batch.audio)
-    if run.shared_encoder:
-        student = run.student(encoder_outputs=(hidden,), decoder_input_ids=ids, use_cache=False)
+    if batch.margins is not None:
+        student_logits = _student_logits(run, batch, hidden, ids)
+    elif run.shared_encoder:
+        student_logits = run.student(encoder_outputs=(hidden,), decoder_input_ids=ids,
+                                     use_cache=False).logits  # fmt: skip
     else:
         features = run.encoder.features(batch.audio).to(device)
-        student = run.student(input_features=features, decoder_input_ids=ids, use_cache=False)
+        student_logits = run.student(input_features=features, decoder_input_ids=ids,
+                                     use_cache=False).logits  # fmt: skip
     teacher_logits = None
     if cfg.kl_weight > 0:
         with torch.no_grad():
@@ -361,7 +418,7 @@ def compute_loss(run: DistillRun, batch: Batch):
                 encoder_outputs=(hidden,), decoder_input_ids=ids, use_cache=False
             ).logits
     return distillation_loss(
-        student.logits, teacher_logits, batch.labels.to(device), batch.labels_mask.to(device),
+        student_logits, teacher_logits, batch.labels.to(device), batch.labels_mask.to(device),
         cfg.ce_weight, cfg.kl_weight, cfg.temperature,
     )  # fmt: skip
 

@@ -122,6 +122,7 @@ def evaluate(transcriber: Transcriber, items: Iterable[EvalItem], progress=None,
         by_speaker=rates_by(rows, "speaker"),
         by_language=rates_by(rows, "language"),
         options=options,
+        audio_context=options.get("audio_context") or transcriber.bundle.audio_context,
         machine=machine_info(),
         per_utterance=rows,
     )

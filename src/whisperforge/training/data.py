@@ -73,6 +73,7 @@ class Batch:
     input_ids: torch.Tensor
     labels: torch.Tensor
     labels_mask: torch.Tensor
+    margins: list[float] | None = None  # dynamic audio context: each row's padding draw
 
 
 def collate(sequences: list[tuple[list[int], int]], audio: list[str], pad_id: int) -> Batch:

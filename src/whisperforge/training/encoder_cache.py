@@ -91,12 +91,37 @@ class SharedEncoder:
 
     def __init__(self, encoder: torch.nn.Module, n_mels: int, device, cache=None):
         self.encoder, self.n_mels, self.device, self.cache = encoder, n_mels, device, cache
+        self._lengths: dict[str, int] = {}
 
     def features(self, audio: list[str]) -> torch.Tensor:
-        """``(batch, n_mels, N_FRAMES)`` log-mel of each file (padded to 30 s as audio)."""
-        from whisperforge.audio import load_audio, log_mel_spectrogram
+        """``(batch, n_mels, N_FRAMES)`` log-mel of each file (padded to 30 s as audio),
+        computed on the encoder's device (files are decoded on the CPU)."""
+        from whisperforge.audio import N_SAMPLES, load_audio, log_mel_spectrogram, pad_or_trim
 
-        return torch.stack([log_mel_spectrogram(load_audio(a), self.n_mels) for a in audio])
+        waves = [pad_or_trim(torch.from_numpy(load_audio(a)), N_SAMPLES) for a in audio]
+        return log_mel_spectrogram(torch.stack(waves), self.n_mels, device=self.device)
+
+    def samples(self, audio: list[str]) -> list[int]:
+        """Length of each file in 16 kHz samples (read once, remembered)."""
+        from whisperforge.audio import load_audio
+
+        for a in audio:
+            if a not in self._lengths:
+                self._lengths[a] = len(load_audio(a))
+        return [self._lengths[a] for a in audio]
+
+    def short(self, audio: list[str], n_samples: int) -> torch.Tensor:
+        """States of the files each padded to ``n_samples`` (a shortened audio context,
+        ``(batch, n_samples // 320, d_model)``): computed every time, never cached."""
+        from whisperforge.audio import load_audio, log_mel_spectrogram, pad_or_trim
+        from whisperforge.models.inference import encoder_states
+
+        waves = [pad_or_trim(torch.from_numpy(load_audio(a)), n_samples) for a in audio]
+        mel = log_mel_spectrogram(torch.stack(waves), self.n_mels, device=self.device,
+                                  n_samples=n_samples)  # fmt: skip
+        dtype = next(self.encoder.parameters()).dtype
+        with torch.no_grad():
+            return encoder_states(self.encoder, mel.to(dtype))
 
     def __call__(self, audio: list[str]) -> torch.Tensor:
         found = [self.cache.get(a) if self.cache is not None else None for a in audio]
