@@ -64,9 +64,12 @@ def context_samples(lengths: list[int], mode: str) -> int:
         return N_SAMPLES
     if mode != "dynamic":
         raise ValueError(f"audio context must be one of {AUDIO_CONTEXTS}, not {mode!r}")
-    frame = N_SAMPLES_PER_TOKEN
-    longest = max(lengths, default=0) + CONTEXT_MARGIN
-    return min(N_SAMPLES, -(-longest // frame) * frame)
+    return whole_frames(max(lengths, default=0) + CONTEXT_MARGIN)
+
+
+def whole_frames(samples: int) -> int:
+    """``samples`` rounded up to whole encoder frames (320 samples), at most 30 s."""
+    return min(N_SAMPLES, -(-samples // N_SAMPLES_PER_TOKEN) * N_SAMPLES_PER_TOKEN)
 
 
 @dataclass(frozen=True)

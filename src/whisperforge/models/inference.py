@@ -16,6 +16,7 @@ decoder steps take ``(batch, n_new)`` tokens and return ``(batch, n_new, vocab)`
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass
 
@@ -121,13 +122,15 @@ def encoder_states(encoder: torch.nn.Module, features: Tensor) -> Tensor:
     x = x + encoder.embed_positions.weight[: x.shape[1]]
     x = F.dropout(x, p=encoder.dropout, training=encoder.training)
     for layer in encoder.layers:
-        out = layer(x, None, **_layer_kwargs(layer))
+        out = layer(x, None, **_layer_kwargs(type(layer)))
         x = out[0] if isinstance(out, tuple) else out  # transformers 4 returns a tuple
     return encoder.layer_norm(x)
 
 
-def _layer_kwargs(layer: torch.nn.Module) -> dict:
-    params = inspect.signature(layer.forward).parameters
+@functools.cache
+def _layer_kwargs(layer_class: type) -> dict:
+    """transformers 4's encoder layers take a required ``layer_head_mask`` (read once a class)."""
+    params = inspect.signature(layer_class.forward).parameters
     return {"layer_head_mask": None} if "layer_head_mask" in params else {}
 
 

@@ -351,24 +351,23 @@ def make_batch(run: DistillRun, epoch: int, indices: list[int]) -> Batch:
         rng = np.random.default_rng([cfg.training.seed, epoch, i])
         sequences.append(build_sequence(run.examples[i], tok, rng, cfg.timestamp_probability,
                                         cfg.condition_on_prev_probability, max_length))  # fmt: skip
-        # half the rows with the shortest padding (1 s), the others with more, as when a
-        # longer clip shares their batch
-        margins.append(0.0 if rng.random() < 0.5 else float(rng.random()))
+        if cfg.audio_context == "dynamic":
+            # half the rows with the shortest padding (1 s), the others with more, as when a
+            # longer clip shares their batch
+            margins.append(0.0 if rng.random() < 0.5 else float(rng.random()))
     batch = collate(sequences, [run.examples[i].audio for i in indices], tok.eot)
-    if cfg.audio_context == "dynamic":
-        batch.margins = margins
+    batch.margins = margins or None
     return batch
 
 
 def context_length(samples: int, margin: float) -> int:
     """Samples a dynamic-context training row is padded to: its length + 1 s + ``margin``
     (0-1) of the rest of the 30 s, in whole encoder frames, at most 30 s."""
-    from whisperforge.audio import N_SAMPLES, N_SAMPLES_PER_TOKEN
-    from whisperforge.transcribe import context_samples
+    from whisperforge.audio import N_SAMPLES
+    from whisperforge.transcribe import context_samples, whole_frames
 
     shortest = context_samples([samples], "dynamic")
-    n = shortest + int(margin * max(0, N_SAMPLES - shortest))
-    return min(N_SAMPLES, -(-n // N_SAMPLES_PER_TOKEN) * N_SAMPLES_PER_TOKEN)
+    return whole_frames(shortest + int(margin * max(0, N_SAMPLES - shortest)))
 
 
 def _student_logits(run: DistillRun, batch: Batch, hidden: torch.Tensor, ids: torch.Tensor):

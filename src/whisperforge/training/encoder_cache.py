@@ -93,13 +93,15 @@ class SharedEncoder:
         self.encoder, self.n_mels, self.device, self.cache = encoder, n_mels, device, cache
         self._lengths: dict[str, int] = {}
 
-    def features(self, audio: list[str]) -> torch.Tensor:
-        """``(batch, n_mels, N_FRAMES)`` log-mel of each file (padded to 30 s as audio),
-        computed on the encoder's device (files are decoded on the CPU)."""
+    def features(self, audio: list[str], n_samples: int | None = None) -> torch.Tensor:
+        """``(batch, n_mels, frames)`` log-mel of each file padded to ``n_samples`` (default
+        30 s: ``N_FRAMES``), computed on the encoder's device (files are decoded on the CPU)."""
         from whisperforge.audio import N_SAMPLES, load_audio, log_mel_spectrogram, pad_or_trim
 
-        waves = [pad_or_trim(torch.from_numpy(load_audio(a)), N_SAMPLES) for a in audio]
-        return log_mel_spectrogram(torch.stack(waves), self.n_mels, device=self.device)
+        n_samples = n_samples or N_SAMPLES
+        waves = [pad_or_trim(torch.from_numpy(load_audio(a)), n_samples) for a in audio]
+        return log_mel_spectrogram(torch.stack(waves), self.n_mels, device=self.device,
+                                   n_samples=n_samples)  # fmt: skip
 
     def samples(self, audio: list[str]) -> list[int]:
         """Length of each file in 16 kHz samples (read once, remembered)."""
@@ -113,12 +115,9 @@ class SharedEncoder:
     def short(self, audio: list[str], n_samples: int) -> torch.Tensor:
         """States of the files each padded to ``n_samples`` (a shortened audio context,
         ``(batch, n_samples // 320, d_model)``): computed every time, never cached."""
-        from whisperforge.audio import load_audio, log_mel_spectrogram, pad_or_trim
         from whisperforge.models.inference import encoder_states
 
-        waves = [pad_or_trim(torch.from_numpy(load_audio(a)), n_samples) for a in audio]
-        mel = log_mel_spectrogram(torch.stack(waves), self.n_mels, device=self.device,
-                                  n_samples=n_samples)  # fmt: skip
+        mel = self.features(audio, n_samples)
         dtype = next(self.encoder.parameters()).dtype
         with torch.no_grad():
             return encoder_states(self.encoder, mel.to(dtype))
