@@ -198,3 +198,13 @@ def test_dynamic_context_rows_read_states_of_their_own_length(teacher_dir, data)
                                 use_cache=False).logits  # fmt: skip
             torch.testing.assert_close(logits[row : row + 1], alone, rtol=1e-4, atol=1e-4)
         assert torch.isfinite(compute_loss(run, batch).loss)
+
+
+def test_audio_context_option_is_checked(tmp_path, teacher_dir, data):
+    from whisperforge.training.config import ConfigError
+
+    path = _config(tmp_path, teacher_dir, data, "bad")
+    with pytest.raises(ConfigError, match="audio_context must be full or dynamic"):
+        load_config(DistillConfig, path, ["audio_context=short"])
+    with pytest.raises(ConfigError, match="needs freeze_encoder"):
+        load_config(DistillConfig, path, ["audio_context=dynamic", "freeze_encoder=false"])
