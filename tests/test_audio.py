@@ -24,6 +24,7 @@ from whisperforge.audio import (
     TIME_PRECISION,
     TOKENS_PER_SECOND,
     AudioError,
+    audio_samples,
     load_audio,
     log_mel_spectrogram,
     pad_or_trim,
@@ -325,3 +326,19 @@ def test_array_sampling_rate_is_resampled(rate):
     np.testing.assert_allclose(
         audio[1000:15000], sine(440, 1.0, SAMPLE_RATE)[1000:15000], atol=1e-3
     )
+
+
+@pytest.mark.parametrize("rate", [SAMPLE_RATE, 44100])
+def test_audio_samples_is_the_decoded_length(tmp_path, rate):
+    # 16 kHz: read from the header; any other rate: decoded and resampled
+    path = tmp_path / f"tone-{rate}.flac"
+    sf.write(str(path), sine(440.0, 1.37, rate), rate)
+    assert audio_samples(path) == len(load_audio(path))
+    assert abs(audio_samples(path) - round(1.37 * SAMPLE_RATE)) <= 1
+
+
+def test_audio_samples_of_a_broken_file_names_it(tmp_path):
+    path = tmp_path / "broken.flac"
+    path.write_bytes(b"not audio at all")
+    with pytest.raises(AudioError, match="broken.flac"):
+        audio_samples(path)

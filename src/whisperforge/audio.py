@@ -89,6 +89,18 @@ def load_audio(source: AudioSource, sampling_rate: int | None = None) -> np.ndar
     return _to_mono_16k(samples, rate, name)
 
 
+def audio_samples(path: str | os.PathLike) -> int:
+    """Samples ``load_audio(path)`` gives at 16 kHz: the header's frame count for a 16 kHz
+    file, else the decoded length."""
+    try:
+        info = sf.info(str(path))
+    except (RuntimeError, sf.LibsndfileError):
+        info = None
+    if info is not None and info.samplerate == SAMPLE_RATE:
+        return int(info.frames)
+    return len(load_audio(path))
+
+
 def _decode(source: AudioSource) -> tuple[np.ndarray, int, str]:
     """Decode a path, bytes or binary file -> ``((samples, channels) float32, rate, name)``."""
     if isinstance(source, str | os.PathLike):

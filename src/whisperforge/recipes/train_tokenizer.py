@@ -37,7 +37,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from whisperforge.audio import SAMPLE_RATE
+from whisperforge.audio import SAMPLE_RATE, audio_samples
 from whisperforge.losses import tokenizer_loss
 from whisperforge.models.vq import VQConfig, WhisperVQ, codebook_usage, frame_mask
 from whisperforge.training.config import TrainingConfig, to_dict
@@ -182,22 +182,6 @@ class Example:
     tokens: tuple[int, ...]  # <|sot|> ... text ... <|eot|> (capped at the decoder's context)
     language: str | None
     text: str
-
-
-def audio_samples(path: str) -> int:
-    """Samples ``load_audio(path)`` gives at 16 kHz: the header's frame count for a 16 kHz
-    file, else the decoded length."""
-    import soundfile as sf
-
-    from whisperforge.audio import load_audio
-
-    try:
-        info = sf.info(path)
-    except (RuntimeError, sf.LibsndfileError):
-        info = None
-    if info is not None and info.samplerate == SAMPLE_RATE:
-        return int(info.frames)
-    return len(load_audio(path))
 
 
 def target_tokens(tokenizer, text: str, language: str | None, max_length: int) -> list[int]:

@@ -105,11 +105,11 @@ class SharedEncoder:
 
     def samples(self, audio: list[str]) -> list[int]:
         """Length of each file in 16 kHz samples (read once, remembered)."""
-        from whisperforge.audio import load_audio
+        from whisperforge.audio import audio_samples
 
         for a in audio:
             if a not in self._lengths:
-                self._lengths[a] = len(load_audio(a))
+                self._lengths[a] = audio_samples(a)
         return [self._lengths[a] for a in audio]
 
     def short(self, audio: list[str], n_samples: int) -> torch.Tensor:
