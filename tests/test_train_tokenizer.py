@@ -318,3 +318,46 @@ def test_data_init_starts_below_a_random_bottleneck(tmp_path, teacher_dir, data,
     random = read_log(trained)
     for step in (1, 2):  # same data order and seed; only the start differs
         assert float(fitted[step]["ce_loss"]) < float(random[step]["ce_loss"])
+
+
+def test_encoder_cache_command_fills_what_the_recipes_read(
+    tmp_path, teacher_dir, data, capsys, monkeypatch
+):
+    from whisperforge.audio import load_audio
+    from whisperforge.models.loading import load_model
+    from whisperforge.training.encoder_cache import EncoderCache, SharedEncoder, cache_fingerprint
+
+    broken = data["a"].parent / "broken.wav"
+    broken.write_bytes(b"RIFF but not audio")
+    rows = [json.loads(line) for line in data["a"].read_text().splitlines()]
+    rows = [r | {"audio": str(data["a"].parent / r["audio"])} for r in rows]
+    rows.insert(1, {"audio": str(broken), "text": "lost", "id": "broken"})
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cache_dir = tmp_path / "enc"
+    command = ["encoder-cache", str(manifest), str(data["b"]), "--model", str(teacher_dir),
+               "--cache", str(cache_dir), "--batch-size", "2", "-q"]  # fmt: skip
+
+    # the second of two processes (torchrun's RANK 1 of 2) takes every other file
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(command) == 1  # its share holds the broken file
+    out, err = capsys.readouterr()
+    assert "process 2/2: 3 files" in out and " 2 encoded" in out and "1 failed" in out
+    assert "broken.wav" in err
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    assert main(command) == 1
+    out, _ = capsys.readouterr()
+    assert "7 files" in out and "2 already cached, 4 encoded" in out and "1 failed" in out
+
+    # the recipes' cache key finds every good file: the encoder does not run again
+    teacher = load_model(str(teacher_dir))
+    cache = EncoderCache(cache_dir, cache_fingerprint(teacher))
+    encoder = SharedEncoder(teacher.model.model.encoder, teacher.n_mels, "cpu", cache)
+    good = [r["audio"] for r in rows if r["id"] != "broken"]
+    fresh = encoder.encode(encoder.mel([load_audio(a) for a in good]))
+    monkeypatch.setattr(encoder, "encode", lambda _: pytest.fail("encoder ran on a cached file"))
+    states = encoder(good)
+    assert torch.equal(states, fresh.half().float())
+    assert not list(cache_dir.rglob("*.tmp"))

@@ -223,6 +223,50 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_encoder_cache(args: argparse.Namespace) -> int:
+    import os
+
+    import torch
+    from tqdm import tqdm
+
+    from whisperforge.models.loading import load_model
+    from whisperforge.training.encoder_cache import (
+        EncoderCache,
+        SharedEncoder,
+        cache_fingerprint,
+        fill_cache,
+        manifest_audio,
+    )
+
+    if args.batch_size < 1:
+        raise CLIError("--batch-size must be at least 1")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    # under torchrun each process takes every WORLD_SIZE-th file
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    audio, skipped = manifest_audio(args.manifests)
+    _quiet_transformers()
+    bundle = load_model(args.model, device=args.device)
+    fingerprint = cache_fingerprint(bundle)
+    cache = EncoderCache(args.cache, fingerprint)
+    encoder = SharedEncoder(bundle.model.model.encoder, bundle.n_mels, args.device, cache)
+    mine = audio[rank::world]
+    where = f"process {rank + 1}/{world}: " if world > 1 else ""
+    bar = tqdm(total=len(mine), unit="file", desc=f"{where}encoding", disable=args.quiet or None,
+               file=sys.stderr)  # fmt: skip
+    with bar:
+        report = fill_cache(encoder, mine, args.batch_size, progress=bar.update)
+    for name, why in report.failed:
+        print(f"error: {name}: {why}", file=sys.stderr)
+    left_out = ", ".join(f"{reason} {n}" for reason, n in skipped.most_common())
+    print(
+        f"{where}{report.files} files for {args.model} in {cache.root}: {report.cached} already "
+        f"cached, {report.encoded} encoded ({report.seconds / 60:.1f} min of audio), "
+        f"{len(report.failed)} failed" + (f"; rows left out: {left_out}" if left_out else "")
+    )
+    return 1 if report.failed else 0
+
+
 def _zoo_description(folder: Path) -> str:
     """What a shipped model is, from its files: a student delta or a speech tokenizer."""
     import json
@@ -282,6 +326,25 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "encoder-cache",
+        help="encode the audio of training manifests into an encoder cache ahead of training",
+        description="Run a Whisper encoder over every file of the manifests (rows of at most "
+        "30 s, as `distill train` and `tokenizer train` read them) and store the states in "
+        "CACHE, the folder those recipes' `encoder_cache` key names: the run then starts "
+        "warm. Files already cached are skipped, so an interrupted fill resumes; a file that "
+        "cannot be decoded is reported and the rest go on (exit status 1). Under `torchrun "
+        "--nproc_per_node N` each process encodes its share.",
+    )  # fmt: skip
+    p.add_argument("manifests", nargs="+", help="JSONL manifests or labels.jsonl files")
+    p.add_argument("--model", required=True, help="the teacher whose encoder the recipe freezes")
+    p.add_argument("--cache", type=Path, required=True, help="the recipe's encoder_cache folder")
+    p.add_argument("--batch-size", type=int, default=8, help="windows per encoder call (8)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_encoder_cache)
 
     _register_optional(sub)
     return parser

@@ -276,7 +276,7 @@ def setup(config: DistillConfig) -> DistillRun:
     from whisperforge.models.loading import load_model
     from whisperforge.training.checkpoint import Checkpointer
     from whisperforge.training.data import ShardedOrder
-    from whisperforge.training.encoder_cache import EncoderCache, module_fingerprint
+    from whisperforge.training.encoder_cache import EncoderCache, cache_fingerprint
     from whisperforge.training.runtime import make_accelerator, make_optimizer, total_steps
     from whisperforge.training.schedule import make_scheduler
 
@@ -303,8 +303,7 @@ def setup(config: DistillConfig) -> DistillRun:
     student, optimizer = accelerator.prepare(student, optimizer)
     cache = None
     if config.encoder_cache is not None:
-        fingerprint = module_fingerprint(teacher.model.model.encoder, f"mels={teacher.n_mels}")
-        cache = EncoderCache(config.encoder_cache, fingerprint)
+        cache = EncoderCache(config.encoder_cache, cache_fingerprint(teacher))
     encoder = SharedEncoder(teacher.model.model.encoder, teacher.n_mels, accelerator.device, cache)
     out = Path(tc.output_dir)
     run = DistillRun(config, accelerator, teacher, student, layer_map, shared, optimizer,

@@ -385,7 +385,7 @@ def setup(config: TokenizerTrainConfig) -> TokenizerRun:
 
     from whisperforge.models.loading import load_model
     from whisperforge.training.checkpoint import Checkpointer
-    from whisperforge.training.encoder_cache import EncoderCache, SharedEncoder, module_fingerprint
+    from whisperforge.training.encoder_cache import EncoderCache, SharedEncoder, cache_fingerprint
     from whisperforge.training.mixing import MixedOrder
     from whisperforge.training.runtime import make_accelerator, make_optimizer
     from whisperforge.training.schedule import make_scheduler
@@ -406,8 +406,7 @@ def setup(config: TokenizerTrainConfig) -> TokenizerRun:
     teacher.model.to(accelerator.device)
     cache = None
     if config.encoder_cache is not None:
-        fingerprint = module_fingerprint(teacher.model.model.encoder, f"mels={teacher.n_mels}")
-        cache = EncoderCache(config.encoder_cache, fingerprint)
+        cache = EncoderCache(config.encoder_cache, cache_fingerprint(teacher))
     encoder = SharedEncoder(teacher.model.model.encoder, teacher.n_mels, accelerator.device, cache)
     out = Path(tc.output_dir)
     checkpointer = Checkpointer(out / "checkpoints", tc.keep_checkpoints)

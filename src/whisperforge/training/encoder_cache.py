@@ -7,7 +7,9 @@ changed encoder never reads stale outputs) and the file's identity (resolved pat
 modification time). Files are written to a unique temporary name and renamed, so two
 processes may fill the same cache at once and a reader never sees half a file.
 
-``SharedEncoder`` runs a frozen encoder on a batch of audio files through such a cache.
+``SharedEncoder`` runs a frozen encoder on a batch of audio files through such a cache;
+``fill_cache`` (``whisperforge encoder-cache``) encodes every file of some manifests ahead
+of training, so a run starts warm.
 """
 
 from __future__ import annotations
@@ -16,8 +18,12 @@ import hashlib
 import logging
 import os
 import uuid
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 logger = logging.getLogger(__name__)
@@ -34,6 +40,11 @@ def module_fingerprint(module: torch.nn.Module, extra: str = "") -> str:
         digest.update(f"{name}:{tuple(value.shape)}:{value.dtype}".encode())
         digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
     return digest.hexdigest()
+
+
+def cache_fingerprint(bundle) -> str:
+    """The key under which the training recipes store a loaded model's encoder outputs."""
+    return module_fingerprint(bundle.model.model.encoder, f"mels={bundle.n_mels}")
 
 
 def file_identity(path: str | Path, part: str = "") -> str:
@@ -54,6 +65,10 @@ class EncoderCache:
     def _path(self, audio: str | Path, part: str) -> Path:
         key = file_identity(audio, part)
         return self.root / key[:2] / f"{key}.safetensors"
+
+    def has(self, audio: str | Path, part: str = "") -> bool:
+        """Whether an entry for ``audio`` (as it is now) exists; it is not read."""
+        return self._path(audio, part).exists()
 
     def get(self, audio: str | Path, part: str = "") -> torch.Tensor | None:
         """The stored float16 ``(n_audio_ctx, d_model)`` tensor, or None."""
@@ -96,12 +111,24 @@ class SharedEncoder:
     def features(self, audio: list[str], n_samples: int | None = None) -> torch.Tensor:
         """``(batch, n_mels, frames)`` log-mel of each file padded to ``n_samples`` (default
         30 s: ``N_FRAMES``), computed on the encoder's device (files are decoded on the CPU)."""
-        from whisperforge.audio import N_SAMPLES, load_audio, log_mel_spectrogram, pad_or_trim
+        from whisperforge.audio import load_audio
+
+        return self.mel([load_audio(a) for a in audio], n_samples)
+
+    def mel(self, waves: Sequence[np.ndarray], n_samples: int | None = None) -> torch.Tensor:
+        """``features`` of decoded 16 kHz waveforms."""
+        from whisperforge.audio import N_SAMPLES, log_mel_spectrogram, pad_or_trim
 
         n_samples = n_samples or N_SAMPLES
-        waves = [pad_or_trim(torch.from_numpy(load_audio(a)), n_samples) for a in audio]
+        waves = [pad_or_trim(torch.from_numpy(w), n_samples) for w in waves]
         return log_mel_spectrogram(torch.stack(waves), self.n_mels, device=self.device,
                                    n_samples=n_samples)  # fmt: skip
+
+    def encode(self, features: torch.Tensor) -> torch.Tensor:
+        """30 s log-mel ``(batch, n_mels, 3000)`` -> states, no graph, not cached."""
+        dtype = next(self.encoder.parameters()).dtype
+        with torch.no_grad():
+            return self.encoder(features.to(self.device, dtype)).last_hidden_state
 
     def samples(self, audio: list[str]) -> list[int]:
         """Length of each file in 16 kHz samples (read once, remembered)."""
@@ -126,12 +153,77 @@ class SharedEncoder:
         found = [self.cache.get(a) if self.cache is not None else None for a in audio]
         missing = [i for i, h in enumerate(found) if h is None]
         if missing:
-            features = self.features([audio[i] for i in missing])
-            dtype = next(self.encoder.parameters()).dtype
-            with torch.no_grad():
-                hidden = self.encoder(features.to(self.device, dtype)).last_hidden_state
+            hidden = self.encode(self.features([audio[i] for i in missing]))
             for i, h in zip(missing, hidden):
                 # with a cache, fresh outputs are rounded like cached ones: same run either way
                 found[i] = self.cache.put(audio[i], h) if self.cache is not None else h
         dtype = next(self.encoder.parameters()).dtype
         return torch.stack([h.to(self.device, dtype) for h in found])
+
+
+@dataclass
+class FillReport:
+    """What ``fill_cache`` did with its share of the files."""
+
+    files: int = 0  # distinct audio files given to this process
+    cached: int = 0  # already in the cache
+    encoded: int = 0  # encoded now
+    seconds: float = 0.0  # audio encoded now
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (file, why)
+    skipped: Counter = field(default_factory=Counter)  # manifest rows left out, by reason
+
+
+def manifest_audio(manifests: Sequence[str | Path], max_seconds: float = 30.0):
+    """The distinct audio files of ``manifests`` that the training recipes would read (rows
+    of one encoder window at most), in order, and the rows left out by reason."""
+    from whisperforge.data.manifest import load_manifest
+
+    files: dict[str, None] = {}
+    skipped: Counter = Counter()
+    for manifest in manifests:
+        report = load_manifest(manifest, max_duration=max_seconds)
+        skipped.update(report.reasons())
+        files.update((str(utt.audio), None) for utt in report.kept)
+    return list(files), skipped
+
+
+def fill_cache(
+    encoder: SharedEncoder,
+    audio: Sequence[str],
+    batch_size: int = 8,
+    progress: Callable[[int], None] | None = None,
+) -> FillReport:
+    """Encode every file of ``audio`` not yet in ``encoder``'s cache, ``batch_size`` at a
+    time. A file that cannot be decoded is reported in ``failed`` and the rest go on;
+    entries are written atomically, so an interrupted fill resumes where it stopped.
+    ``progress`` gets the number of files each batch settled (cached, encoded or failed)."""
+    from whisperforge.audio import SAMPLE_RATE, AudioError, load_audio
+
+    if encoder.cache is None:
+        raise ValueError("fill_cache needs a SharedEncoder with a cache")
+    report = FillReport(files=len(audio))
+    todo = []
+    for a in audio:
+        if encoder.cache.has(a):
+            report.cached += 1
+        else:
+            todo.append(a)
+    if progress is not None and report.cached:
+        progress(report.cached)
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start : start + batch_size]
+        names, waves = [], []
+        for a in batch:
+            try:
+                waves.append(load_audio(a))
+                names.append(a)
+            except (AudioError, OSError) as error:
+                report.failed.append((a, str(error)))
+        if waves:
+            for name, hidden in zip(names, encoder.encode(encoder.mel(waves))):
+                encoder.cache.put(name, hidden)
+            report.encoded += len(waves)
+            report.seconds += sum(len(w) for w in waves) / SAMPLE_RATE
+        if progress is not None:
+            progress(len(batch))
+    return report
