@@ -170,7 +170,6 @@ class FillReport:
     encoded: int = 0  # encoded now
     seconds: float = 0.0  # audio encoded now
     failed: list[tuple[str, str]] = field(default_factory=list)  # (file, why)
-    skipped: Counter = field(default_factory=Counter)  # manifest rows left out, by reason
 
 
 def manifest_audio(manifests: Sequence[str | Path], max_seconds: float = 30.0):
