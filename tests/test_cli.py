@@ -47,9 +47,10 @@ def bad_inputs(tmp_path_factory) -> dict[str, str]:
     }
 
 
-def test_transcribe_cli_reports_each_bad_file_and_goes_on(bad_inputs, capsys, tmp_path):
+@pytest.mark.parametrize("vad", [[], ["--vad"]], ids=["whole-files", "vad"])
+def test_transcribe_cli_reports_each_bad_file_and_goes_on(bad_inputs, capsys, tmp_path, vad):
     files = list(bad_inputs)
-    code = main(["transcribe", *files, "--model", "whisper-tiny.en", "-q",
+    code = main(["transcribe", *files, "--model", "whisper-tiny.en", "-q", *vad,
                  "--output-dir", str(tmp_path), "--output-format", "json"])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 1  # some inputs failed
@@ -67,6 +68,8 @@ def test_transcribe_cli_reports_each_bad_file_and_goes_on(bad_inputs, capsys, tm
         if want == "jfk":
             text = json.loads(written.read_text())["text"]
             assert normalize_text(text) == normalize_text(JFK_TEXT)
+        if vad and want == "ok":  # silence and 0.1 s of a constant: nothing reaches the decoder
+            assert json.loads(written.read_text())["text"] == ""
 
 
 def test_transcribe_cli_prints_segments_and_writes_all_formats(capsys, tmp_path):

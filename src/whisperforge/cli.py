@@ -48,6 +48,16 @@ def _add_decoding_args(p: argparse.ArgumentParser) -> None:
         "encoder on short clips, for models trained for it); default: the model's",
     )  # fmt: skip
     p.add_argument(
+        "--vad", action="store_true",
+        help="transcribe only the speech voice activity detection (Silero VAD) finds: long "
+        "silences, music and noise are skipped, timestamps stay those of the file",
+    )  # fmt: skip
+    p.add_argument("--vad-threshold", type=float, default=0.5, help="speech probability, 0-1")
+    p.add_argument(
+        "--vad-min-silence", type=float, default=2.0, help="s of silence that splits speech"
+    )
+    p.add_argument("--vad-speech-pad", type=float, default=0.4, help="s kept around speech")
+    p.add_argument(
         "--assistant", default=None,
         help="a small model (e.g. a distilled student) that drafts for --model: same text, "
         "greedy windows decoded speculatively",
@@ -60,7 +70,8 @@ _DECODING_KEYS = (
     "language", "task", "beam_size", "best_of", "patience", "length_penalty", "temperature",
     "compression_ratio_threshold", "log_prob_threshold", "no_speech_threshold",
     "condition_on_previous_text", "initial_prompt", "without_timestamps", "long_form",
-    "stride_length", "batch_size", "audio_context",
+    "stride_length", "batch_size", "audio_context", "vad", "vad_threshold", "vad_min_silence",
+    "vad_speech_pad",
 )  # fmt: skip
 
 
@@ -126,6 +137,8 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
                 bar.write(
                     f"[{_format_time(seg.start)} --> {_format_time(seg.end)}] {seg.text.strip()}"
                 )
+            if not result.segments:
+                bar.write(f"({path}: no speech)", file=sys.stderr)
         if write_files:
             stem = Path(path).stem
             for written in write_result(result.segments, result.info, out_dir, stem, formats):

@@ -42,6 +42,7 @@ class TranscriptionInfo:
     options: dict[str, Any] = field(default_factory=dict)
     model: str = ""
     all_language_probs: list[tuple[str, float]] | None = None
+    duration_after_vad: float | None = None  # seconds kept by voice activity detection
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

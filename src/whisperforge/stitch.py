@@ -8,8 +8,9 @@ Chunked long-form decodes overlapping windows independently. ``merge_windows`` a
 tail of the transcript so far with the head of the next window on their text tokens (the
 overlap offset with the largest share of equal tokens, as Distil-Whisper/HF's chunked
 pipeline does) and cuts in the middle of the agreeing stretch, so each word is taken from
-the window where it sat furthest from an edge. Without an alignment (no speech in the
-overlap) it cuts at the middle of the overlap in time.
+the window where it sat furthest from an edge. Only text that can lie in the overlap, by its
+timestamps, is aligned. Without an alignment (no speech that both windows transcribed) the
+next window's segments that end after the transcript so far are added.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from whisperforge.audio import TIME_PRECISION
+
+OVERLAP_MARGIN = 1.0  # s: how far a segment's timestamps may be off when finding the overlap
 
 
 @dataclass
@@ -114,24 +117,42 @@ def _split(segments: list[RawSegment], flat, cut: int, keep_head: bool) -> list[
     return [replace(seg, tokens=seg.tokens[pos:])] + segments[seg_i + 1 :]
 
 
-def merge_windows(windows: list[list[RawSegment]]) -> list[RawSegment]:
-    """Merge the segments of consecutive overlapping windows into one list."""
+def merge_windows(
+    windows: list[list[RawSegment]], spans: list[tuple[float, float]] | None = None
+) -> list[RawSegment]:
+    """Merge the segments of consecutive overlapping windows into one list.
+
+    With ``spans`` (each window's ``(start, end)`` seconds) only text that can lie in the
+    overlap is aligned: the transcript's segments ending after the next window starts, and
+    the next window's segments starting before the previous one ends (``OVERLAP_MARGIN``
+    either way for timestamp error). Without it, chance agreements between sentences on
+    either side of a pause (". The", " man") can cut out whole sentences.
+    """
     merged: list[RawSegment] = []
-    for segments in windows:
+    for k, segments in enumerate(windows):
         if not merged or not segments:
             merged = merged + segments
             continue
         left_flat, right_flat = _text_tokens(merged), _text_tokens(segments)
         # only the last window's worth of the transcript can overlap the next window
         tail = max(0, len(left_flat) - len(right_flat))
-        cut = _best_overlap([t for t, _, _ in left_flat[tail:]], [t for t, _, _ in right_flat])
+        head = len(right_flat)
+        if spans is not None:
+            right_start, left_end = spans[k][0] - OVERLAP_MARGIN, spans[k - 1][1] + OVERLAP_MARGIN
+            tail = max(tail, next((n for n, (_, i, _) in enumerate(left_flat)
+                                   if merged[i].end > right_start), len(left_flat)))  # fmt: skip
+            head = next((n for n, (_, i, _) in enumerate(right_flat)
+                         if segments[i].start >= left_end), len(right_flat))  # fmt: skip
+        cut = _best_overlap(
+            [t for t, _, _ in left_flat[tail:]], [t for t, _, _ in right_flat[:head]]
+        )
         if cut is not None:
             cut = (cut[0] + tail, cut[1])
-        if cut is None:
-            middle = (segments[0].start + merged[-1].end) / 2
-            merged = [s for s in merged if s.start < middle] + [
-                s for s in segments if s.start >= middle
-            ]
+        if cut is None:  # no text both windows heard: add what goes past the transcript's end
+            # (not a cut in time: after a pause Whisper often stamps its first segment at
+            # the window start, long before the speech in it begins)
+            end = merged[-1].end
+            merged = merged + [s for s in segments if s.end > end]
             continue
         merged = _split(merged, left_flat, cut[0], True) + _split(
             segments, right_flat, cut[1], False

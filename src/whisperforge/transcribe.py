@@ -48,6 +48,13 @@ from whisperforge.segments import Segment, TranscriptionInfo
 from whisperforge.speculative import SpeculativeStats, speculative_decode
 from whisperforge.stitch import RawSegment, merge_windows, parse_window
 from whisperforge.tokenizer import TASKS, normalize_language
+from whisperforge.vad import (
+    DEFAULT_MIN_SILENCE,
+    DEFAULT_SPEECH_PAD,
+    DEFAULT_THRESHOLD,
+    SpeechMap,
+    speech_map,
+)
 
 logger = logging.getLogger(__name__)
 LONG_FORM_MODES = ("chunked", "sequential")
@@ -97,6 +104,10 @@ class TranscribeOptions:
     batch_size: int = 8
     seed: int = 0
     audio_context: str | None = None  # full | dynamic; None: the model's (ModelBundle)
+    vad: bool = False  # transcribe only what voice activity detection finds (whisperforge.vad)
+    vad_threshold: float = DEFAULT_THRESHOLD
+    vad_min_silence: float = DEFAULT_MIN_SILENCE  # s: shorter pauses do not split speech
+    vad_speech_pad: float = DEFAULT_SPEECH_PAD  # s: kept on each side of detected speech
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "language", normalize_language(self.language))
@@ -115,6 +126,10 @@ class TranscribeOptions:
             raise ValueError(
                 f"audio_context must be one of {AUDIO_CONTEXTS}, not {self.audio_context!r}"
             )
+        if not 0 < self.vad_threshold < 1:
+            raise ValueError(f"vad_threshold must be between 0 and 1, not {self.vad_threshold}")
+        if self.vad_min_silence < 0 or self.vad_speech_pad < 0:
+            raise ValueError("vad_min_silence and vad_speech_pad must be >= 0 seconds")
         if not 0 <= self.stride_length < WINDOW_SECONDS / 2:
             raise ValueError(f"stride_length must be in [0, {WINDOW_SECONDS / 2}) seconds")
 
@@ -174,6 +189,7 @@ class _File:
     seek: int = 0  # sequential: next window start, in samples
     context: list[int] = field(default_factory=list)  # sequential: previous tokens
     raw: list[RawSegment] = field(default_factory=list)
+    speech: SpeechMap | None = None  # set when VAD compacted ``audio`` to its speech
 
     @property
     def duration(self) -> float:
@@ -233,7 +249,9 @@ class Transcriber:
         """Transcribe one input; segments are produced lazily, info eagerly."""
         opts = TranscribeOptions.from_kwargs(**options)
         self.check(opts)
-        state = _File(0, audio, load_audio(audio), opts.language)
+        state = self._file(0, audio, load_audio(audio), opts)
+        if state.speech is not None and not len(state.audio):  # no speech found
+            return iter(()), self._info(state, opts)
         if state.language is None and self.bundle.multilingual:
             # the language comes from the first window's encoding, which decoding reuses:
             # run eagerly rather than encode that window twice
@@ -256,7 +274,7 @@ class Transcriber:
         """
         opts = TranscribeOptions.from_kwargs(**options)
         self.check(opts)
-        pending: dict[int, FileResult] = {}
+        pending: dict[int, FileResult] = {}  # results ready before their turn (failed, silent)
         next_out = 0
         for result in self._run(self._load_all(sources, opts, pending), opts, progress):
             pending[result.index] = result
@@ -294,21 +312,37 @@ class Transcriber:
         contexts = [self._initial_context(opts)] * len(windows)
         return self._decode_with_fallback(enc, mel, [f.language for f in files], contexts, opts)
 
-    def _load_all(self, sources, opts, failed: dict[int, FileResult]) -> Iterator[_File]:
+    def _load_all(self, sources, opts, done: dict[int, FileResult]) -> Iterator[_File]:
+        """The files to transcribe; an unreadable one, or one where VAD found no speech,
+        goes straight into ``done``."""
         for index, source in enumerate(sources):
             try:
-                yield _File(index, source, load_audio(source), opts.language)
+                f = self._file(index, source, load_audio(source), opts)
             except AudioError as error:
-                failed[index] = FileResult(index, source, error=str(error))
+                done[index] = FileResult(index, source, error=str(error))
+                continue
+            if f.speech is not None and not len(f.audio):
+                done[index] = FileResult(index, source, [], self._info(f, opts))
+            else:
+                yield f
+
+    def _file(self, index: int, source, audio: np.ndarray, opts: TranscribeOptions) -> _File:
+        """A file's state; with ``opts.vad`` its audio is only the speech VAD found."""
+        if not opts.vad:
+            return _File(index, source, audio, opts.language)
+        found = speech_map(audio, opts.vad_threshold, opts.vad_min_silence, opts.vad_speech_pad)
+        return _File(index, source, found.compact(audio), opts.language, speech=found)
 
     def _info(self, f: _File, opts: TranscribeOptions) -> TranscriptionInfo:
         language = f.language or "en"
         probs = f.language_probs or {language: 1.0}
         ranked = sorted(probs.items(), key=lambda kv: -kv[1])
+        speech = f.speech
         return TranscriptionInfo(
             language=language,
             language_probability=float(probs.get(language, 1.0)),
-            duration=f.duration,
+            duration=f.duration if speech is None else speech.total / SAMPLE_RATE,
+            duration_after_vad=None if speech is None else speech.duration_after_vad,
             options=asdict(opts),
             model=self.bundle.name,
             all_language_probs=ranked[:10] if f.language_probs else None,
@@ -319,6 +353,8 @@ class Transcriber:
         torch.manual_seed(opts.seed)
         for f in run(files, opts, progress):
             segments = _to_segments(f.raw, self.tokenizer)
+            if f.speech is not None:
+                segments = f.speech.restore(segments)
             yield FileResult(f.index, f.source, segments, self._info(f, opts))
 
     # -- shared window machinery -------------------------------------------------------
@@ -410,7 +446,7 @@ class Transcriber:
             self._chunked_batch(batch, opts, progress)
             for f in {id(f): f for f, _ in batch}.values():
                 if len(f.decoded) == len(f.windows):
-                    f.raw = merge_windows([f.decoded[w] for w in range(len(f.windows))])
+                    f.raw = merge_windows([f.decoded[w] for w in range(len(f.windows))], f.windows)
                     yield open_files.pop(f.index)
 
     def _chunked_batch(self, batch, opts, progress) -> None:

@@ -1,0 +1,149 @@
+"""Voice activity detection: transcribe only the stretches of a file that hold speech.
+
+``speech_map(audio)`` runs Silero VAD (the ``silero-vad`` package, whose model ships inside
+its wheel: nothing is downloaded) over 16 kHz audio and returns a ``SpeechMap``: the speech
+stretches, each widened by ``speech_pad`` seconds on both sides and merged where the silence
+between them is shorter than ``min_silence``. ``SpeechMap.compact`` joins those stretches into
+one shorter array for the transcriber; ``SpeechMap.restore`` maps segment times in it back to
+times in the original file. This is faster-whisper's ``vad_filter``: long silences, music and
+noise never reach the decoder, so they cannot be transcribed as words (Whisper's "you" on
+silence), and the encoder and decoder do less work on recordings with pauses.
+"""
+
+from __future__ import annotations
+
+import threading
+from bisect import bisect_left, bisect_right
+from dataclasses import dataclass, replace
+from functools import cached_property, lru_cache
+
+import numpy as np
+
+from whisperforge.audio import SAMPLE_RATE
+
+DEFAULT_THRESHOLD = 0.5  # speech probability a 32 ms frame needs (Silero's default)
+DEFAULT_MIN_SILENCE = 2.0  # s: shorter pauses stay inside a stretch (faster-whisper's default)
+DEFAULT_SPEECH_PAD = 0.4  # s: kept around each stretch (faster-whisper's default)
+MIN_SPEECH = 0.25  # s: shorter detections are dropped (Silero's default)
+
+_lock = threading.Lock()  # the Silero model keeps state between frames: one user at a time
+
+
+@lru_cache(maxsize=1)
+def _model():
+    try:
+        from silero_vad import load_silero_vad
+    except ImportError as error:
+        raise ImportError(
+            "voice activity detection needs the silero-vad package: pip install 'whisperforge[vad]'"
+        ) from error
+    return load_silero_vad()
+
+
+@dataclass(frozen=True)
+class SpeechMap:
+    """Where each kept stretch lies in the original audio, as ``(start, end)`` samples."""
+
+    chunks: tuple[tuple[int, int], ...]
+    total: int  # samples of the original audio
+    pad: int = 0  # samples of non-speech kept on each side of a stretch apart from the next
+
+    @property
+    def kept(self) -> int:
+        return sum(end - start for start, end in self.chunks)
+
+    @property
+    def duration_after_vad(self) -> float:
+        return self.kept / SAMPLE_RATE
+
+    @cached_property
+    def _offsets(self) -> list[int]:
+        """Where each stretch starts in the compacted audio, in samples."""
+        return np.cumsum([0] + [end - start for start, end in self.chunks[:-1]]).tolist()
+
+    def compact(self, audio: np.ndarray) -> np.ndarray:
+        """The kept stretches of ``audio`` joined end to end (empty when there is no speech)."""
+        if not self.chunks:
+            return audio[:0]
+        return np.concatenate([audio[start:end] for start, end in self.chunks])
+
+    def _index(self, x: float, is_end: bool) -> int:
+        find = bisect_left if is_end else bisect_right
+        return min(max(find(self._offsets, x) - 1, 0), len(self.chunks) - 1)
+
+    def original_time(self, seconds: float, is_end: bool = False) -> float:
+        """Seconds in the compacted audio -> seconds in the original. A time exactly on a
+        join belongs to the stretch that ends there when ``is_end``, else to the next one."""
+        if not self.chunks:
+            return 0.0
+        x = seconds * SAMPLE_RATE
+        i = self._index(x, is_end)
+        start, end = self.chunks[i]
+        limit = end if i < len(self.chunks) - 1 else self.total
+        return min(start + x - self._offsets[i], limit) / SAMPLE_RATE
+
+    def _apart(self, i: int) -> bool:
+        """True when silence was cut out between stretch ``i`` and ``i + 1``."""
+        return self.chunks[i + 1][0] > self.chunks[i][1]
+
+    def segment_times(self, start: float, end: float) -> tuple[float, float]:
+        """A segment's compacted ``(start, end)`` in the original file. Whisper's timestamps
+        are coarse: a segment that crosses a join but starts in the padding after one
+        stretch starts with the next; one that ends in the padding before a stretch ends
+        with the previous one (padding is not speech)."""
+        if not self.chunks:
+            return 0.0, 0.0
+        s, e = start * SAMPLE_RATE, end * SAMPLE_RATE
+        i, j = self._index(s, False), self._index(e, True)
+        if i < j and self._apart(i):
+            end_i = self._offsets[i] + self.chunks[i][1] - self.chunks[i][0]
+            if s >= end_i - self.pad:
+                s, i = end_i, i + 1
+        if i < j and self._apart(j - 1) and e <= self._offsets[j] + self.pad:
+            e = self._offsets[j]
+        return (
+            self.original_time(s / SAMPLE_RATE),
+            self.original_time(e / SAMPLE_RATE, is_end=True),
+        )
+
+    def restore(self, segments: list) -> list:
+        """Segments timed in the compacted audio, re-timed in the original file."""
+        restored = []
+        for seg in segments:
+            start, end = self.segment_times(seg.start, seg.end)
+            restored.append(replace(seg, start=round(start, 3), end=round(end, 3)))
+        return restored
+
+
+def speech_map(
+    audio: np.ndarray,
+    threshold: float = DEFAULT_THRESHOLD,
+    min_silence: float = DEFAULT_MIN_SILENCE,
+    speech_pad: float = DEFAULT_SPEECH_PAD,
+) -> SpeechMap:
+    """Find the speech in 16 kHz mono ``audio`` (float32); see the module docstring."""
+    import torch
+
+    if not 0 < threshold < 1:
+        raise ValueError(f"VAD threshold must be between 0 and 1, not {threshold}")
+    if min_silence < 0 or speech_pad < 0:
+        raise ValueError("VAD min_silence and speech_pad must be >= 0 seconds")
+    total = len(audio)
+    if total == 0:
+        return SpeechMap((), 0)
+    model = _model()  # first: a missing package is reported with the extra to install
+    from silero_vad import get_speech_timestamps
+
+    with _lock, torch.inference_mode():
+        found = get_speech_timestamps(
+            torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)),
+            model,
+            threshold=threshold,
+            sampling_rate=SAMPLE_RATE,
+            min_speech_duration_ms=int(MIN_SPEECH * 1000),
+            min_silence_duration_ms=int(min_silence * 1000),
+            speech_pad_ms=int(speech_pad * 1000),
+        )
+    chunks = [(max(int(t["start"]), 0), min(int(t["end"]), total)) for t in found]
+    kept = tuple((s, e) for s, e in chunks if e > s)
+    return SpeechMap(kept, total, pad=int(speech_pad * SAMPLE_RATE))

@@ -1,0 +1,109 @@
+"""Voice activity detection: Silero VAD finds the speech, segment times map back to the file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from tests.conftest import JFK, JFK_TEXT
+
+from whisperforge.audio import SAMPLE_RATE, load_audio
+from whisperforge.metrics import corpus_error_rates, normalize_text
+from whisperforge.segments import Segment
+from whisperforge.transcribe import TranscribeOptions, Transcriber
+from whisperforge.vad import SpeechMap, speech_map
+
+
+def seconds(n: float) -> np.ndarray:
+    return np.zeros(int(n * SAMPLE_RATE), np.float32)
+
+
+def test_times_in_the_compacted_audio_map_back_to_the_file():
+    found = SpeechMap(((16000, 32000), (80000, 96000)), total=160000)  # 1-2 s and 5-6 s
+    assert found.duration_after_vad == 2.0
+    audio = np.arange(160000, dtype=np.float32)
+    assert np.array_equal(
+        found.compact(audio), np.concatenate([audio[16000:32000], audio[80000:96000]])
+    )
+    assert found.original_time(0.0) == 1.0
+    assert found.original_time(0.5) == 1.5
+    assert found.original_time(1.0) == 5.0  # a start on the join: the second stretch
+    assert found.original_time(1.0, is_end=True) == 2.0  # an end on the join: the first
+    assert found.original_time(1.25) == 5.25
+    assert found.original_time(2.5, is_end=True) == 6.5  # past the last stretch: file time
+    assert found.original_time(20.0, is_end=True) == 10.0  # never past the file's end
+    segments = [Segment(0, 0.0, 0.8, " a"), Segment(1, 0.9, 2.0, " b")]
+    assert [(s.start, s.end) for s in found.restore(segments)] == [(1.0, 1.8), (1.9, 6.0)]
+    assert [s.text for s in found.restore(segments)] == [" a", " b"]
+    # with 0.4 s of padding around each stretch, a segment that crosses the join from inside
+    # the padding starts with the next stretch, and one that ends inside the next stretch's
+    # padding ends with the first
+    padded = SpeechMap(found.chunks, found.total, pad=6400)
+    assert padded.segment_times(0.8, 1.9) == (5.0, 5.9)
+    assert padded.segment_times(0.2, 1.3) == (1.2, 2.0)
+    assert padded.segment_times(0.3, 1.7) == (1.3, 5.7)
+    assert padded.segment_times(0.1, 0.5) == (1.1, 1.5)
+    touching = SpeechMap(((16000, 32000), (32000, 48000)), total=48000, pad=6400)
+    assert touching.segment_times(0.8, 1.9) == (1.8, 2.9)  # nothing was cut: no snapping
+    nothing = SpeechMap((), total=16000)
+    assert len(nothing.compact(audio[:16000])) == 0 and nothing.duration_after_vad == 0.0
+
+
+def test_finds_each_utterance_between_long_silences():
+    jfk = load_audio(JFK)
+    audio = np.concatenate([seconds(4), jfk, seconds(6), jfk, seconds(3)])
+    found = speech_map(audio)
+    # jfk's own pauses (up to 1 s) are shorter than min_silence (2 s): one stretch each
+    assert len(found.chunks) == 2
+    (s1, e1), (s2, e2) = (tuple(x / SAMPLE_RATE for x in c) for c in found.chunks)
+    end1, start2 = 4 + len(jfk) / SAMPLE_RATE, 10 + len(jfk) / SAMPLE_RATE
+    assert 3.6 <= s1 <= 4.5 and end1 - 1.0 <= e1 <= end1 + 0.5
+    assert start2 - 0.4 <= s2 <= start2 + 0.5 and e2 <= start2 + len(jfk) / SAMPLE_RATE + 0.5
+    assert found.duration_after_vad < len(audio) / SAMPLE_RATE - 8  # the silences are gone
+    # a shorter min_silence splits jfk at its pauses
+    assert len(speech_map(audio, min_silence=0.3, speech_pad=0.1).chunks) > 2
+
+
+def test_silence_noise_and_nothing_hold_no_speech():
+    rng = np.random.default_rng(0)
+    assert speech_map(seconds(5)).chunks == ()
+    assert speech_map(rng.normal(0, 0.003, 5 * SAMPLE_RATE).astype(np.float32)).chunks == ()
+    assert speech_map(seconds(0)) == SpeechMap((), 0)
+    with pytest.raises(ValueError, match="threshold"):
+        speech_map(seconds(1), threshold=1.5)
+    with pytest.raises(ValueError, match="vad_threshold"):
+        TranscribeOptions(vad=True, vad_threshold=0)
+    with pytest.raises(ValueError, match="vad_min_silence"):
+        TranscribeOptions(vad=True, vad_min_silence=-1)
+
+
+def test_transcribe_with_vad_skips_silence_and_keeps_file_times(tiny_en, speech_clips):
+    (path1, text1), (path2, text2) = speech_clips[:2]
+    clip1, clip2 = load_audio(path1), load_audio(path2)
+    noise = np.random.default_rng(1).normal(0, 0.002, 12 * SAMPLE_RATE).astype(np.float32)
+    audio = np.concatenate([seconds(5), clip1, noise, clip2, seconds(4)])
+    start2 = 5 + (len(clip1) + len(noise)) / SAMPLE_RATE
+    transcriber = Transcriber(tiny_en)
+    speech, silent, jfk = transcriber.transcribe_batch(
+        [audio, seconds(6), str(JFK)], vad=True, language="en"
+    )
+    assert speech.error is None and speech.segments
+    # as good as the two clips transcribed on their own
+    alone = " ".join(r.text for r in transcriber.transcribe_batch([clip1, clip2], language="en"))
+    wer = corpus_error_rates([f"{text1} {text2}"], [speech.text])["wer"]
+    assert wer <= corpus_error_rates([f"{text1} {text2}"], [alone])["wer"] + 0.05, speech.text
+    assert wer <= 0.25, speech.text
+    assert speech.info.duration == len(audio) / SAMPLE_RATE
+    assert speech.info.duration_after_vad < speech.info.duration - 12
+    for seg in speech.segments:  # every segment lies on one of the two utterances
+        on_first = 4.5 <= seg.start and seg.end <= 5 + len(clip1) / SAMPLE_RATE + 0.6
+        on_second = start2 - 0.5 <= seg.start and seg.end <= len(audio) / SAMPLE_RATE - 3.4
+        assert on_first or on_second, (seg.start, seg.end, seg.text)
+    assert any(seg.start >= start2 - 0.5 for seg in speech.segments)
+    assert silent.error is None and silent.segments == []
+    assert silent.info.duration == 6.0 and silent.info.duration_after_vad == 0.0
+    assert normalize_text(jfk.text) == normalize_text(JFK_TEXT)
+    # the single-file API agrees, and says nothing about a silent file
+    segments, info = transcriber.transcribe(seconds(6), vad=True, language="en")
+    assert list(segments) == [] and info.duration_after_vad == 0.0
+    segments, info = transcriber.transcribe(audio, vad=True, language="en")
+    assert [s.start for s in segments] == [s.start for s in speech.segments]
