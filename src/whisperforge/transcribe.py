@@ -55,6 +55,7 @@ from whisperforge.vad import (
     SpeechMap,
     speech_map,
 )
+from whisperforge.vad import check_options as check_vad_options
 
 logger = logging.getLogger(__name__)
 LONG_FORM_MODES = ("chunked", "sequential")
@@ -126,10 +127,7 @@ class TranscribeOptions:
             raise ValueError(
                 f"audio_context must be one of {AUDIO_CONTEXTS}, not {self.audio_context!r}"
             )
-        if not 0 < self.vad_threshold < 1:
-            raise ValueError(f"vad_threshold must be between 0 and 1, not {self.vad_threshold}")
-        if self.vad_min_silence < 0 or self.vad_speech_pad < 0:
-            raise ValueError("vad_min_silence and vad_speech_pad must be >= 0 seconds")
+        check_vad_options(self.vad_threshold, self.vad_min_silence, self.vad_speech_pad)
         if not 0 <= self.stride_length < WINDOW_SECONDS / 2:
             raise ValueError(f"stride_length must be in [0, {WINDOW_SECONDS / 2}) seconds")
 
@@ -195,6 +193,11 @@ class _File:
     def duration(self) -> float:
         return len(self.audio) / SAMPLE_RATE
 
+    @property
+    def silent(self) -> bool:
+        """VAD found no speech: nothing to decode."""
+        return self.speech is not None and not len(self.audio)
+
 
 def plan_windows(duration: float, stride: float) -> list[tuple[float, float]]:
     """Chunked mode: ``(start, end)`` seconds of 30 s windows overlapping by ``2 * stride``."""
@@ -250,7 +253,7 @@ class Transcriber:
         opts = TranscribeOptions.from_kwargs(**options)
         self.check(opts)
         state = self._file(0, audio, load_audio(audio), opts)
-        if state.speech is not None and not len(state.audio):  # no speech found
+        if state.silent:
             return iter(()), self._info(state, opts)
         if state.language is None and self.bundle.multilingual:
             # the language comes from the first window's encoding, which decoding reuses:
@@ -321,7 +324,7 @@ class Transcriber:
             except AudioError as error:
                 done[index] = FileResult(index, source, error=str(error))
                 continue
-            if f.speech is not None and not len(f.audio):
+            if f.silent:
                 done[index] = FileResult(index, source, [], self._info(f, opts))
             else:
                 yield f

@@ -115,6 +115,14 @@ class SpeechMap:
         return restored
 
 
+def check_options(threshold: float, min_silence: float, speech_pad: float) -> None:
+    """Reject VAD settings that cannot work (``TranscribeOptions`` and ``speech_map``)."""
+    if not 0 < threshold < 1:
+        raise ValueError(f"vad_threshold must be between 0 and 1, not {threshold}")
+    if min_silence < 0 or speech_pad < 0:
+        raise ValueError("vad_min_silence and vad_speech_pad must be >= 0 seconds")
+
+
 def speech_map(
     audio: np.ndarray,
     threshold: float = DEFAULT_THRESHOLD,
@@ -124,10 +132,7 @@ def speech_map(
     """Find the speech in 16 kHz mono ``audio`` (float32); see the module docstring."""
     import torch
 
-    if not 0 < threshold < 1:
-        raise ValueError(f"VAD threshold must be between 0 and 1, not {threshold}")
-    if min_silence < 0 or speech_pad < 0:
-        raise ValueError("VAD min_silence and speech_pad must be >= 0 seconds")
+    check_options(threshold, min_silence, speech_pad)
     total = len(audio)
     if total == 0:
         return SpeechMap((), 0)
