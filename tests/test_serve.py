@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
+import wave
 
+import numpy as np
 import pytest
 
 pytest.importorskip("fastapi")
@@ -14,6 +17,7 @@ pytest.importorskip("multipart")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from conftest import JFK, JFK_TEXT  # noqa: E402
+from whisperforge.audio import SAMPLE_RATE, load_audio  # noqa: E402
 from whisperforge.metrics import word_errors  # noqa: E402
 from whisperforge.serve.app import create_app  # noqa: E402
 from whisperforge.serve.settings import ServeSettings  # noqa: E402
@@ -116,6 +120,7 @@ def test_unknown_model_404(client):
         ({"temperature": "hot"}, "temperature"),
         ({"language": "klingon"}, "language"),
         ({"timestamp_granularities[]": "word"}, "timestamp_granularities"),
+        ({"vad": "maybe"}, "vad"),
     ],
 )
 def test_bad_parameters_400(client, data, param):
@@ -153,6 +158,56 @@ def test_fifty_bad_uploads_then_a_good_one(client):
     r = client.post(TRANSCRIBE, files=jfk_file())
     assert r.status_code == 200 and close_to_jfk(r.json()["text"])
     assert client.get("/health").json()["status"] == "ok"
+
+
+def wav_bytes(audio: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SAMPLE_RATE)
+        w.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
+    return buffer.getvalue()
+
+
+def test_vad_skips_silence_keeps_file_times_and_follows_the_server_default(client):
+    jfk = load_audio(JFK)
+    silence = np.zeros(8 * SAMPLE_RATE, np.float32)
+    padded = {"file": ("padded.wav", wav_bytes(np.concatenate([silence, jfk, silence])))}
+    data = {"response_format": "verbose_json"}
+    r = client.post(TRANSCRIBE, files=padded, data={**data, "vad": "true"})
+    body = r.json()
+    assert r.status_code == 200, r.text
+    assert close_to_jfk(body["text"])
+    assert body["duration"] == pytest.approx(27.0, abs=0.1)
+    assert body["duration_after_vad"] < 14  # the two 8 s silences were not transcribed
+    segments = body["segments"]
+    assert 7 < segments[0]["start"] < 9 and 17 < segments[-1]["end"] < 20  # times in the file
+    plain = client.post(TRANSCRIBE, files=padded, data=data).json()
+    assert "duration_after_vad" not in plain and close_to_jfk(plain["text"])
+    quiet = {"file": ("quiet.wav", wav_bytes(silence))}
+    r = client.post(TRANSCRIBE, files=quiet, data={**data, "vad": "true"})
+    assert r.json()["text"] == "" and r.json()["segments"] == []
+    assert client.get("/health").json()["vad"] == {"available": True, "default": False}
+
+    with TestClient(create_app(ServeSettings(models=("whisper-tiny.en",), vad=True))) as vad:
+        assert vad.get("/health").json()["vad"]["default"] is True
+        assert vad.post(TRANSCRIBE, files=quiet, data=data).json()["segments"] == []
+        off = vad.post(TRANSCRIBE, files=padded, data={**data, "vad": "false"}).json()
+        assert "duration_after_vad" not in off and close_to_jfk(off["text"])
+
+
+def test_vad_without_silero_is_a_clear_400(client, monkeypatch):
+    import whisperforge.serve.app as app_module
+    import whisperforge.serve.settings as settings_module
+
+    monkeypatch.setattr(app_module, "vad_available", lambda: False)
+    monkeypatch.setattr(settings_module, "vad_available", lambda: False)
+    r = client.post(TRANSCRIBE, files=jfk_file(), data={"vad": "true"})
+    assert "silero-vad" in assert_error(r, 400, param="vad")["message"]
+    assert close_to_jfk(client.post(TRANSCRIBE, files=jfk_file()).json()["text"])
+    with pytest.raises(ValueError, match="silero-vad"):
+        ServeSettings(vad=True)
 
 
 def test_too_large_413_by_length_and_by_stream():
@@ -241,7 +296,8 @@ def test_settings_from_env_and_flags(monkeypatch):
     from whisperforge.serve.cli import add_parser, settings_from_args
 
     env = {"WHISPERFORGE_API_KEY": "k", "WHISPERFORGE_MAX_QUEUE": "3",
-           "WHISPERFORGE_MODELS": "whisper-tiny.en, whisper-base"}  # fmt: skip
+           "WHISPERFORGE_MODELS": "whisper-tiny.en, whisper-base",
+           "WHISPERFORGE_VAD": "yes"}  # fmt: skip
     monkeypatch.setattr(os, "environ", {**os.environ, **env})
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers(dest="command"))
@@ -249,6 +305,7 @@ def test_settings_from_env_and_flags(monkeypatch):
     assert settings.api_key == "k" and settings.max_queue == 5  # a flag beats the env
     assert settings.models == ("whisper-tiny.en", "whisper-base")
     assert settings.host == "127.0.0.1"  # loopback unless asked
+    assert settings.vad is True
     with pytest.raises(ValueError, match="alias"):
         ServeSettings(models=("whisper-1",))
     with pytest.raises(ValueError, match="not a number"):

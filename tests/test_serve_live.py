@@ -45,6 +45,13 @@ def test_official_openai_client(server_url):
             timestamp_granularities=["segment"], language="en",
         )  # fmt: skip
     assert verbose.language == "english" and verbose.segments[0].start == 0.0
+    with open(JFK, "rb") as audio:  # our own field, sent as the client's extra form data
+        skipped = client.audio.transcriptions.create(
+            model="whisper-tiny.en", file=audio, response_format="verbose_json",
+            extra_body={"vad": "true"},
+        )  # fmt: skip
+    assert 0 < skipped.model_extra["duration_after_vad"] <= skipped.duration
+    assert word_errors(JFK_TEXT, skipped.text).wer < 0.15
     assert [m.id for m in client.models.list()][:2] == ["whisper-1", "whisper-tiny.en"]
     with pytest.raises(openai.NotFoundError), open(JFK, "rb") as audio:
         client.audio.transcriptions.create(model="whisper-huge", file=audio)
@@ -65,6 +72,7 @@ def test_web_page_transcribes_an_upload_side_by_side(server_url, tmp_path):
             page.press("#api-key", "Enter")
             page.wait_for_selector("#models input[value='whisper-base']")
             page.check("#models input[value='whisper-base']")  # tiny.en is checked already
+            page.check("#vad")  # shown: this server has Silero VAD
             page.set_input_files("#file", str(JFK))
             page.click("#go")
             page.wait_for_selector(".result .spinner", state="attached", timeout=5_000)
@@ -79,6 +87,7 @@ def test_web_page_transcribes_an_upload_side_by_side(server_url, tmp_path):
             )
             overflow = page.evaluate("document.documentElement.scrollWidth > window.innerWidth")
             first_stamp = page.text_content(".segments li time")
+            metas = page.eval_on_selector_all(".result .meta", "els => els.map(e => e.textContent)")
         finally:
             browser.close()
     assert [r[0] for r in results] == ["whisper-tiny.en", "whisper-base"]
@@ -86,6 +95,7 @@ def test_web_page_transcribes_an_upload_side_by_side(server_url, tmp_path):
         assert not failed and n_segments >= 1, (model, text)
         assert word_errors(JFK_TEXT, text).wer < 0.15, (model, text)
     assert first_stamp.startswith("00:00.00")
+    assert all(" s speech)" in meta for meta in metas), metas  # VAD ran for both
     assert not overflow  # usable at phone width: no sideways scrolling
     assert (tmp_path / "serve-demo.png").stat().st_size > 10_000
 

@@ -4,7 +4,8 @@
 
 - ``POST /v1/audio/transcriptions`` and ``/v1/audio/translations``: OpenAI's multipart form
   (``file``, ``model``, ``language``, ``prompt``, ``temperature``, ``response_format``,
-  ``timestamp_granularities[]``) so the official ``openai`` client works unchanged.
+  ``timestamp_granularities[]``) so the official ``openai`` client works unchanged; one field
+  of our own, ``vad`` (true/false; default the server's ``--vad``), skips non-speech.
 - ``POST /v1/audio/tokens``: speech -> discrete speech tokens (25 per second) from a served
   speech tokenizer, as ids, LLM text (``<|sound_start|><|sound_0123|>...<|sound_end|>``), and
   optionally the text the Whisper decoder reads back from them; ``POST /v1/tokens/transcribe``:
@@ -40,7 +41,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from whisperforge.audio import FRAMES_PER_SECOND, SAMPLE_RATE, AudioError, load_audio
-from whisperforge.serve.settings import OPENAI_DEFAULT_ALIAS, ServeSettings
+from whisperforge.serve.settings import OPENAI_DEFAULT_ALIAS, ServeSettings, vad_available
 
 logger = logging.getLogger(__name__)
 
@@ -342,7 +343,9 @@ def _verbose(segments, info, task: str) -> dict[str, Any]:
             for i, s in enumerate(segments)
         ],
         "model": info.model,
-    }
+        **({} if info.duration_after_vad is None else
+           {"duration_after_vad": round(info.duration_after_vad, 3)}),
+    }  # fmt: skip
 
 
 def _finite(value: Any) -> Any:
@@ -406,7 +409,7 @@ def _response_format(value: str | None, allowed: tuple[str, ...]) -> str:
 
 
 def _check_form(
-    pool: ModelPool, task: str, model, language, prompt, temperature, response_format, grans
+    pool: ModelPool, task: str, model, language, prompt, temperature, response_format, grans, vad
 ) -> tuple[str, dict[str, Any], str]:
     name = pool.resolve(model)
     fmt = _response_format(response_format, RESPONSE_FORMATS)
@@ -425,6 +428,15 @@ def _check_form(
         options["initial_prompt"] = prompt
     if temperature:  # OpenAI: 0 (the default) means "raise it automatically when needed"
         options["temperature"] = (temperature,)
+    if vad is None:
+        vad = pool.settings.vad
+    if vad and not vad_available():
+        raise APIError(
+            400, "vad is not available on this server (it needs the silero-vad package)",
+            param="vad", code="unsupported_value",
+        )  # fmt: skip
+    if vad:
+        options["vad"] = True
     return name, options, fmt
 
 
@@ -588,9 +600,11 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         timestamp_granularities: Annotated[
             list[str] | None, Form(alias="timestamp_granularities[]")
         ] = None,
+        vad: Annotated[bool | None, Form()] = None,
     ) -> Response:
         form = dict(model=model, language=language, prompt=prompt, temperature=temperature,
-                    response_format=response_format, grans=timestamp_granularities)  # fmt: skip
+                    response_format=response_format, grans=timestamp_granularities,
+                    vad=vad)  # fmt: skip
         return await _handle(request, "transcribe", file, form)
 
     @app.post("/v1/audio/translations")
@@ -601,9 +615,10 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         prompt: OptionalStr = None,
         temperature: Annotated[float | None, Form()] = None,
         response_format: Annotated[str, Form()] = "json",
+        vad: Annotated[bool | None, Form()] = None,
     ) -> Response:
         form = dict(model=model, language=None, prompt=prompt, temperature=temperature,
-                    response_format=response_format, grans=None)  # fmt: skip
+                    response_format=response_format, grans=None, vad=vad)  # fmt: skip
         return await _handle(request, "translate", file, form)
 
     @app.post("/v1/audio/tokens")
@@ -676,6 +691,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
             "auth": settings.api_key is not None,
             "max_upload_mb": settings.max_upload_mb,
             "max_audio_seconds": settings.max_audio_seconds,
+            "vad": {"available": vad_available(), "default": settings.vad},
         }
 
     static = resources.files("whisperforge.serve") / "static"

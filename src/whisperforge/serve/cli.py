@@ -39,6 +39,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--queue-timeout", type=float, help="seconds queued before 503 (default 300)")
     p.add_argument("--preload", action="store_true", default=None, help="load models at start")
     p.add_argument("--device", help="torch device (default cpu)")
+    p.add_argument(
+        "--vad", action="store_true", default=None, help="skip non-speech with Silero VAD "
+        "unless a request sends vad=false (needs the vad extra)",
+    )  # fmt: skip
     p.set_defaults(func=run_serve)
     return p
 
@@ -48,7 +52,7 @@ def settings_from_args(args: argparse.Namespace):
 
     names = ("host", "port", "models", "api_key", "max_upload_mb", "max_audio_seconds",
              "max_concurrency", "max_queue", "queue_timeout", "preload", "device",
-             "tokenizers")  # fmt: skip
+             "tokenizers", "vad")  # fmt: skip
     return ServeSettings.from_env(**{n: getattr(args, n, None) for n in names})
 
 

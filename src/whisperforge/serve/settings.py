@@ -7,6 +7,7 @@ defaults are safe for a laptop: loopback only, one transcription at a time, 25 M
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -39,6 +40,8 @@ class ServeSettings:
     device: str = "cpu"
     # speech tokenizers served at /v1/audio/tokens (names or folders); None: the shipped ones
     tokenizers: tuple[str, ...] | None = None
+    # skip non-speech with Silero VAD unless a request's ``vad`` field says otherwise
+    vad: bool = False
 
     def __post_init__(self) -> None:
         models = self.models
@@ -58,6 +61,8 @@ class ServeSettings:
             raise ValueError("max_upload_mb, max_audio_seconds and queue_timeout must be > 0")
         if self.max_concurrency < 1 or self.max_queue < 0:
             raise ValueError("max_concurrency must be >= 1 and max_queue >= 0")
+        if self.vad and not vad_available():
+            raise ValueError("vad needs the silero-vad package: pip install 'whisperforge[vad]'")
 
     @property
     def default_tokenizer(self) -> str | None:
@@ -84,6 +89,11 @@ class ServeSettings:
                 values[f.name] = _parse(f.name, raw, getattr(cls, f.name))
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+def vad_available() -> bool:
+    """Whether Silero VAD (the ``vad`` extra) is installed."""
+    return importlib.util.find_spec("silero_vad") is not None
 
 
 def shipped_tokenizers() -> tuple[str, ...]:

@@ -56,6 +56,9 @@ async function loadTokenizers() {
   try {
     const health = await (await fetch("/health", { headers: headers() })).json();
     names = Object.keys(health.tokenizers || {});
+    const vad = health.vad || {};
+    $("vad-label").hidden = !vad.available;
+    $("vad").checked = Boolean(vad.default);
   } catch (err) {
     names = [];
   }
@@ -137,8 +140,10 @@ function card(model) {
 
 function fill(div, body, seconds) {
   div.querySelector(".spinner").remove();
+  const speech = body.duration_after_vad === undefined ? "" :
+    " (" + body.duration_after_vad.toFixed(1) + " s speech)";
   div.querySelector(".meta").textContent = body.language + " · " + body.duration.toFixed(1) +
-    " s audio · " + seconds.toFixed(1) + " s";
+    " s audio" + speech + " · " + seconds.toFixed(1) + " s";
   div.querySelector(".text").textContent = body.text;
   const list = div.querySelector(".segments");
   for (const seg of body.segments) {
@@ -215,6 +220,7 @@ async function runOne(model, div) {
   const language = $("language").value.trim();
   const task = $("task").value;
   if (language && task === "transcribe") form.append("language", language);
+  if (!$("vad-label").hidden) form.append("vad", $("vad").checked ? "true" : "false");
   const url = task === "translate" ? "/v1/audio/translations" : "/v1/audio/transcriptions";
   await post(url, form, div, fill);
 }
