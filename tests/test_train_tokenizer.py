@@ -232,6 +232,24 @@ def test_evaluate_reports_both_wers_bitrates_and_usage(trained, data, tmp_path, 
     assert {"hypothesis", "teacher_hypothesis", "teacher_wer", "n_tokens"} <= set(row)
     assert "from tokens" in capsys.readouterr().out
 
+    # the teacher's side taken from that report: the same scores, the teacher not decoded
+    again_path = tmp_path / "again.json"
+    reuse = ["--teacher-from", str(report_path), "--limit", "3"]
+    assert main(["tokenizer", "evaluate", *args[:4], "--report", str(again_path), *reuse]) == 0
+    again = json.loads(again_path.read_text())
+    assert again["teacher_from"] == str(report_path)
+    assert again["teacher"] == report["teacher"] and again["wer"] == report["wer"]
+    assert [r["teacher_hypothesis"] for r in again["per_utterance"]] == [
+        r["teacher_hypothesis"] for r in report["per_utterance"]
+    ]
+    assert again["timing"]["teacher_throughput"] is None
+    assert f"teacher from {report_path}" in capsys.readouterr().out
+    # ... and refused where the report cannot stand for this run
+    assert main(["tokenizer", "evaluate", *args[:4], *reuse, "--beam-size", "2"]) == 2
+    assert "other options (beam_size)" in capsys.readouterr().err
+    assert main(["tokenizer", "evaluate", *args[:4], *reuse[:2], "--limit", "4"]) == 2
+    assert "is not in the report" in capsys.readouterr().err
+
 
 def test_clear_errors(tmp_path, trained, data, capsys):
     broken = tmp_path / "broken.jsonl"

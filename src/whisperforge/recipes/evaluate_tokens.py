@@ -8,6 +8,10 @@ decode greedily without timestamps (or with the options given) in the same langu
 asked for, else the row's, else the one the teacher detects. Window texts are joined per
 recording and scored like ``whisperforge evaluate`` (``recipes.evaluate``).
 
+The teacher's side does not depend on the tokenizer: ``teacher_texts(report, ...)`` takes it
+from an earlier report on the same utterances (same teacher, same decoding) so that comparing
+checkpoints decodes only the tokens (CLI ``--teacher-from REPORT``).
+
 Besides the error rates the report gives the ratio of the two WERs, the nominal bitrate
 (``tokens_per_second * log2(codes)``), the entropy bitrate (``tokens_per_second`` times the
 empirical unigram entropy of the ids, in bits), codebook utilisation / perplexity / dead codes
@@ -95,8 +99,9 @@ def _languages(tok: SpeechTokenizer, states, wanted: list[str | None]) -> list[s
     return [w or max(p, key=p.get) for w, p in zip(wanted, probs)]
 
 
-def _run_batch(tok, batch, items, language, options, outputs: _Outputs, timing: _Timing):
-    """Both paths on one batch of windows."""
+def _run_batch(tok, batch, items, language, options, outputs: _Outputs, timing: _Timing,
+               teacher: bool = True):  # fmt: skip
+    """Both paths on one batch of windows (only the tokens' path without ``teacher``)."""
     start = time.perf_counter()
     pieces = [w.audio for w in batch]
     states, mask = tok.encode_windows(pieces)
@@ -110,13 +115,46 @@ def _run_batch(tok, batch, items, language, options, outputs: _Outputs, timing: 
     token_texts = tok.decode_features(tok.features(ids), options, languages)
     timing.add("tokens", start)
     start = time.perf_counter()
-    teacher_texts = tok.decode_features(states, options, languages)
+    references = [""] * len(batch)
+    if teacher:
+        references = tok.decode_features(states, options, languages)
     timing.add("teacher", start)
-    for w, row, text, reference in zip(batch, ids, token_texts, teacher_texts):
+    for w, row, text, reference in zip(batch, ids, token_texts, references):
         outputs.ids[w.item].extend(row)
         outputs.tokens[w.item].append(text)
         outputs.teacher[w.item].append(reference)
     return languages
+
+
+def _options_record(options: DecodingOptions, language: str | None, batch_size: int) -> dict:
+    return {**asdict(options), "language": language, "batch_size": batch_size}
+
+
+def teacher_texts(
+    report: dict, items: list[EvalItem], tokenizer: SpeechTokenizer, options: DecodingOptions,
+    language: str | None,
+) -> list[str]:  # fmt: skip
+    """Each item's teacher transcript from an earlier ``evaluate_tokens`` report; ValueError
+    unless that report decoded the same utterances with the same teacher and options."""
+    if report.get("teacher_model") != tokenizer.teacher:
+        raise ValueError(f"the report's teacher is {report.get('teacher_model')!r}, this "
+                         f"tokenizer's is {tokenizer.teacher!r}")  # fmt: skip
+    # reports written before the language was recorded decoded with the default (None)
+    old = {"language": None, **report.get("options", {})}
+    old.pop("batch_size", None)
+    new = {k: v for k, v in _options_record(options, language, 0).items() if k != "batch_size"}
+    if old != new:
+        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        raise ValueError(f"the report decoded with other options ({', '.join(changed)})")
+    rows = {row["id"]: row for row in report.get("per_utterance", [])}
+    texts = []
+    for item in items:
+        row = rows.get(item.id)
+        if row is None or row["reference"] != item.text:
+            raise ValueError(f"utterance {item.id!r} is not in the report, or its reference "
+                             "text differs: evaluate the teacher again")  # fmt: skip
+        texts.append(row["teacher_hypothesis"])
+    return texts
 
 
 def _bitrates(tok: SpeechTokenizer, ids: list[list[int]], audio_seconds: float) -> dict:
@@ -152,12 +190,14 @@ def evaluate_tokens(
     batch_size: int = 8,
     name: str = "speech tokenizer",
     progress: Callable[[float], None] | None = None,
+    teacher: list[str] | None = None,
 ) -> dict:
     """Transcribe ``items`` from speech tokens and with the continuous teacher; score both.
 
     ``options`` default: greedy, without timestamps; ``name`` is the tokenizer's reference
     for the report; ``progress`` gets the seconds of audio of each finished batch of
-    windows. Returns the report (module docstring).
+    windows; ``teacher``: each item's teacher transcript (``teacher_texts``) instead of
+    decoding it again. Returns the report (module docstring).
     """
     items = list(items)
     options = options or DecodingOptions(without_timestamps=True)
@@ -167,13 +207,19 @@ def evaluate_tokens(
     timing, languages = _Timing(), [None] * n
     begin = time.perf_counter()
     for batch in _batched(_windows(items, outputs), batch_size):
-        found = _run_batch(tokenizer, batch, items, language, options, outputs, timing)
+        found = _run_batch(tokenizer, batch, items, language, options, outputs, timing,
+                           teacher=teacher is None)  # fmt: skip
         for w, lang in zip(batch, found):
             languages[w.item] = languages[w.item] or lang
         if progress is not None:
             progress(sum(len(w.audio) for w in batch) / SAMPLE_RATE)
     wall = time.perf_counter() - begin
-    report = _report(tokenizer, items, outputs, languages, timing, wall, options, batch_size)
+    if teacher is not None:
+        outputs.teacher = [[text] for text in teacher]
+    record = _options_record(options, language, batch_size)
+    report = _report(tokenizer, items, outputs, languages, timing, wall, record)
+    if teacher is not None:
+        report["timing"]["teacher_throughput"] = None  # not decoded in this run
     return {"model": name, **report}
 
 
@@ -193,7 +239,7 @@ def _rows(items, outputs: _Outputs, languages) -> tuple[list[dict], list[dict]]:
     return rows, teacher_rows
 
 
-def _report(tok, items, outputs, languages, timing: _Timing, wall, options, batch_size) -> dict:
+def _report(tok, items, outputs, languages, timing: _Timing, wall, options: dict) -> dict:
     rows, teacher_rows = _rows(items, outputs, languages)
     report = summarize(rows)
     teacher = summarize(teacher_rows)
@@ -218,7 +264,7 @@ def _report(tok, items, outputs, languages, timing: _Timing, wall, options, batc
         failed=[{"id": items[i].id, "audio": str(items[i].audio), "error": e}
                 for i, e in sorted(outputs.failed.items())],
         by_speaker=rates_by(rows, "speaker"), by_language=rates_by(rows, "language"),
-        options={**asdict(options), "batch_size": batch_size}, machine=machine_info(),
+        options=options, machine=machine_info(),
         per_utterance=rows,
     )  # fmt: skip
     return report

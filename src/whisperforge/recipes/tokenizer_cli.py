@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -52,7 +53,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from whisperforge.data.manifest import ManifestError
     from whisperforge.decoding import DecodingOptions
     from whisperforge.recipes.evaluate import items_from_source, write_report
-    from whisperforge.recipes.evaluate_tokens import evaluate_tokens
+    from whisperforge.recipes.evaluate_tokens import evaluate_tokens, teacher_texts
 
     items, skipped = items_from_source(args.manifest, split=args.split)
     for row in skipped:
@@ -63,14 +64,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     tokenizer = _load_tokenizer(args)
     options = DecodingOptions(beam_size=args.beam_size if args.beam_size > 1 else None,
                               without_timestamps=True)  # fmt: skip
+    teacher = None
+    if args.teacher_from:
+        previous = json.loads(args.teacher_from.read_text(encoding="utf-8"))
+        try:
+            teacher = teacher_texts(previous, items, tokenizer, options, args.language)
+        except ValueError as error:
+            raise ValueError(f"--teacher-from {args.teacher_from}: {error}") from None
     seconds = sum(i.duration or 0.0 for i in items)
     bar = tqdm(total=round(seconds, 1), unit="s", disable=args.quiet or None, file=sys.stderr)
     report = evaluate_tokens(
         tokenizer, items, language=args.language, options=options, batch_size=args.batch_size,
-        name=str(args.model), progress=bar.update,
+        name=str(args.model), progress=bar.update, teacher=teacher,
     )  # fmt: skip
     bar.close()
     report |= {"manifest": str(args.manifest), "skipped": skipped}
+    if args.teacher_from:
+        report["teacher_from"] = str(args.teacher_from)
     print_report(report)
     if args.report:
         write_report(report, args.report)
@@ -98,9 +108,11 @@ def print_report(r: dict) -> None:
           f"({100 * book['utilisation']:.1f} %), perplexity {book['perplexity']:.1f}, "
           f"dead {book['dead_codes']}")  # fmt: skip
     t = r["timing"]
+    teacher_speed = t["teacher_throughput"]
+    teacher_speed = "from " + r["teacher_from"] if teacher_speed is None else f"{teacher_speed:.2f}"
     print(f"throughput  {r['throughput']:.2f} audio s / wall s overall; tokenize "
           f"{t['tokenize_throughput']:.2f}, tokens->text {t['tokens_to_text_throughput']:.2f}, "
-          f"teacher {t['teacher_throughput']:.2f} ({r['machine']['torch_threads']} threads, "
+          f"teacher {teacher_speed} ({r['machine']['torch_threads']} threads, "
           f"batch {r['options']['batch_size']})")  # fmt: skip
 
 
@@ -127,6 +139,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--beam-size", type=int, default=1, help="1 = greedy (default)")
     p.add_argument("--batch-size", type=int, default=8, help="30 s windows per forward pass")
     p.add_argument("--report", type=Path, default=None, help="write the JSON report here")
+    p.add_argument(
+        "--teacher-from", type=Path, default=None, metavar="REPORT",
+        help="take the continuous model's transcripts from an earlier report on the same "
+        "utterances (same teacher and decoding) instead of decoding them again",
+    )  # fmt: skip
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N utterances")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
