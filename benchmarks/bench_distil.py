@@ -40,6 +40,7 @@ from pathlib import Path
 from bench_common import (
     Case,
     Workload,
+    atomic_write,
     fmt,
     markdown_table,
     measure,
@@ -55,6 +56,13 @@ GREEDY = {"language": "en", "beam_size": 1, "temperature": (0.0,)}
 DECODER_METHODS = ("start", "prompt", "step", "extend", "logits")  # InferenceSession
 FORWARDS = ("prompt", "step", "extend")  # one decoder forward pass each
 START_MARK, END_MARK = "<!-- distil:start -->", "<!-- distil:end -->"
+
+
+def marks(encoder_dtype: str) -> tuple[str, str]:
+    """BENCHMARKS.md markers of a run's section: one section per encoder precision."""
+    if encoder_dtype == "float32":
+        return START_MARK, END_MARK
+    return f"<!-- distil-{encoder_dtype}:start -->", f"<!-- distil-{encoder_dtype}:end -->"
 
 
 # -- probes -------------------------------------------------------------------------------
@@ -128,16 +136,19 @@ def teacher_of(student: str) -> str | None:
     return None
 
 
-def build_cases(teacher_ref: str, student_ref: str, batch_size: int, decode: dict):
-    """The three systems' cases; the teacher and student are loaded once and shared."""
+def build_cases(
+    teacher_ref: str, student_ref: str, batch_size: int, decode: dict, encoder_dtype=None
+):
+    """The three systems' cases; the teacher and student are loaded once and shared; every
+    system runs its encoder in ``encoder_dtype`` (None: the models' own, float32)."""
     from whisperforge.models import load_model
     from whisperforge.transcribe import Transcriber
 
     teacher, student = load_model(teacher_ref), load_model(student_ref)
     transcribers = {
-        "teacher": Transcriber(teacher),
-        "student": Transcriber(student),
-        "assisted": Transcriber(teacher, assistant=student),
+        "teacher": Transcriber(teacher, encoder_dtype=encoder_dtype),
+        "student": Transcriber(student, encoder_dtype=encoder_dtype),
+        "assisted": Transcriber(teacher, assistant=student, encoder_dtype=encoder_dtype),
     }
     # short clips (one window each) also with the student's other audio context, and with
     # the teacher at the dynamic one (which it was not trained for)
@@ -153,7 +164,7 @@ def build_cases(teacher_ref: str, student_ref: str, batch_size: int, decode: dic
             assistant.encode = group[0].clock.wrap(assistant.encode)  # counted as encoder time
         cases += group
     for system, bundle, context in contexts:
-        transcriber = Transcriber(bundle)
+        transcriber = Transcriber(bundle, encoder_dtype=encoder_dtype)
         options = dict(decode, audio_context=context)
         group = transcriber_cases(transcriber, system, system, batch_size, options,
                                   SystemProbe(transcriber))  # fmt: skip
@@ -311,14 +322,19 @@ def models_line(report: dict) -> str:
 
 def section(report: dict) -> str:
     decoding = "greedy with temperature fallback" if report["fallback"] else "greedy, no fallback"
+    dtype = report.get("encoder_dtype", "float32")
+    start, end = marks(dtype)
+    precision = "" if dtype == "float32" else f", {dtype} encoder"
     return "\n\n".join(
         [
-            START_MARK,
+            start,
             f"### {report['name']}: {report['student']['reference']} vs "
-            f"{report['teacher']['reference']}, {report['threads']} threads ({report['date']})",
+            f"{report['teacher']['reference']}, {report['threads']} threads{precision} "
+            f"({report['date']})",
             f"Command:\n\n```\n{report['command']}\n```",
             f"Machine: {machine_line(report)}.",
-            f"Models: {models_line(report)}. Decoding: {decoding}, English.",
+            f"Models: {models_line(report)}. Decoding: {decoding}, English. Encoder "
+            f"precision: {dtype} for every system; decoding in float32.",
             f"Audio: {report['audio']}. Short clips: {report['short_clips']} files, "
             f"{report['short_seconds']:.1f} s in all, one window each. Long-form: one file of "
             f"{report['long_seconds']:.1f} s.",
@@ -328,7 +344,7 @@ def section(report: dict) -> str:
             cases_table(report["results"]),
             "Speculative decoding (teacher + assistant), counts from the last timed run:",
             speculative_table(report["results"]),
-            END_MARK,
+            end,
         ]
     )
 
@@ -354,7 +370,13 @@ and with the teacher at the dynamic one, which it was not trained for (see its W
 
 
 def write_markdown(path: Path, report: dict) -> None:
-    replace_marked_section(path, START_MARK, END_MARK, section(report), MARKDOWN_INTRO)
+    start, end = marks(report.get("encoder_dtype", "float32"))
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    if start not in text and END_MARK in text:  # a first run at another precision: after
+        head, tail = text.split(END_MARK, 1)  # the float32 section, without a second intro
+        atomic_write(path, f"{head}{END_MARK}\n\n{section(report)}{tail}")
+        return
+    replace_marked_section(path, start, end, section(report), MARKDOWN_INTRO)
 
 
 # -- main ---------------------------------------------------------------------------------
@@ -388,6 +410,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--fallback", action="store_true",
         help="openai-whisper's temperature fallback (default: greedy at temperature 0 only)",
     )  # fmt: skip
+    parser.add_argument(
+        "--encoder-dtype", choices=("float32", "bfloat16"), default="float32",
+        help="every system's encoder precision (float32); a bfloat16 run gets its own section",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, help="write the JSON report here")
     parser.add_argument("--markdown", type=Path, help="update this file's distil section")
     parser.add_argument(
@@ -412,7 +438,9 @@ def run_benchmark(args: argparse.Namespace, workloads: list[Workload], note: str
     torch.set_num_threads(args.threads)
     load_start = os.getloadavg()
     decode = {"language": "en", "beam_size": 1} if args.fallback else GREEDY
-    cases, models, shares_encoder = build_cases(teacher_ref, args.student, args.batch_size, decode)
+    cases, models, shares_encoder = build_cases(
+        teacher_ref, args.student, args.batch_size, decode, args.encoder_dtype
+    )
     by_name = {w.name: w for w in workloads}
     measure(cases, by_name, args.repeats)
     rows = summarize_all(cases, by_name)
@@ -422,6 +450,7 @@ def run_benchmark(args: argparse.Namespace, workloads: list[Workload], note: str
         "student": describe(models["student"]),
         "assistant_shares_encoder": shares_encoder,
         "threads": args.threads,
+        "encoder_dtype": args.encoder_dtype,
         "batch_size": args.batch_size,
         "repeats": args.repeats,
         "fallback": args.fallback,

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from tests.conftest import JFK
 
 from whisperforge.audio import load_audio, log_mel_spectrogram
@@ -65,6 +66,22 @@ def test_incremental_decoder_matches_transformers_forward(tiny_en):
         for t in tokens[2:]:
             got.append(session.logits(session.step(state, torch.tensor([t])))[0, -1])
     torch.testing.assert_close(torch.stack(got), want.logits[0, 1:], atol=2e-4, rtol=1e-4)
+
+
+def test_bfloat16_encoder_runs_on_a_copy_and_hands_back_float32_states(tiny_en):
+    session = InferenceSession(tiny_en.model, "bfloat16")
+    full = InferenceSession(tiny_en.model)
+    assert session.encoder_dtype == torch.bfloat16
+    assert next(session.encoder.parameters()).dtype == torch.bfloat16
+    assert next(tiny_en.model.model.encoder.parameters()).dtype == torch.float32  # untouched
+    features = log_mel_spectrogram(load_audio(JFK))[None]
+    low, ref = session.encode(features), full.encode(features)
+    assert low.dtype == torch.float32 and low.shape == ref.shape
+    assert not torch.equal(low, ref)  # it really ran in bfloat16
+    cosine = F.cosine_similarity(low.flatten(1), ref.flatten(1)).item()
+    assert cosine > 0.99, cosine
+    with pytest.raises(ValueError, match="float32, bfloat16, float16"):
+        InferenceSession(tiny_en.model, "int4")
 
 
 @pytest.mark.parametrize("shape", [(1, 384), (1, 1, 384), (5, 1, 384), (2, 3, 384)])

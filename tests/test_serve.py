@@ -210,6 +210,23 @@ def test_vad_without_silero_is_a_clear_400(client, monkeypatch):
         ServeSettings(vad=True)
 
 
+def test_bfloat16_encoder_server_transcribes_and_says_so():
+    import torch
+
+    from whisperforge.models.inference import ENCODER_DTYPES
+    from whisperforge.serve.settings import ENCODER_DTYPES as SETTINGS_DTYPES
+
+    assert SETTINGS_DTYPES == tuple(ENCODER_DTYPES)
+    settings = ServeSettings(models=("whisper-tiny.en",), encoder_dtype="bfloat16")
+    with TestClient(create_app(settings)) as fast:
+        assert fast.get("/health").json()["encoder_dtype"] == "bfloat16"
+        r = fast.post(TRANSCRIBE, files=jfk_file())
+        assert r.status_code == 200, r.text
+        assert close_to_jfk(r.json()["text"])
+        pool = fast.app.state.pool
+        assert pool.get("whisper-tiny.en").session.encoder_dtype == torch.bfloat16
+
+
 def test_too_large_413_by_length_and_by_stream():
     settings = ServeSettings(models=("whisper-tiny.en",), max_upload_mb=0.1)  # jfk is 344 KB
     client = TestClient(create_app(settings))
@@ -297,17 +314,22 @@ def test_settings_from_env_and_flags(monkeypatch):
 
     env = {"WHISPERFORGE_API_KEY": "k", "WHISPERFORGE_MAX_QUEUE": "3",
            "WHISPERFORGE_MODELS": "whisper-tiny.en, whisper-base",
-           "WHISPERFORGE_VAD": "yes"}  # fmt: skip
+           "WHISPERFORGE_VAD": "yes", "WHISPERFORGE_ENCODER_DTYPE": "float16"}  # fmt: skip
     monkeypatch.setattr(os, "environ", {**os.environ, **env})
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers(dest="command"))
-    settings = settings_from_args(parser.parse_args(["serve", "--max-queue", "5"]))
+    settings = settings_from_args(
+        parser.parse_args(["serve", "--max-queue", "5", "--encoder-dtype", "bfloat16"])
+    )
+    assert settings.encoder_dtype == "bfloat16"  # the flag beats WHISPERFORGE_ENCODER_DTYPE
     assert settings.api_key == "k" and settings.max_queue == 5  # a flag beats the env
     assert settings.models == ("whisper-tiny.en", "whisper-base")
     assert settings.host == "127.0.0.1"  # loopback unless asked
     assert settings.vad is True
     with pytest.raises(ValueError, match="alias"):
         ServeSettings(models=("whisper-1",))
+    with pytest.raises(ValueError, match="encoder_dtype must be one of float32, bfloat16"):
+        ServeSettings(encoder_dtype="int8")
     with pytest.raises(ValueError, match="not a number"):
         ServeSettings.from_env({"WHISPERFORGE_PORT": "eighty"})
     assert json.loads(json.dumps(settings.models)) == ["whisper-tiny.en", "whisper-base"]

@@ -11,7 +11,7 @@ from tests.conftest import JFK, JFK_TEXT
 
 from whisperforge.audio import SAMPLE_RATE, load_audio
 from whisperforge.metrics import corpus_error_rates, normalize_text
-from whisperforge.transcribe import TranscribeOptions, plan_windows, transcribe
+from whisperforge.transcribe import TranscribeOptions, Transcriber, plan_windows, transcribe
 
 
 def test_jfk_whisper_base_exact(base_transcriber):
@@ -29,6 +29,14 @@ def test_jfk_beam_search_and_modes(base_transcriber, mode):
     segments, _ = base_transcriber.transcribe(JFK, long_form=mode, beam_size=5, language="en")
     text = "".join(s.text for s in segments)
     assert normalize_text(text) == normalize_text(JFK_TEXT)
+
+
+def test_jfk_with_a_bfloat16_encoder(base_transcriber):
+    fast = Transcriber(base_transcriber.bundle, encoder_dtype="bfloat16")
+    segments, info = fast.transcribe(JFK, language="en")
+    assert normalize_text("".join(s.text for s in segments)) == normalize_text(JFK_TEXT)
+    with pytest.raises(ValueError, match="encoder dtype"):
+        Transcriber(base_transcriber.bundle, encoder_dtype="half")
 
 
 def test_tiny_en_without_timestamps(tiny_en):

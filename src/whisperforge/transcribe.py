@@ -41,7 +41,7 @@ from whisperforge.decoding import (
     detect_language,
     with_temperature,
 )
-from whisperforge.models.inference import InferenceSession
+from whisperforge.models.inference import InferenceSession, encoder_dtype_of
 from whisperforge.models.loading import ModelBundle, load_model
 from whisperforge.models.presets import DEFAULT_MODEL
 from whisperforge.segments import Segment, TranscriptionInfo
@@ -212,16 +212,22 @@ def plan_windows(duration: float, stride: float) -> list[tuple[float, float]]:
 
 
 class Transcriber:
-    """A loaded model ready to transcribe; holds the fused inference weights."""
+    """A loaded model ready to transcribe; holds the fused inference weights.
+
+    ``encoder_dtype`` (``"float32"``, ``"bfloat16"``, ``"float16"``; default: the model's
+    own, float32) runs the encoder, and an assistant's, in that precision; decoding stays in
+    the model's (``InferenceSession``)."""
 
     def __init__(
         self,
         model: str | ModelBundle = DEFAULT_MODEL,
         device: str = "cpu",
         assistant: str | ModelBundle | None = None,
+        encoder_dtype: str | torch.dtype | None = None,
     ):
+        encoder_dtype = encoder_dtype_of(encoder_dtype)  # a bad name fails before loading
         self.bundle = model if isinstance(model, ModelBundle) else load_model(model, device)
-        self.session = InferenceSession(self.bundle.model)
+        self.session = InferenceSession(self.bundle.model, encoder_dtype)
         self.assistant: InferenceSession | None = None
         self.assistant_shares_encoder = False
         if assistant is not None:
@@ -230,7 +236,7 @@ class Transcriber:
             )
             if helper.tokenizer.backend.get_vocab_size() != self.tokenizer.backend.get_vocab_size():
                 raise ValueError("the assistant must share the model's vocabulary")
-            self.assistant = InferenceSession(helper.model)
+            self.assistant = InferenceSession(helper.model, encoder_dtype)
             self.assistant_shares_encoder = _same_encoder(self.bundle.model, helper.model)
         self.speculative_stats = SpeculativeStats()
 

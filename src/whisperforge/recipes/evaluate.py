@@ -123,6 +123,7 @@ def evaluate(transcriber: Transcriber, items: Iterable[EvalItem], progress=None,
         by_language=rates_by(rows, "language"),
         options=options,
         audio_context=options.get("audio_context") or transcriber.bundle.audio_context,
+        encoder_dtype=str(transcriber.session.encoder_dtype).removeprefix("torch."),
         machine=machine_info(),
         per_utterance=rows,
     )

@@ -149,7 +149,9 @@ class ModelPool(_WarmPool):
     def _load(self, name: str):
         from whisperforge.transcribe import Transcriber
 
-        return Transcriber(name, device=self.settings.device)
+        return Transcriber(
+            name, device=self.settings.device, encoder_dtype=self.settings.encoder_dtype
+        )
 
 
 class TokenizerPool(_WarmPool):
@@ -692,6 +694,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
             "max_upload_mb": settings.max_upload_mb,
             "max_audio_seconds": settings.max_audio_seconds,
             "vad": {"available": vad_available(), "default": settings.vad},
+            "encoder_dtype": settings.encoder_dtype or "float32",
         }
 
     static = resources.files("whisperforge.serve") / "static"

@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 from whisperforge.models.presets import DEFAULT_MODEL
 
 BYTES_PER_MB = 1024 * 1024
+ENCODER_DTYPES = ("float32", "bfloat16", "float16")  # models.inference.ENCODER_DTYPES
 OPENAI_DEFAULT_ALIAS = "whisper-1"  # OpenAI's one model name; served by the default model
 ENV_PREFIX = "WHISPERFORGE_"
 
@@ -42,6 +43,8 @@ class ServeSettings:
     tokenizers: tuple[str, ...] | None = None
     # skip non-speech with Silero VAD unless a request's ``vad`` field says otherwise
     vad: bool = False
+    # precision of the transcription models' encoders (None: the models' own, float32)
+    encoder_dtype: str | None = None
 
     def __post_init__(self) -> None:
         models = self.models
@@ -61,6 +64,11 @@ class ServeSettings:
             raise ValueError("max_upload_mb, max_audio_seconds and queue_timeout must be > 0")
         if self.max_concurrency < 1 or self.max_queue < 0:
             raise ValueError("max_concurrency must be >= 1 and max_queue >= 0")
+        if self.encoder_dtype not in (None, *ENCODER_DTYPES):
+            raise ValueError(
+                f"encoder_dtype must be one of {', '.join(ENCODER_DTYPES)}, "
+                f"not {self.encoder_dtype!r}"
+            )
         if self.vad and not vad_available():
             raise ValueError("vad needs the silero-vad package: pip install 'whisperforge[vad]'")
 
