@@ -156,7 +156,7 @@ class InferenceSession:
     model's dtype. On CPUs with bfloat16 matrix instructions (AVX512-BF16, AMX) a bfloat16
     encoder is the one large speed-up for long audio, where the encoder's 30 s windows
     dominate; the decoder's few-row steps stay in the model's precision, where bfloat16 makes
-    them slower on CPU (``benchmarks/bench_distil.py --encoder-dtype``)."""
+    them slower on CPU (docs/transcribe.md, "Encoder precision")."""
 
     def __init__(self, hf_model: torch.nn.Module, encoder_dtype: str | torch.dtype | None = None):
         self.hf_model = hf_model
