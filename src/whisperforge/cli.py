@@ -15,7 +15,7 @@ class CLIError(Exception):
 
 
 def _add_decoding_args(p: argparse.ArgumentParser) -> None:
-    from whisperforge.models.presets import DEFAULT_MODEL
+    from whisperforge.models.presets import DEFAULT_MODEL, ENCODER_DTYPES
 
     p.add_argument("--model", default=DEFAULT_MODEL, help="short name, local folder or hub id")
     p.add_argument("--language", default=None, help="language code or name; default: detect")
@@ -65,7 +65,7 @@ def _add_decoding_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     p.add_argument(
-        "--encoder-dtype", choices=("float32", "bfloat16", "float16"), default=None,
+        "--encoder-dtype", choices=ENCODER_DTYPES, default=None,
         help="precision of the encoder (default: the model's, float32); bfloat16 is faster "
         "on CPUs with bf16 instructions, decoding stays float32",
     )  # fmt: skip

@@ -236,8 +236,10 @@ class Transcriber:
             )
             if helper.tokenizer.backend.get_vocab_size() != self.tokenizer.backend.get_vocab_size():
                 raise ValueError("the assistant must share the model's vocabulary")
-            self.assistant = InferenceSession(helper.model, encoder_dtype)
             self.assistant_shares_encoder = _same_encoder(self.bundle.model, helper.model)
+            # an assistant that shares the encoder reuses the model's states: no copy for it
+            own = None if self.assistant_shares_encoder else encoder_dtype
+            self.assistant = InferenceSession(helper.model, own)
         self.speculative_stats = SpeculativeStats()
 
     @property

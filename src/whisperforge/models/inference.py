@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from whisperforge.models import presets
+
 
 @dataclass
 class _Layer:
@@ -135,7 +137,7 @@ def _layer_kwargs(layer_class: type) -> dict:
     return {"layer_head_mask": None} if "layer_head_mask" in params else {}
 
 
-ENCODER_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+ENCODER_DTYPES = {name: getattr(torch, name) for name in presets.ENCODER_DTYPES}
 
 
 def encoder_dtype_of(name: str | torch.dtype | None) -> torch.dtype | None:

@@ -67,6 +67,8 @@ PRESETS: dict[str, WeightsPreset] = {
     )
 }
 DEFAULT_MODEL = "whisper-base"
+# precisions an encoder may run in (``--encoder-dtype``; models.inference.InferenceSession)
+ENCODER_DTYPES = ("float32", "bfloat16", "float16")
 
 
 class WeightsNotInstalledError(RuntimeError):

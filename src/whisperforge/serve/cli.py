@@ -15,6 +15,8 @@ logger = logging.getLogger(__name__)
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``serve`` on the main CLI's subparsers."""
+    from whisperforge.models.presets import ENCODER_DTYPES
+
     p = subparsers.add_parser(
         "serve",
         help="serve an OpenAI-compatible transcription API and a web demo",
@@ -40,7 +42,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--preload", action="store_true", default=None, help="load models at start")
     p.add_argument("--device", help="torch device (default cpu)")
     p.add_argument(
-        "--encoder-dtype", choices=("float32", "bfloat16", "float16"),
+        "--encoder-dtype", choices=ENCODER_DTYPES,
         help="precision of the models' encoders (default float32); bfloat16 is faster on "
         "CPUs with bf16 instructions",
     )  # fmt: skip

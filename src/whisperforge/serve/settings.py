@@ -12,10 +12,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
-from whisperforge.models.presets import DEFAULT_MODEL
+from whisperforge.models.presets import DEFAULT_MODEL, ENCODER_DTYPES
 
 BYTES_PER_MB = 1024 * 1024
-ENCODER_DTYPES = ("float32", "bfloat16", "float16")  # models.inference.ENCODER_DTYPES
 OPENAI_DEFAULT_ALIAS = "whisper-1"  # OpenAI's one model name; served by the default model
 ENV_PREFIX = "WHISPERFORGE_"
 
