@@ -113,3 +113,14 @@ def test_no_tokenizer_served_says_how_to_serve_one():
 def test_tokenizers_from_the_environment(folder):
     env = {"WHISPERFORGE_TOKENIZERS": f"{folder}, other"}
     assert ServeSettings.from_env(env).tokenizers == (str(folder), "other")
+
+
+def test_a_bfloat16_server_tokenizes_as_the_library_does_in_bfloat16(folder, tiny_en):
+    fast = SpeechTokenizer.load(folder, whisper=tiny_en, encoder_dtype="bfloat16")
+    settings = ServeSettings(models=("whisper-tiny.en",), tokenizers=(str(folder),),
+                             encoder_dtype="bfloat16")  # fmt: skip
+    with TestClient(create_app(settings)) as c:
+        response = c.post(TOKENS, files=jfk())
+        assert response.status_code == 200, response.text
+        assert response.json()["tokens"] == fast.tokenize(JFK)
+        assert c.get("/health").json()["encoder_dtype"] == "bfloat16"

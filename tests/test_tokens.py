@@ -248,3 +248,20 @@ def test_cli_save_in_float16_halves_the_folder_and_keeps_the_tokens(tmp_path, ca
     agree = sum(a == b for a, b in zip(*ids)) / len(ids[0])
     assert len(ids[1]) == 275 and agree > 0.95  # near-ties may flip in half precision
     assert json.loads((half / CONFIG_FILE).read_text())["teacher"] == "whisper-tiny.en"
+
+
+def test_bfloat16_encoder_keeps_the_rate_and_nearly_all_codes(speech_tokenizer, jfk_ids, tiny_en,
+                                                              tmp_path, capsys):  # fmt: skip
+    folder = speech_tokenizer.save(tmp_path / "tok")
+    fast = SpeechTokenizer.load(folder, whisper=tiny_en, encoder_dtype="bfloat16")
+    assert fast.encoder_dtype == "bfloat16" and speech_tokenizer.encoder_dtype == "float32"
+    assert next(tiny_en.model.model.encoder.parameters()).dtype == torch.float32  # untouched
+    ids = fast.tokenize(JFK)
+    assert len(ids) == 275
+    agree = sum(a == b for a, b in zip(ids, jfk_ids)) / len(ids)
+    assert agree > 0.8, agree  # codes near a tie may flip with the encoder's rounding
+    with pytest.raises(ValueError, match="encoder dtype must be one of"):
+        SpeechTokenizer.load(folder, whisper=tiny_en, encoder_dtype="int8")
+    code, out, _ = _run(capsys, "tokens", "encode", str(JFK), "--model", str(folder),
+                        "--encoder-dtype", "bfloat16", "-q")  # fmt: skip
+    assert code == 0 and [int(i) for i in out.split()] == ids

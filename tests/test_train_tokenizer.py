@@ -249,6 +249,15 @@ def test_evaluate_reports_both_wers_bitrates_and_usage(trained, data, tmp_path, 
     assert "other options (beam_size)" in capsys.readouterr().err
     assert main(["tokenizer", "evaluate", *args[:4], *reuse[:2], "--limit", "4"]) == 2
     assert "is not in the report" in capsys.readouterr().err
+    assert report["encoder_dtype"] == "float32"
+    bf16 = ["--encoder-dtype", "bfloat16"]
+    assert main(["tokenizer", "evaluate", *args[:4], *reuse, *bf16]) == 2
+    assert "encoder ran in float32, this one runs in bfloat16" in capsys.readouterr().err
+    bf16_path = tmp_path / "bf16.json"
+    assert main(["tokenizer", "evaluate", *args[:4], "--report", str(bf16_path), "--limit", "3",
+                 *bf16]) == 0  # fmt: skip
+    assert "bfloat16 encoder" in capsys.readouterr().out
+    assert json.loads(bf16_path.read_text())["encoder_dtype"] == "bfloat16"
 
 
 def test_clear_errors(tmp_path, trained, data, capsys):

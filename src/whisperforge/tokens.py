@@ -33,7 +33,7 @@ import torch
 from whisperforge.audio import N_SAMPLES, SAMPLE_RATE, AudioSource, load_audio, log_mel_spectrogram
 from whisperforge.decoding import DecodingOptions, decode, detect_language
 from whisperforge.fileio import atomic_folder
-from whisperforge.models.inference import InferenceSession
+from whisperforge.models.inference import InferenceSession, encoder_dtype_of
 from whisperforge.models.loading import ModelBundle, ModelNotFoundError, load_model
 from whisperforge.models.vq import (
     VQConfig,
@@ -195,11 +195,20 @@ class SpeechTokenizer:
     """A ``WhisperVQ`` bottleneck inside a frozen Whisper model (``whisper``'s ``.model``).
 
     ``teacher`` is the Whisper reference stored on save; ``meta`` keeps the rest of the
-    metadata (preset, merged parts) through a load/save round trip.
+    metadata (preset, merged parts) through a load/save round trip. ``encoder_dtype``
+    (``"bfloat16"``, ``"float16"``; default the model's float32) runs the Whisper encoder on a
+    converted copy in that precision, as ``Transcriber`` does: faster tokenization on CPUs
+    with bfloat16 instructions, at the price of a few codes that flip near a tie
+    (docs/tokens.md). The bottleneck and the decoder stay in the model's precision.
     """
 
     def __init__(
-        self, bottleneck: WhisperVQ, whisper: ModelBundle, teacher: str, meta: dict | None = None
+        self,
+        bottleneck: WhisperVQ,
+        whisper: ModelBundle,
+        teacher: str,
+        meta: dict | None = None,
+        encoder_dtype: str | torch.dtype | None = None,
     ):
         width = whisper.model.config.d_model
         if width != bottleneck.config.d_model:
@@ -211,17 +220,28 @@ class SpeechTokenizer:
         self.whisper = whisper
         self.teacher = teacher
         self.meta = dict(meta or {})
-        self.session = InferenceSession(whisper.model)
+        self.session = InferenceSession(whisper.model, encoder_dtype)
 
     @classmethod
     def load(
-        cls, ref: str | Path, device: str | torch.device = "cpu", whisper: ModelBundle | None = None
+        cls,
+        ref: str | Path,
+        device: str | torch.device = "cpu",
+        whisper: ModelBundle | None = None,
+        encoder_dtype: str | torch.dtype | None = None,
     ) -> SpeechTokenizer:
         """Load a tokenizer folder or shipped name and the Whisper model it references
-        (or use ``whisper``, an already loaded bundle of that model)."""
+        (or use ``whisper``, an already loaded bundle of that model); ``encoder_dtype`` as
+        in the class."""
+        encoder_dtype_of(encoder_dtype)  # a bad name fails before loading
         bottleneck, meta = load_bottleneck(ref)
         whisper = whisper or load_model(meta["teacher"], device=device)
-        return cls(bottleneck, whisper, meta["teacher"], meta)
+        return cls(bottleneck, whisper, meta["teacher"], meta, encoder_dtype)
+
+    @property
+    def encoder_dtype(self) -> str:
+        """The precision the Whisper encoder runs in, e.g. ``"float32"``."""
+        return str(self.session.encoder_dtype).removeprefix("torch.")
 
     def save(self, folder: str | Path) -> Path:
         """Write the bottleneck and its metadata (atomically); returns ``folder``."""

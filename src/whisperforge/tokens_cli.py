@@ -34,7 +34,9 @@ def _load(args):
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     _quiet_transformers()
-    return SpeechTokenizer.load(args.model, device=args.device)
+    return SpeechTokenizer.load(
+        args.model, device=args.device, encoder_dtype=getattr(args, "encoder_dtype", None)
+    )
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
@@ -187,6 +189,17 @@ def cmd_save(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_encoder_dtype(p: argparse.ArgumentParser) -> None:
+    """``--encoder-dtype`` of the commands that run the Whisper encoder on audio."""
+    from whisperforge.models.presets import ENCODER_DTYPES
+
+    p.add_argument(
+        "--encoder-dtype", choices=ENCODER_DTYPES, default=None,
+        help="precision of the Whisper encoder (default: the model's, float32); bfloat16 is "
+        "faster on CPUs with bf16 instructions, a few codes may differ (docs/tokens.md)",
+    )  # fmt: skip
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model", default=DEFAULT_TOKENIZER,
@@ -211,6 +224,7 @@ def add_parser(subparsers) -> None:
         "--format", choices=FORMATS, default="ids",
         help="ids: space-separated; json: JSON lines; llm: <|sound_0123|> text",
     )  # fmt: skip
+    add_encoder_dtype(p)
     _common(p)
     p.set_defaults(func=cmd_encode)
 

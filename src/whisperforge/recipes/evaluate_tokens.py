@@ -9,13 +9,15 @@ asked for, else the row's, else the one the teacher detects. Window texts are jo
 recording and scored like ``whisperforge evaluate`` (``recipes.evaluate``).
 
 The teacher's side does not depend on the tokenizer: ``teacher_texts(report, ...)`` takes it
-from an earlier report on the same utterances (same teacher, same decoding) so that comparing
-checkpoints decodes only the tokens (CLI ``--teacher-from REPORT``).
+from an earlier report on the same utterances (same teacher, same encoder precision, same
+decoding) so that comparing checkpoints decodes only the tokens (CLI ``--teacher-from
+REPORT``).
 
 Besides the error rates the report gives the ratio of the two WERs, the nominal bitrate
 (``tokens_per_second * log2(codes)``), the entropy bitrate (``tokens_per_second`` times the
 empirical unigram entropy of the ids, in bits), codebook utilisation / perplexity / dead codes
-over the whole set, the time each stage took and the machine.
+over the whole set, the precision the encoder ran in (``encoder_dtype``: both paths read
+the same states), the time each stage took and the machine.
 """
 
 from __future__ import annotations
@@ -135,10 +137,15 @@ def teacher_texts(
     language: str | None,
 ) -> list[str]:  # fmt: skip
     """Each item's teacher transcript from an earlier ``evaluate_tokens`` report; ValueError
-    unless that report decoded the same utterances with the same teacher and options."""
+    unless that report decoded the same utterances with the same teacher, encoder precision and
+    options."""
     if report.get("teacher_model") != tokenizer.teacher:
         raise ValueError(f"the report's teacher is {report.get('teacher_model')!r}, this "
                          f"tokenizer's is {tokenizer.teacher!r}")  # fmt: skip
+    # reports written before the encoder precision was recorded ran it in float32
+    if report.get("encoder_dtype", "float32") != tokenizer.encoder_dtype:
+        raise ValueError(f"the report's encoder ran in {report.get('encoder_dtype', 'float32')}, "
+                         f"this one runs in {tokenizer.encoder_dtype}")  # fmt: skip
     # reports written before the language was recorded decoded with the default (None)
     old = {"language": None, **report.get("options", {})}
     old.pop("batch_size", None)
@@ -250,7 +257,7 @@ def _report(tok, items, outputs, languages, timing: _Timing, wall, options: dict
         return audio / seconds if seconds > 0 else 0.0
 
     report.update(
-        teacher_model=tok.teacher,
+        teacher_model=tok.teacher, encoder_dtype=tok.encoder_dtype,
         teacher={k: teacher[k] for k in ("wer", "cer", "substitution_rate", "deletion_rate",
                                          "insertion_rate", "repeated_5grams")},
         wer_ratio=_ratio(report["wer"], teacher["wer"]),

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from whisperforge.models.zoo import DEFAULT_TOKENIZER
 from whisperforge.recipes.train_cli import add_train_arguments, run_training
+from whisperforge.tokens_cli import add_encoder_dtype
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -44,7 +45,7 @@ def _load_tokenizer(args: argparse.Namespace):
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     _quiet_transformers()
-    return SpeechTokenizer.load(args.model, device=args.device)
+    return SpeechTokenizer.load(args.model, device=args.device, encoder_dtype=args.encoder_dtype)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -107,13 +108,13 @@ def print_report(r: dict) -> None:
     print(f"codebook    {book['used']} of {book['n_codes']} codes used "
           f"({100 * book['utilisation']:.1f} %), perplexity {book['perplexity']:.1f}, "
           f"dead {book['dead_codes']}")  # fmt: skip
-    t = r["timing"]
+    t, encoder = r["timing"], r.get("encoder_dtype", "float32")
     teacher_speed = t["teacher_throughput"]
     teacher_speed = "from " + r["teacher_from"] if teacher_speed is None else f"{teacher_speed:.2f}"
     print(f"throughput  {r['throughput']:.2f} audio s / wall s overall; tokenize "
           f"{t['tokenize_throughput']:.2f}, tokens->text {t['tokens_to_text_throughput']:.2f}, "
           f"teacher {teacher_speed} ({r['machine']['torch_threads']} threads, "
-          f"batch {r['options']['batch_size']})")  # fmt: skip
+          f"batch {r['options']['batch_size']}, {encoder} encoder)")  # fmt: skip
 
 
 def add_parser(subparsers) -> None:
@@ -145,6 +146,7 @@ def add_parser(subparsers) -> None:
         "utterances (same teacher and decoding) instead of decoding them again",
     )  # fmt: skip
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N utterances")
+    add_encoder_dtype(p)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -177,7 +177,9 @@ class TokenizerPool(_WarmPool):
     def _load(self, name: str):
         from whisperforge.tokens import SpeechTokenizer
 
-        return SpeechTokenizer.load(name, device=self.settings.device)
+        return SpeechTokenizer.load(
+            name, device=self.settings.device, encoder_dtype=self.settings.encoder_dtype
+        )
 
 
 # -- admission: bounded concurrency + bounded queue --------------------------------------
