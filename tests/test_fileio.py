@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from whisperforge.fileio import atomic_folder, write_text_atomic
+from whisperforge.fileio import append_lines, atomic_folder, resume_jsonl, write_text_atomic
 
 
 def test_atomic_folder_replaces_in_one_piece_with_mkdir_permissions(tmp_path):
@@ -45,3 +45,19 @@ def test_atomic_folder_leaves_nothing_when_the_block_fails(tmp_path):
 def test_write_text_atomic(tmp_path):
     path = write_text_atomic(tmp_path / "sub" / "f.json", "{}")
     assert path.read_text() == "{}" and [p.name for p in path.parent.iterdir()] == ["f.json"]
+
+
+def test_resume_jsonl_drops_a_cut_last_line_and_appending_goes_on(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    assert resume_jsonl(path) == []  # nothing written yet
+    with open(path, "a", encoding="utf-8") as handle:
+        append_lines(handle, ['{"a": 1}', '{"a": 2}'])
+    path.write_text(path.read_text() + '{"a": 3, "b"')  # killed mid-write
+    assert resume_jsonl(path) == [{"a": 1}, {"a": 2}]
+    assert path.read_text() == '{"a": 1}\n{"a": 2}\n'
+    with open(path, "a", encoding="utf-8") as handle:
+        append_lines(handle, ['{"a": 3}'])
+    assert resume_jsonl(path) == [{"a": 1}, {"a": 2}, {"a": 3}]
+    path.write_text('{"a": 1}\nnot json\n')
+    with pytest.raises(ValueError, match="rows.jsonl:2: not a JSON line"):
+        resume_jsonl(path)

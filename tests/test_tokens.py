@@ -265,3 +265,52 @@ def test_bfloat16_encoder_keeps_the_rate_and_nearly_all_codes(speech_tokenizer, 
     code, out, _ = _run(capsys, "tokens", "encode", str(JFK), "--model", str(folder),
                         "--encoder-dtype", "bfloat16", "-q")  # fmt: skip
     assert code == 0 and [int(i) for i in out.split()] == ids
+
+
+def test_cli_encodes_a_manifest_resumably(speech_tokenizer, tmp_path, capsys):
+    import soundfile as sf
+
+    folder = speech_tokenizer.save(tmp_path / "tok")
+    jfk = load_audio(JFK)
+    short, broken = tmp_path / "short.wav", tmp_path / "broken.wav"
+    sf.write(short, jfk[: 3 * SAMPLE_RATE], SAMPLE_RATE)
+    broken.write_bytes(b"not audio at all")
+    rows = [
+        {"audio": str(JFK), "text": "ask not", "id": "jfk", "language": "en"},
+        {"audio": str(broken), "text": "broken", "id": "broken"},
+        {"audio": str(short), "text": "and so my fellow", "id": "short"},
+    ]
+    manifest, out = tmp_path / "rows.jsonl", tmp_path / "out" / "tokens.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    argv = ["tokens", "encode", "--manifest", str(manifest), "--model", str(folder),
+            "--output", str(out), "--format", "llm", "--batch-size", "2", "-q"]  # fmt: skip
+    code, _, err = _run(capsys, *argv)
+    assert code == 1 and "(broken)" in err and "2 of 3 rows encoded, 1 failed" in err
+    first = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["index"], r["id"]) for r in first] == [(0, "jfk"), (2, "short")]
+    assert first[0]["tokens"] == speech_tokenizer.tokenize(JFK) and first[0]["text"] == "ask not"
+    assert first[0]["language"] == "en" and first[0]["audio"] == str(JFK)
+    assert from_llm_text(first[1]["llm"]) == first[1]["tokens"] == speech_tokenizer.tokenize(short)
+
+    # killed while writing the second row, and the broken file replaced: a rerun keeps the
+    # complete row, drops the cut one and encodes the two missing rows
+    text = out.read_text()
+    out.write_text(text[: text.index("\n") + 25])
+    sf.write(broken, jfk[: 2 * SAMPLE_RATE], SAMPLE_RATE)
+    code, _, err = _run(capsys, *argv)
+    assert code == 0 and "1 of 3 rows already encoded" in err and "3 of 3 rows encoded" in err
+    again = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert sorted(again) == ["broken", "jfk", "short"]
+    assert again["jfk"] == first[0] and again["short"] == first[1]
+    assert len(again["broken"]["tokens"]) == 50
+    code, texts, _ = _run(capsys, "tokens", "transcribe", str(out), "--model", str(folder), "-q")
+    assert code == 0 and len(texts.splitlines()) == 3  # the output reads back as it is
+
+    rows[0]["id"] = "renamed"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, _, err = _run(capsys, *argv)
+    assert code == 2 and "the manifest changed" in err
+    code, _, err = _run(capsys, *argv[:6])
+    assert code == 2 and "--manifest needs --output" in err
+    code, _, err = _run(capsys, "tokens", "encode", "--model", str(folder))
+    assert code == 2 and "give audio files" in err

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 
 @contextlib.contextmanager
@@ -43,6 +45,37 @@ def write_text_atomic(path: Path, text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def resume_jsonl(path: Path) -> list[dict]:
+    """The complete rows of a JSON-lines file that a killed process may have been appending
+    to (``append_lines``). A last line without its newline, cut off mid-write, is removed from
+    the file, so appending can go on after the last complete row; another bad line is a
+    ValueError naming it."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        with open(path, "r+b") as handle:
+            handle.truncate(end)
+    rows = []
+    for number, line in enumerate(data[:end].splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}:{number}: not a JSON line ({error.msg})") from None
+    return rows
+
+
+def append_lines(handle: IO[str], lines: list[str]) -> None:
+    """Append ``lines`` in one write and push them to disk: a kill leaves at most the last
+    line cut short, which ``resume_jsonl`` removes."""
+    handle.write("".join(line + "\n" for line in lines))
+    handle.flush()
+    os.fsync(handle.fileno())
 
 
 def _widen_private_files(folder: Path) -> None:

@@ -44,6 +44,12 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
     from whisperforge.audio import SAMPLE_RATE, AudioError, load_audio
 
+    if args.manifest is not None:
+        if args.files:
+            raise ValueError("give audio files or --manifest, not both")
+        return _encode_manifest(args)
+    if not args.files:
+        raise ValueError("give audio files to encode, or --manifest with --output")
     tokenizer = _load(args)
     decoded, failures = [], 0
     for path in args.files:
@@ -65,6 +71,73 @@ def cmd_encode(args: argparse.Namespace) -> int:
     _write(lines, args.output)
     if failures:
         print(f"{failures} of {len(args.files)} file(s) failed", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _manifest_row(index: int, item, ids: list[int], fmt: str) -> str:
+    from whisperforge.tokens import to_llm_text
+
+    audio = item.audio if isinstance(item.audio, (str, Path)) else None
+    row = {"index": index, "id": item.id, "audio": None if audio is None else str(audio),
+           "text": item.text, "language": item.language, "speaker": item.speaker,
+           "duration": item.duration, "tokens": ids}  # fmt: skip
+    if fmt == "llm":
+        row["llm"] = to_llm_text(ids)
+    return json.dumps(row, ensure_ascii=False)
+
+
+def _encode_manifest(args: argparse.Namespace) -> int:
+    """Tokenize every row of a manifest into a JSON-lines file next to its text, resumably:
+    rows already in ``--output`` are skipped, a row cut short by a kill is dropped and done
+    again, and audio that cannot be decoded is reported and retried on the next run."""
+    from tqdm import tqdm
+
+    from whisperforge.audio import SAMPLE_RATE, AudioError, load_audio
+    from whisperforge.fileio import append_lines, resume_jsonl
+    from whisperforge.recipes.evaluate import items_from_source
+
+    if args.output is None:
+        raise ValueError("--manifest needs --output (a JSON-lines file; running the same "
+                         "command again resumes it)")  # fmt: skip
+    items, skipped = items_from_source(args.manifest, split=args.split)
+    for row in skipped:
+        print(f"skipped line {row['line']}: {row['reason']}", file=sys.stderr)
+    done = resume_jsonl(args.output)
+    for row in done:
+        index = row.get("index")
+        if not isinstance(index, int) or index >= len(items) or row.get("id") != items[index].id:
+            raise ValueError(
+                f"{args.output} holds row {index} ({row.get('id')!r}), which is not that row "
+                f"of {args.manifest}: the manifest changed; write to a new --output"
+            )
+    finished = {row["index"] for row in done}
+    todo = [i for i in range(len(items)) if i not in finished]
+    if finished:
+        print(f"resuming {args.output}: {len(finished)} of {len(items)} rows already encoded",
+              file=sys.stderr)  # fmt: skip
+    tokenizer = _load(args)
+    seconds = sum(items[i].duration or 0.0 for i in todo)
+    bar = tqdm(total=round(seconds, 1), unit="s", disable=args.quiet or None, file=sys.stderr)
+    failures = 0
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.output, "a", encoding="utf-8") as handle:
+        for start in range(0, len(todo), args.batch_size):
+            batch = []
+            for index in todo[start : start + args.batch_size]:
+                try:
+                    batch.append((index, load_audio(items[index].audio)))
+                except AudioError as error:
+                    failures += 1
+                    print(f"error: row {index} ({items[index].id}): {error}", file=sys.stderr)
+            ids = tokenizer.tokenize_batch([a for _, a in batch], batch_size=args.batch_size)
+            rows = zip(batch, ids)
+            append_lines(handle, [_manifest_row(i, items[i], r, args.format) for (i, _), r in rows])
+            bar.update(sum(len(a) for _, a in batch) / SAMPLE_RATE)
+    bar.close()
+    total = len(finished) + len(todo) - failures
+    print(f"{args.output}: {total} of {len(items)} rows encoded"
+          + (f", {failures} failed (run again to retry them)" if failures else ""),
+          file=sys.stderr)  # fmt: skip
     return 1 if failures else 0
 
 
@@ -218,8 +291,16 @@ def add_parser(subparsers) -> None:
     )
     sub = tokens.add_subparsers(dest="tokens_command", required=True)
 
-    p = sub.add_parser("encode", help="audio files -> speech token ids, one line per file")
-    p.add_argument("files", nargs="+", help="audio files (any format load_audio reads)")
+    p = sub.add_parser(
+        "encode", help="audio files (or a manifest's rows) -> speech token ids, one line each"
+    )
+    p.add_argument("files", nargs="*", help="audio files (any format load_audio reads)")
+    p.add_argument(
+        "--manifest", default=None,
+        help="encode every row of this JSONL manifest, corpus folder, audiofolder or HF "
+        "dataset instead: JSON lines with the row's text and its tokens to --output, resumable",
+    )  # fmt: skip
+    p.add_argument("--split", default="train", help="split of a corpus folder or dataset")
     p.add_argument(
         "--format", choices=FORMATS, default="ids",
         help="ids: space-separated; json: JSON lines; llm: <|sound_0123|> text",
