@@ -22,25 +22,16 @@ import time
 from pathlib import Path
 
 import torch
-from bench_common import fmt, markdown_table, replace_marked_section, report_from, run_facts
+from bench_common import (
+    EncoderClock,
+    fmt,
+    markdown_table,
+    replace_marked_section,
+    report_from,
+    run_facts,
+)
 
 START_MARK, END_MARK = "<!-- tokens:start -->", "<!-- tokens:end -->"
-
-
-class _Clock:
-    """Adds up the wall time of a session's ``encode`` calls."""
-
-    def __init__(self, session) -> None:
-        self.seconds = 0.0
-        inner = session.encode
-
-        def timed(*args, **kwargs):
-            start = time.perf_counter()
-            out = inner(*args, **kwargs)
-            self.seconds += time.perf_counter() - start
-            return out
-
-        session.encode = timed
 
 
 def measure(args: argparse.Namespace, workloads) -> dict:
@@ -53,7 +44,9 @@ def measure(args: argparse.Namespace, workloads) -> dict:
         dtype: SpeechTokenizer.load(args.tokenizer, whisper=whisper, encoder_dtype=dtype)
         for dtype in ("float32", args.encoder_dtype)
     }
-    clocks = {dtype: _Clock(tok.session) for dtype, tok in systems.items()}
+    clocks = {dtype: EncoderClock() for dtype in systems}
+    for dtype, tok in systems.items():
+        tok.session.encode = clocks[dtype].wrap(tok.session.encode)
     rows = []
     for workload in workloads:
         audio = workload.audio
@@ -65,7 +58,7 @@ def measure(args: argparse.Namespace, workloads) -> dict:
         for r in range(args.repeats):
             order = list(systems) if r % 2 == 0 else list(reversed(systems))
             for dtype in order:
-                clocks[dtype].seconds = 0.0
+                clocks[dtype].reset()
                 start = time.perf_counter()
                 ids[dtype] = systems[dtype].tokenize_batch(audio, batch_size=args.batch_size)
                 walls[dtype].append(time.perf_counter() - start)

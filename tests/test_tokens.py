@@ -312,5 +312,11 @@ def test_cli_encodes_a_manifest_resumably(speech_tokenizer, tmp_path, capsys):
     assert code == 2 and "the manifest changed" in err
     code, _, err = _run(capsys, *argv[:6])
     assert code == 2 and "--manifest needs --output" in err
+    for name, text in (("empty.jsonl", ""), ("wrong.jsonl", "audio,text\nfile.wav,hello\n")):
+        (tmp_path / name).write_text(text)
+        bad = ["--manifest", str(tmp_path / name), "--output", str(tmp_path / "x.jsonl")]
+        code, _, err = _run(capsys, "tokens", "encode", *bad, "--model", str(folder))
+        assert code == 2 and "no usable utterances" in err, err
+        assert not (tmp_path / "x.jsonl").exists()  # nothing written for a bad manifest
     code, _, err = _run(capsys, "tokens", "encode", "--model", str(folder))
     assert code == 2 and "give audio files" in err

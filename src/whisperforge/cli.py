@@ -159,15 +159,9 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from whisperforge.recipes.evaluate import evaluate, items_from_source, write_report
+    from whisperforge.recipes.evaluate import evaluate, usable_items, write_report
 
-    items, skipped = items_from_source(args.manifest, split=args.split)
-    for row in skipped:
-        print(f"skipped line {row['line']}: {row['reason']}", file=sys.stderr)
-    if args.limit:
-        items = items[: args.limit]
-    if not items:
-        raise CLIError(f"{args.manifest}: no usable utterances")
+    items, skipped = usable_items(args.manifest, split=args.split, limit=args.limit)
     transcriber = _transcriber(args)
     bar = tqdm(total=len(items), unit="utt", disable=args.quiet or None, file=sys.stderr)
     report = evaluate(

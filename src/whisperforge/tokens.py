@@ -241,7 +241,7 @@ class SpeechTokenizer:
     @property
     def encoder_dtype(self) -> str:
         """The precision the Whisper encoder runs in, e.g. ``"float32"``."""
-        return str(self.session.encoder_dtype).removeprefix("torch.")
+        return self.session.encoder_dtype_name
 
     def save(self, folder: str | Path) -> Path:
         """Write the bottleneck and its metadata (atomically); returns ``folder``."""

@@ -94,14 +94,12 @@ def _encode_manifest(args: argparse.Namespace) -> int:
 
     from whisperforge.audio import SAMPLE_RATE, AudioError, load_audio
     from whisperforge.fileio import append_lines, resume_jsonl
-    from whisperforge.recipes.evaluate import items_from_source
+    from whisperforge.recipes.evaluate import usable_items
 
     if args.output is None:
         raise ValueError("--manifest needs --output (a JSON-lines file; running the same "
                          "command again resumes it)")  # fmt: skip
-    items, skipped = items_from_source(args.manifest, split=args.split)
-    for row in skipped:
-        print(f"skipped line {row['line']}: {row['reason']}", file=sys.stderr)
+    items, _ = usable_items(args.manifest, split=args.split)
     done = resume_jsonl(args.output)
     for row in done:
         index = row.get("index")

@@ -181,6 +181,11 @@ class InferenceSession:
     def dtype(self) -> torch.dtype:
         return self.embed.dtype
 
+    @property
+    def encoder_dtype_name(self) -> str:
+        """The precision the encoder runs in, by name (``"float32"``, ``"bfloat16"``)."""
+        return str(self.encoder_dtype).removeprefix("torch.")
+
     @torch.inference_mode()
     def encode(self, features: Tensor) -> Tensor:
         """``(batch, n_mels, n_frames)`` log-mel -> ``(batch, n_frames // 2, d_model)``

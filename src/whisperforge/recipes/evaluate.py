@@ -123,7 +123,7 @@ def evaluate(transcriber: Transcriber, items: Iterable[EvalItem], progress=None,
         by_language=rates_by(rows, "language"),
         options=options,
         audio_context=options.get("audio_context") or transcriber.bundle.audio_context,
-        encoder_dtype=str(transcriber.session.encoder_dtype).removeprefix("torch."),
+        encoder_dtype=transcriber.session.encoder_dtype_name,
         machine=machine_info(),
         per_utterance=rows,
     )
@@ -157,6 +157,24 @@ def write_report(report: dict, path: str | Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
     os.replace(tmp, path)
+
+
+def usable_items(
+    source: str | Path, split: str = "test", limit: int = 0
+) -> tuple[list[EvalItem], list[dict]]:
+    """``items_from_source`` (the first ``limit`` items when given) for a command: each
+    skipped row is reported on stderr, and a source with no usable row is a ManifestError."""
+    import sys
+
+    from whisperforge.data.manifest import ManifestError
+
+    items, skipped = items_from_source(source, split=split)
+    for row in skipped:
+        print(f"skipped line {row['line']}: {row['reason']}", file=sys.stderr)
+    items = items[:limit] if limit else items
+    if not items:
+        raise ManifestError(f"{source}: no usable utterances ({len(skipped)} skipped)")
+    return items, skipped
 
 
 def items_from_source(source: str | Path, split: str = "test") -> tuple[list[EvalItem], list[dict]]:

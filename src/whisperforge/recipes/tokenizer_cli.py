@@ -51,17 +51,11 @@ def _load_tokenizer(args: argparse.Namespace):
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from whisperforge.data.manifest import ManifestError
     from whisperforge.decoding import DecodingOptions
-    from whisperforge.recipes.evaluate import items_from_source, write_report
+    from whisperforge.recipes.evaluate import usable_items, write_report
     from whisperforge.recipes.evaluate_tokens import evaluate_tokens, teacher_texts
 
-    items, skipped = items_from_source(args.manifest, split=args.split)
-    for row in skipped:
-        print(f"skipped line {row['line']}: {row['reason']}", file=sys.stderr)
-    items = items[: args.limit] if args.limit else items
-    if not items:
-        raise ManifestError(f"{args.manifest}: no usable utterances ({len(skipped)} skipped)")
+    items, skipped = usable_items(args.manifest, split=args.split, limit=args.limit)
     tokenizer = _load_tokenizer(args)
     options = DecodingOptions(beam_size=args.beam_size if args.beam_size > 1 else None,
                               without_timestamps=True)  # fmt: skip
