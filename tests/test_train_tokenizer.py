@@ -215,6 +215,23 @@ def test_grow_train_merge_keeps_the_layout(tmp_path, trained, teacher_dir, data,
     assert ids and all(0 <= i < 81 and i != 64 for i in ids)
 
 
+def test_continuing_applies_the_quantizer_settings_given(tmp_path, trained, teacher_dir, data):
+    source = trained / "tokenizer"
+    kept = _config(tmp_path, teacher_dir, data, "kept", phase1_steps=1, phase2_steps=0,
+                   init_from=str(source))  # fmt: skip
+    result = train(load_config(TokenizerTrainConfig, kept), progress=False)
+    assert "quantizer" not in result.data["bottleneck"]
+    assert load_bottleneck(result.tokenizer)[0].config.threshold_ema_dead_code == 2.0
+    changed = _config(tmp_path, teacher_dir, data, "changed", phase1_steps=1, phase2_steps=0,
+                      init_from=str(source),
+                      bottleneck={"threshold_ema_dead_code": 0.05, "ema_decay": 0.9})  # fmt: skip
+    result = train(load_config(TokenizerTrainConfig, changed), progress=False)
+    assert result.data["bottleneck"]["quantizer"] == {"ema_decay": 0.9,
+                                                      "threshold_ema_dead_code": 0.05}  # fmt: skip
+    config = load_bottleneck(result.tokenizer)[0].config
+    assert (config.threshold_ema_dead_code, config.ema_decay) == (0.05, 0.9)
+
+
 def test_evaluate_reports_both_wers_bitrates_and_usage(trained, data, tmp_path, capsys):
     report_path = tmp_path / "report.json"
     tokenizer = str(trained / "tokenizer")
@@ -314,8 +331,8 @@ def test_warns_when_the_dead_code_threshold_is_too_high_for_the_batch(
 
     path = _config(tmp_path, teacher_dir, data, "thr")
     run = setup(load_config(TokenizerTrainConfig, path))
-    rows = [e for source in run.examples for e in source]
-    mean = sum(tokens_for_samples(e.samples) for e in rows) / len(rows)
+    a, b = ([tokens_for_samples(e.samples) for e in source] for source in run.examples)
+    mean = 0.7 * sum(a) / len(a) + 0.3 * sum(b) / len(b)  # windows drawn 7 : 3
     expected = mean * 2 / 16  # batch 2, one process, 16 codes
     assert run.report["tokens_per_code_per_step"] == pytest.approx(expected, abs=1e-3)
     assert "threshold_ema_dead_code" not in caplog.text  # 2 is well below ~expected / 2

@@ -219,3 +219,18 @@ def test_init_from_states_starts_near_a_linear_code_of_the_states():
     variance = states[mask].var(0).sum().item() / D
     assert real < 0.1 * variance and real < 0.1 * real_random
     assert padding < 0.1 * variance  # the mask code stands for the padding frames
+
+
+def test_quantizer_settings_change_without_changing_the_ids():
+    from whisperforge.models.vq import with_quantizer_settings
+
+    torch.manual_seed(0)
+    vq = WhisperVQ(VQConfig(d_model=32, n_heads=2, codebook_size=16, codebook_dim=8)).eval()
+    states = torch.randn(2, N_AUDIO_CTX, 32)
+    copy = with_quantizer_settings(vq, threshold_ema_dead_code=0.25, commitment_weight=0.5)
+    assert copy.config.threshold_ema_dead_code == 0.25 and copy.config.commitment_weight == 0.5
+    assert copy.vq._codebook.threshold_ema_dead_code == 0.25  # the library trains with it
+    assert not copy.training and vq.config.threshold_ema_dead_code == 2.0
+    torch.testing.assert_close(copy.quantize(states), vq.quantize(states), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="not quantizer settings"):
+        with_quantizer_settings(vq, codebook_size=32)

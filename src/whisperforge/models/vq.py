@@ -333,6 +333,21 @@ class WhisperVQ(nn.Module):
         return self._expand(self.embed_ids(ids))
 
 
+QUANTIZER_SETTINGS = ("ema_decay", "commitment_weight", "threshold_ema_dead_code")
+
+
+def with_quantizer_settings(vq: WhisperVQ, **settings: float) -> WhisperVQ:
+    """A copy of ``vq`` whose quantizer trains with other ``QUANTIZER_SETTINGS`` (EMA decay,
+    commitment weight, dead-code threshold); weights and codebook state are ``vq``'s, so its
+    ids are unchanged. For continuing a trained tokenizer with other settings."""
+    unknown = sorted(set(settings) - set(QUANTIZER_SETTINGS))
+    if unknown:
+        raise ValueError(f"not quantizer settings: {unknown}; choose from {QUANTIZER_SETTINGS}")
+    copy = WhisperVQ(replace(vq.config, **settings)).to(next(vq.parameters()).device)
+    copy.load_state_dict(vq.state_dict())
+    return copy.train(vq.training)
+
+
 def frame_mask(n_samples: Tensor, n_audio_ctx: int = N_AUDIO_CTX) -> Tensor:
     """``(batch,)`` audio lengths in 16 kHz samples -> ``(batch, n_audio_ctx)`` bool mask of
     the encoder frames (50 Hz) that hold audio: ``ceil(n_samples / 320)`` per row."""

@@ -39,7 +39,13 @@ import torch.nn.functional as F
 
 from whisperforge.audio import SAMPLE_RATE, audio_samples
 from whisperforge.losses import tokenizer_loss
-from whisperforge.models.vq import VQConfig, WhisperVQ, codebook_usage, frame_mask
+from whisperforge.models.vq import (
+    QUANTIZER_SETTINGS,
+    VQConfig,
+    WhisperVQ,
+    codebook_usage,
+    frame_mask,
+)
 from whisperforge.training.config import TrainingConfig, to_dict
 from whisperforge.training.data import Batch, collate
 from whisperforge.training.loop import (
@@ -71,16 +77,18 @@ class TrainSource:
 @dataclass(frozen=True)
 class BottleneckOptions:
     """``VQConfig`` fields of a new bottleneck; the width is the teacher's. With ``init_from``
-    only ``codebook_size`` applies (the rest comes from the tokenizer grown from)."""
+    the sizes come from the tokenizer continued from (``codebook_size`` may grow it), and the
+    quantizer's training settings (``QUANTIZER_SETTINGS``) apply where they are set: unset
+    (None), a new bottleneck gets ``VQConfig``'s default and a continued one keeps its own."""
 
     codebook_size: int = 2048
     codebook_dim: int = 64
     n_layers: int = 1
     n_heads: int | None = None  # None: heads of 64 channels (the presets)
     ffn_mult: int = 4
-    ema_decay: float = 0.8
-    commitment_weight: float = 1.0
-    threshold_ema_dead_code: float = 2.0
+    ema_decay: float | None = None  # VQConfig default 0.8
+    commitment_weight: float | None = None  # 1.0
+    threshold_ema_dead_code: float | None = None  # 2.0
     kmeans_init: bool = False
     rotation_trick: bool = False
     # "data": positions, projections and codebook fitted to the encoder states of
@@ -96,6 +104,9 @@ class BottleneckOptions:
         fields = to_dict(self)
         fields.pop("init"), fields.pop("init_windows")
         heads = fields.pop("n_heads") or max(1, d_model // 64)
+        for name in QUANTIZER_SETTINGS:
+            if fields[name] is None:
+                del fields[name]
         return VQConfig(d_model=d_model, n_heads=heads, **fields)
 
 
@@ -266,7 +277,7 @@ def build_bottleneck(config: TokenizerTrainConfig, encoder) -> tuple[WhisperVQ, 
     the first step its features have the per-channel scale and offset the frozen decoder's
     cross-attention was trained on (otherwise the first hundreds of steps only learn that).
     """
-    from whisperforge.models.vq import grow_codebook
+    from whisperforge.models.vq import grow_codebook, with_quantizer_settings
     from whisperforge.tokens import load_bottleneck
 
     size = config.bottleneck.codebook_size
@@ -287,6 +298,11 @@ def build_bottleneck(config: TokenizerTrainConfig, encoder) -> tuple[WhisperVQ, 
         raise ValueError(f"bottleneck.codebook_size {size} is below init_from's "
                          f"{have.codebook_size}; codebooks only grow")  # fmt: skip
     origin = {"init": str(config.init_from), "from_codes": have.codebook_size}
+    settings = {name: getattr(config.bottleneck, name) for name in QUANTIZER_SETTINGS}
+    changed = {k: v for k, v in settings.items() if v is not None and v != getattr(have, k)}
+    if changed:
+        source = with_quantizer_settings(source, **changed)
+        origin["quantizer"] = changed
     if size == have.codebook_size:
         return source.train(), origin
     generator = torch.Generator().manual_seed(config.training.seed)
@@ -432,11 +448,14 @@ def setup(config: TokenizerTrainConfig) -> TokenizerRun:
 
 
 def tokens_per_step(config: TokenizerTrainConfig, examples, processes: int) -> float:
-    """Real speech tokens one optimizer step quantizes on average (all processes)."""
+    """Real speech tokens one optimizer step quantizes on average (all processes): each
+    source's mean tokens per window by its share of the windows drawn."""
     from whisperforge.models.vq import tokens_for_samples
 
-    rows = [e for source in examples for e in source]
-    mean_tokens = sum(tokens_for_samples(e.samples) for e in rows) / max(1, len(rows))
+    shares = [(s.weight, rows) for s, rows in zip(config.train, examples) if rows]
+    total = sum(weight for weight, _ in shares) or 1.0
+    mean_tokens = sum(weight / total * sum(tokens_for_samples(e.samples) for e in rows) / len(rows)
+                      for weight, rows in shares)  # fmt: skip
     tc = config.training
     return mean_tokens * tc.batch_size * tc.gradient_accumulation_steps * processes
 
