@@ -415,6 +415,17 @@ def run_facts(version_names: tuple[str, ...], load_start: tuple[float, ...]) -> 
     }
 
 
+def machine_sentence(facts: dict) -> str:
+    """The machine line of a benchmark section from its ``run_facts``: CPU and count, torch
+    version, load average at the start."""
+    import torch
+
+    machine = facts.get("cpu_model") or facts["machine"].get("processor", "")
+    load = ", ".join(f"{x:.2f}" for x in facts["load_average_start"])
+    return (f"Machine: {machine} ({os.cpu_count()} CPUs), torch {torch.__version__}; load average "
+            f"at start {load}.")  # fmt: skip
+
+
 def report_from(args, measure: Callable[[list[Workload], str], dict]) -> dict:
     """The saved report ``args.render``, or a new one: ``measure(workloads, note)`` on
     ``load_workloads(args.quick)``, written to ``args.out`` when given."""

@@ -27,7 +27,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from bench_common import atomic_write, markdown_table, replace_marked_section, run_facts
+from bench_common import (
+    atomic_write,
+    machine_sentence,
+    markdown_table,
+    replace_marked_section,
+    run_facts,
+)
 
 START_MARK, END_MARK = "<!-- head:start -->", "<!-- head:end -->"
 
@@ -91,7 +97,6 @@ def measure(model: str, batches: list[int], rounds: int, calls: int) -> list[dic
 
 def render(report: dict) -> str:
     facts = report["facts"]
-    machine = facts.get("cpu_model") or facts["machine"].get("processor", "")
     table = markdown_table(
         [
             "model",
@@ -118,8 +123,7 @@ def render(report: dict) -> str:
     return (
         f"{START_MARK}\n\n### Vocabulary projection, {report['threads']} threads "
         f"({facts['date']})\n\nCommand:\n\n```\n{facts['command']}\n```\n\n"
-        f"Machine: {machine} ({os.cpu_count()} CPUs), torch {torch.__version__}; load average "
-        f"at start {', '.join(f'{x:.2f}' for x in facts['load_average_start'])}.\n\n"
+        f"{machine_sentence(facts)}\n\n"
         f"Median of {report['rounds']} rounds of {report['calls']} calls; the decoder step "
         "(every layer, no projection) is one round of as many calls at the same batch, "
         "for scale.\n\n"

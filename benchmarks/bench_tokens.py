@@ -25,6 +25,7 @@ import torch
 from bench_common import (
     EncoderClock,
     fmt,
+    machine_sentence,
     markdown_table,
     replace_marked_section,
     report_from,
@@ -94,7 +95,6 @@ def measure(args: argparse.Namespace, workloads) -> dict:
 
 def render(report: dict) -> str:
     facts = report["facts"]
-    machine = facts.get("cpu_model") or facts["machine"].get("processor", "")
     table = markdown_table(
         [
             "workload",
@@ -125,8 +125,7 @@ def render(report: dict) -> str:
         f"{START_MARK}\n\n### `{report['tokenizer']}` (in `{report['teacher']}`), "
         f"{report['threads']} threads, batch {report['batch_size']} ({facts['date']})\n\n"
         f"Command:\n\n```\n{facts['command']}\n```\n\n"
-        f"Machine: {machine} ({os.cpu_count()} CPUs), torch {torch.__version__}; load average "
-        f"at start {', '.join(f'{x:.2f}' for x in facts['load_average_start'])}. "
+        f"{machine_sentence(facts)} "
         f"Audio: {report['audio_note']}.\n\n"
         f"Median of {report['repeats']} runs per case, alternating order. Speed-up: against "
         "float32 on the same workload in this run.\n\n"
