@@ -82,6 +82,18 @@ def test_transcribe_cli_prints_segments_and_writes_all_formats(capsys, tmp_path)
     assert "00:00:00,000 --> " in (tmp_path / "jfk.srt").read_text()
 
 
+def test_progress_in_a_log_is_plain_lines_and_quiet_hides_it():
+    argv = [sys.executable, "-m", "whisperforge.cli", "transcribe", str(JFK),
+            "--model", "whisper-tiny.en"]  # fmt: skip
+    logged = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert logged.returncode == 0, logged.stderr[-2000:]
+    progress = [line for line in logged.stderr.splitlines() if "/1 [" in line]
+    assert progress[0].lstrip().startswith("0% 0/1") and "100% 1/1" in progress[-1], progress
+    assert "\r" not in logged.stderr
+    quiet = subprocess.run([*argv, "-q"], capture_output=True, text=True, timeout=300)
+    assert quiet.returncode == 0 and "/1 [" not in quiet.stderr
+
+
 def test_cli_errors_are_one_line_without_traceback():
     for argv in (
         ["transcribe", str(JFK), "--model", "no-such-model"],

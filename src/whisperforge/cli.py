@@ -114,8 +114,7 @@ def _format_time(seconds: float) -> str:
 
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
+    from whisperforge.progress import progress_bar
     from whisperforge.writers import write_result
 
     transcriber = _transcriber(args)
@@ -123,7 +122,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     formats = args.output_format or "txt"
     out_dir = Path(args.output_dir or ".")
     failures = 0
-    bar = tqdm(total=len(args.files), unit="file", disable=args.quiet or None, file=sys.stderr)
+    bar = progress_bar(len(args.files), unit="file", enabled=not args.quiet)
     seconds = [0.0]
 
     def progress(window_seconds: float) -> None:
@@ -157,13 +156,12 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
+    from whisperforge.progress import progress_bar
     from whisperforge.recipes.evaluate import evaluate, usable_items, write_report
 
     items, skipped = usable_items(args.manifest, split=args.split, limit=args.limit)
     transcriber = _transcriber(args)
-    bar = tqdm(total=len(items), unit="utt", disable=args.quiet or None, file=sys.stderr)
+    bar = progress_bar(len(items), unit="utt", enabled=not args.quiet)
     report = evaluate(
         transcriber, items, progress=lambda _: bar.update(1), **_decoding_options(args)
     )
@@ -242,9 +240,9 @@ def cmd_encoder_cache(args: argparse.Namespace) -> int:
     import os
 
     import torch
-    from tqdm import tqdm
 
     from whisperforge.models.loading import load_model
+    from whisperforge.progress import progress_bar
     from whisperforge.training.encoder_cache import (
         EncoderCache,
         SharedEncoder,
@@ -267,8 +265,7 @@ def cmd_encoder_cache(args: argparse.Namespace) -> int:
     encoder = SharedEncoder(bundle.model.model.encoder, bundle.n_mels, args.device, cache)
     mine = audio[rank::world]
     where = f"process {rank + 1}/{world}: " if world > 1 else ""
-    bar = tqdm(total=len(mine), unit="file", desc=f"{where}encoding", disable=args.quiet or None,
-               file=sys.stderr)  # fmt: skip
+    bar = progress_bar(len(mine), unit="file", desc=f"{where}encoding", enabled=not args.quiet)
     with bar:
         report = fill_cache(encoder, mine, args.batch_size, progress=bar.update)
     for name, why in report.failed:

@@ -40,9 +40,8 @@ def _load(args):
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from whisperforge.audio import SAMPLE_RATE, AudioError, load_audio
+    from whisperforge.progress import progress_bar
 
     if args.manifest is not None:
         if args.files:
@@ -59,7 +58,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
             failures += 1
             print(f"error: {error}", file=sys.stderr)
     seconds = sum(len(a) for _, a in decoded) / SAMPLE_RATE
-    bar = tqdm(total=round(seconds, 1), unit="s", disable=args.quiet or None, file=sys.stderr)
+    bar = progress_bar(round(seconds, 1), unit="s", enabled=not args.quiet)
     ids = tokenizer.tokenize_batch(
         [a for _, a in decoded], batch_size=args.batch_size, progress=lambda s: bar.update(s)
     )
@@ -90,10 +89,9 @@ def _encode_manifest(args: argparse.Namespace) -> int:
     """Tokenize every row of a manifest into a JSON-lines file next to its text, resumably:
     rows already in ``--output`` are skipped, a row cut short by a kill is dropped and done
     again, and audio that cannot be decoded is reported and retried on the next run."""
-    from tqdm import tqdm
-
     from whisperforge.audio import SAMPLE_RATE, AudioError, load_audio
     from whisperforge.fileio import append_lines, resume_jsonl
+    from whisperforge.progress import progress_bar
     from whisperforge.recipes.evaluate import usable_items
 
     if args.output is None:
@@ -115,7 +113,7 @@ def _encode_manifest(args: argparse.Namespace) -> int:
               file=sys.stderr)  # fmt: skip
     tokenizer = _load(args)
     seconds = sum(items[i].duration or 0.0 for i in todo)
-    bar = tqdm(total=round(seconds, 1), unit="s", disable=args.quiet or None, file=sys.stderr)
+    bar = progress_bar(round(seconds, 1), unit="s", enabled=not args.quiet)
     failures = 0
     args.output.parent.mkdir(parents=True, exist_ok=True)
     with open(args.output, "a", encoding="utf-8") as handle:
@@ -174,7 +172,7 @@ def parse_token_lines(text: str, source: str = "<stdin>") -> list[list[int]]:
 
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    from whisperforge.progress import progress_bar
 
     sequences = []
     for name in args.inputs:
@@ -183,7 +181,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     tokenizer = _load(args)
     n = tokenizer.config.tokens_per_window
     windows = sum(max(1, -(-len(s) // n)) for s in sequences if s)
-    bar = tqdm(total=windows, unit="window", disable=args.quiet or None, file=sys.stderr)
+    bar = progress_bar(windows, unit="window", enabled=not args.quiet)
     texts = tokenizer.transcribe_tokens(
         sequences, language=args.language, batch_size=args.batch_size, progress=bar.update
     )

@@ -245,14 +245,13 @@ def _add_pack(sub) -> None:
 
 
 def run_pack(args) -> int:
-    from tqdm import tqdm
-
     from whisperforge.data.packing import write_packs
+    from whisperforge.progress import progress_bar
 
     report = _load(args)
     if report.skipped:
         print(report.summary())
-    with tqdm(total=len(report.kept), unit="utt", desc="pack") as bar:
+    with progress_bar(len(report.kept), unit="utt", desc="pack") as bar:
         result = write_packs(report.kept, args.out, args.name or args.split, args.seconds,
                              args.gap, bar.update)  # fmt: skip
     print(result.summary())

@@ -322,7 +322,7 @@ def build_corpus(
     ``max_jobs`` stops after that many new utterances (the build resumes on the next call);
     ``progress`` shows a tqdm bar on stderr.
     """
-    from tqdm import tqdm
+    from whisperforge.progress import progress_bar
 
     start = time.perf_counter()
     out = Path(out_dir)
@@ -338,7 +338,7 @@ def build_corpus(
     done_before = len(jobs) - len(pending)
     if max_jobs is not None:
         pending = pending[:max_jobs]
-    with tqdm(total=len(jobs), initial=done_before, disable=not progress, unit="utt") as bar:
+    with progress_bar(len(jobs), initial=done_before, enabled=progress, unit="utt") as bar:
         synthesized = _run_batches(_batches(pending), out, options.seed, workers, bar)
     complete = done_before + synthesized == len(jobs)
     card = finish_corpus(out, jobs, options, texts) if complete else None

@@ -442,16 +442,15 @@ def label(
 
 
 def _label_shards(todo, shards, windows, out_dir, options, accelerator, progress) -> None:
-    from tqdm import tqdm
-
+    from whisperforge.progress import progress_bar
     from whisperforge.transcribe import Transcriber
 
     if not todo:
         return
     transcriber = Transcriber(options.teacher, device=str(accelerator.device))
     total = sum(len(shards[k]) for k in todo)
-    disable = not (progress and accelerator.is_main_process)
-    with tqdm(total=total, unit="window", desc="pseudo-labels", disable=disable) as bar:
+    shown = progress and accelerator.is_main_process
+    with progress_bar(total, unit="window", desc="pseudo-labels", enabled=shown) as bar:
         for k in todo:
             part = [windows[i] for i in shards[k]]
             records = label_shard(transcriber, part, shards[k].start, out_dir, options, bar.update)

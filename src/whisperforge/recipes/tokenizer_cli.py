@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from whisperforge.models.zoo import DEFAULT_TOKENIZER
@@ -49,9 +48,8 @@ def _load_tokenizer(args: argparse.Namespace):
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from whisperforge.decoding import DecodingOptions
+    from whisperforge.progress import progress_bar
     from whisperforge.recipes.evaluate import usable_items, write_report
     from whisperforge.recipes.evaluate_tokens import evaluate_tokens, teacher_texts
 
@@ -67,7 +65,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         except ValueError as error:
             raise ValueError(f"--teacher-from {args.teacher_from}: {error}") from None
     seconds = sum(i.duration or 0.0 for i in items)
-    bar = tqdm(total=round(seconds, 1), unit="s", disable=args.quiet or None, file=sys.stderr)
+    bar = progress_bar(round(seconds, 1), unit="s", enabled=not args.quiet)
     report = evaluate_tokens(
         tokenizer, items, language=args.language, options=options, batch_size=args.batch_size,
         name=str(args.model), progress=bar.update, teacher=teacher,

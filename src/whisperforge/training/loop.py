@@ -37,10 +37,10 @@ def run_steps(
     of the micro-batches of one optimizer step (``run.step`` already counts it) and returns
     its loss. The progress bar shows the loss and ``postfix()``; ``on_step(step, loss)`` is
     called after each optimizer step."""
-    from tqdm import tqdm
+    from whisperforge.progress import progress_bar
 
-    bar = tqdm(total=run.total_steps, initial=run.step, unit="step", dynamic_ncols=True,
-               disable=not (progress and run.accelerator.is_main_process))  # fmt: skip
+    shown = progress and run.accelerator.is_main_process
+    bar = progress_bar(run.total_steps, initial=run.step, unit="step", enabled=shown)
     records: list[Any] = []
     position = run.position
     while run.step < run.total_steps:
