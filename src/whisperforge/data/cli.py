@@ -6,6 +6,7 @@ whisperforge data stats  corpus/test.jsonl                -> stats.manifest_stat
 whisperforge data validate corpus/train.jsonl             -> hf.load_utterances
 whisperforge data voices                                  -> tts.available_voices
 whisperforge data pack corpus/train.jsonl --out packed/   -> packing.write_packs
+whisperforge data pad corpus/train.jsonl --out padded/    -> padding.write_padded
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     _add_validate(sub)
     _add_voices(sub)
     _add_pack(sub)
+    _add_pad(sub)
     return parser
 
 
@@ -228,12 +230,18 @@ def run_voices(args) -> int:
     return 0
 
 
-def _add_pack(sub) -> None:
-    p = sub.add_parser("pack", help="join consecutive utterances of a speaker into <= 30 s "
-                                    "windows (audio + joined text)")  # fmt: skip
+def _add_writer(sub, name: str, help: str):
+    """A subcommand that reads a source and writes audio + ``DIR/<name>.jsonl``."""
+    p = sub.add_parser(name, help=help)
     _add_source_args(p)
     p.add_argument("--out", required=True, help="folder for <name>.jsonl and audio/<name>/")
     p.add_argument("--name", help="manifest name (default: the split)")
+    return p
+
+
+def _add_pack(sub) -> None:
+    p = _add_writer(sub, "pack", "join consecutive utterances of a speaker into <= 30 s "
+                                 "windows (audio + joined text)")  # fmt: skip
     p.add_argument(
         "--seconds",
         type=float,
@@ -244,17 +252,53 @@ def _add_pack(sub) -> None:
     p.set_defaults(func=run_pack)
 
 
-def run_pack(args) -> int:
-    from whisperforge.data.packing import write_packs
+def _write_rows(args, desc: str, write):
+    """Load the source, run ``write(rows, progress)`` under a progress bar, print what it
+    did and what it left out; returns its report."""
     from whisperforge.progress import progress_bar
 
     report = _load(args)
     if report.skipped:
         print(report.summary())
-    with progress_bar(len(report.kept), unit="utt", desc="pack") as bar:
-        result = write_packs(report.kept, args.out, args.name or args.split, args.seconds,
-                             args.gap, bar.update)  # fmt: skip
+    with progress_bar(len(report.kept), unit="utt", desc=desc) as bar:
+        result = write(report.kept, bar.update)
     print(result.summary())
     for row in result.left_out[:20]:
         print(f"  left out {row['id'] or row['audio']}: {row['reason']}")
-    return 0 if result.packs else 1
+    return result
+
+
+def run_pack(args) -> int:
+    from whisperforge.data.packing import write_packs
+
+    def write(rows, progress):
+        name = args.name or args.split
+        return write_packs(rows, args.out, name, args.seconds, args.gap, progress)
+
+    return 0 if _write_rows(args, "pack", write).packs else 1
+
+
+def _add_pad(sub) -> None:
+    p = _add_writer(sub, "pad", "copy utterances with seeded silence before and after each, "
+                                "as speech sits in a recording")  # fmt: skip
+    around = "seconds of silence {} each clip, MIN,MAX (default {})"
+    p.add_argument("--lead", type=_pair, default=(0.5, 10), help=around.format("before", "0.5,10"))
+    p.add_argument("--trail", type=_pair, default=(0.0, 2.0), help=around.format("after", "0,2"))
+    longest = "longest padded clip, s (padding shrinks to fit; 0: no limit; default 30)"
+    p.add_argument("--max-seconds", type=float, default=30.0, help=longest)
+    p.add_argument("--seed", type=int, default=0)
+    zeros = "pad with digital silence instead of each clip's noise floor"
+    p.add_argument("--zeros", action="store_true", help=zeros)
+    p.set_defaults(func=run_pad)
+
+
+def run_pad(args) -> int:
+    from whisperforge.data.padding import write_padded
+
+    def write(rows, progress):
+        name, limit = args.name or args.split, args.max_seconds or None
+        return write_padded(rows, args.out, name, args.lead, args.trail, limit, args.seed,
+                            not args.zeros, progress)  # fmt: skip
+
+    result = _write_rows(args, "pad", write)
+    return 0 if result.written + result.reused else 1
