@@ -159,7 +159,7 @@ def write_padded(
             before, after = draw_padding(rng, seconds, lead, trail, max_seconds)
             key = f"audio/{name}/{index:06d}.flac"
             old = before_run.get(key)
-            plan = {"source_audio": str(utt.audio), "lead": before, "trail": after}
+            plan = {"source_audio": utt.audio, "lead": before, "trail": after}
             if path.exists() and old is not None and all(old.get(k) == v for k, v in plan.items()):
                 total = sf.info(str(path)).frames / SAMPLE_RATE
                 report.reused += 1
