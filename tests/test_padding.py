@@ -70,6 +70,11 @@ def test_write_padded_reports_a_broken_clip_and_a_rerun_reuses_the_files(tmp_pat
     assert (out / written[0]["audio"]).read_bytes() == first
     other = write_padded(rows, out, "train", lead=(2.0, 6.0), trail=(0.0, 1.0), seed=4)
     assert other.written == 3  # another plan is not taken for the old one
+    zeros = write_padded(rows, out, "train", (2.0, 6.0), (0.0, 1.0), seed=4, match_noise=False)
+    assert zeros.written == 3  # nor is digital silence taken for the noise floor
+    ticks = []
+    write_padded(rows, out, "train", (2.0, 6.0), (0.0, 1.0), seed=4, progress=ticks.append)
+    assert len(ticks) == 4  # the broken clip counts as done too
     assert not list(out.rglob("*.tmp*"))
 
 

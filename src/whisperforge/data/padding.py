@@ -123,7 +123,8 @@ def write_padded(
     """Write each utterance with silence around it (``draw_padding``, ``pad_clip``; row ``i``
     draws from ``(seed, i)``) as 16 kHz FLAC under ``out_dir/audio/<name>/`` and the
     manifest ``out_dir/<name>.jsonl``: the source rows with ``audio`` and ``duration``
-    replaced and ``lead`` / ``trail`` (seconds) added; ``source_audio`` names the original.
+    replaced and ``lead`` / ``trail`` (seconds) and ``noise`` (``floor`` or ``zeros``) added;
+    ``source_audio`` names the original.
 
     Files and the manifest are written atomically and a rerun reuses the files an earlier
     run with the same plan wrote; a clip that cannot be read is reported in ``left_out`` and
@@ -159,7 +160,8 @@ def write_padded(
             before, after = draw_padding(rng, seconds, lead, trail, max_seconds)
             key = f"audio/{name}/{index:06d}.flac"
             old = before_run.get(key)
-            plan = {"source_audio": utt.audio, "lead": before, "trail": after}
+            noise = "floor" if match_noise else "zeros"
+            plan = {"source_audio": utt.audio, "lead": before, "trail": after, "noise": noise}
             if path.exists() and old is not None and all(old.get(k) == v for k, v in plan.items()):
                 total = sf.info(str(path)).frames / SAMPLE_RATE
                 report.reused += 1
@@ -173,6 +175,8 @@ def write_padded(
         except AudioError as error:
             why = f"cannot decode: {error}"
             report.left_out.append({"id": _row_id(utt, index), "audio": utt.audio, "reason": why})
+            if progress is not None:
+                progress(1)
             continue
         extra = dict(utt.extra) | plan
         rows.append(Utterance(str(path), utt.text, utt.language, round(total, 3), utt.speaker,
