@@ -256,9 +256,9 @@ def write_packs(
     known = [u for u in utterances if u.duration is not None]
     for utt in utterances:
         if utt.duration is None:
-            report.left_out.append(_left_out(utt, "no duration in the manifest"))
+            report.left_out.append(left_out_row(utt, "no duration in the manifest"))
     result = pack_utterances(known, max_seconds, gap_seconds)
-    report.left_out += [_left_out(u, f"longer than {max_seconds:g} s") for u in result.too_long]
+    report.left_out += [left_out_row(u, f"longer than {max_seconds:g} s") for u in result.too_long]
     before = _previous_members(manifest)
     rows: list[Utterance] = []
     for index, pack in enumerate(result.packs):
@@ -276,7 +276,7 @@ def write_packs(
                     source = utt.audio if utt.audio is not None else utt.array
                     readable.append((utt, load_audio(source, utt.sampling_rate)))
                 except AudioError as error:
-                    report.left_out.append(_left_out(utt, f"cannot decode: {error}"))
+                    report.left_out.append(left_out_row(utt, f"cannot decode: {error}"))
             if not readable:
                 continue
             joined = Pack([u for u, _ in readable], gap_seconds)
@@ -313,5 +313,6 @@ def _previous_members(manifest) -> dict[str, list[str]]:
     return {r["id"]: r.get("members") for r in rows if isinstance(r, dict) and "id" in r}
 
 
-def _left_out(utt: Utterance, reason: str) -> dict:
+def left_out_row(utt: Utterance, reason: str) -> dict:
+    """The report entry of an utterance a writer left out: ``{"id", "audio", "reason"}``."""
     return {"id": utt.extra.get("id"), "audio": utt.audio, "reason": reason}

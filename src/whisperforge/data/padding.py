@@ -96,10 +96,6 @@ class PadReport:
         return text
 
 
-def _row_id(utt: Utterance, index: int) -> str:
-    return str(utt.extra.get("id", f"row-{index:06d}"))
-
-
 def _previous(manifest: Path) -> dict[str, dict]:
     import json
 
@@ -134,6 +130,7 @@ def write_padded(
 
     from whisperforge.audio import SAMPLE_RATE, AudioError, load_audio
     from whisperforge.data.manifest import write_manifest
+    from whisperforge.data.packing import left_out_row
     from whisperforge.data.synth import write_flac_atomic
 
     for label, (low, high) in (("lead", lead), ("trail", trail)):
@@ -145,6 +142,7 @@ def write_padded(
     manifest = out_dir / f"{name}.jsonl"
     report = PadReport(str(manifest))
     before_run = _previous(manifest)
+    noise = "floor" if match_noise else "zeros"
     rows: list[Utterance] = []
     for index, utt in enumerate(utterances):
         rng = np.random.default_rng([seed, index])
@@ -160,7 +158,6 @@ def write_padded(
             before, after = draw_padding(rng, seconds, lead, trail, max_seconds)
             key = f"audio/{name}/{index:06d}.flac"
             old = before_run.get(key)
-            noise = "floor" if match_noise else "zeros"
             plan = {"source_audio": utt.audio, "lead": before, "trail": after, "noise": noise}
             if path.exists() and old is not None and all(old.get(k) == v for k, v in plan.items()):
                 total = sf.info(str(path)).frames / SAMPLE_RATE
@@ -173,15 +170,12 @@ def write_padded(
                 total = len(padded) / SAMPLE_RATE
                 report.written += 1
         except AudioError as error:
-            why = f"cannot decode: {error}"
-            report.left_out.append({"id": _row_id(utt, index), "audio": utt.audio, "reason": why})
-            if progress is not None:
-                progress(1)
-            continue
-        extra = dict(utt.extra) | plan
-        rows.append(Utterance(str(path), utt.text, utt.language, round(total, 3), utt.speaker,
-                              extra))  # fmt: skip
-        report.seconds += total
+            report.left_out.append(left_out_row(utt, f"cannot decode: {error}"))
+        else:
+            extra = dict(utt.extra) | plan
+            rows.append(Utterance(str(path), utt.text, utt.language, round(total, 3),
+                                  utt.speaker, extra))  # fmt: skip
+            report.seconds += total
         if progress is not None:
             progress(1)
     write_manifest(rows, manifest)
