@@ -91,3 +91,9 @@ def test_data_pad_command(tmp_path, capsys):
     assert (padded["lead"], padded["trail"], padded["duration"]) == (3.0, 1.0, 5.5)
     with pytest.raises(SystemExit):
         main([*argv[:-1], "--lead", "x"])
+    for content in ("", json.dumps(row | {"audio": "missing.wav"}) + "\n"):
+        manifest.write_text(content)  # empty, or nothing usable in it
+        out = tmp_path / "none"
+        assert main(["data", "pad", str(manifest), "--out", str(out)]) == 1
+        assert "no usable utterances" in capsys.readouterr().err
+        assert not out.exists()  # nothing half-written

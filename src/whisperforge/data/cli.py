@@ -254,12 +254,18 @@ def _add_pack(sub) -> None:
 
 def _write_rows(args, desc: str, write):
     """Load the source, run ``write(rows, progress)`` under a progress bar, print what it
-    did and what it left out; returns its report."""
+    did and what it left out; returns its report, or None (nothing written) when the source
+    has no usable rows."""
+    import sys
+
     from whisperforge.progress import progress_bar
 
     report = _load(args)
     if report.skipped:
         print(report.summary())
+    if not report.kept:
+        print(f"error: no usable utterances in {args.source}; nothing written", file=sys.stderr)
+        return None
     with progress_bar(len(report.kept), unit="utt", desc=desc) as bar:
         result = write(report.kept, bar.update)
     print(result.summary())
@@ -275,7 +281,8 @@ def run_pack(args) -> int:
         name = args.name or args.split
         return write_packs(rows, args.out, name, args.seconds, args.gap, progress)
 
-    return 0 if _write_rows(args, "pack", write).packs else 1
+    result = _write_rows(args, "pack", write)
+    return 0 if result is not None and result.packs else 1
 
 
 def _add_pad(sub) -> None:
@@ -301,4 +308,4 @@ def run_pad(args) -> int:
                             not args.zeros, progress)  # fmt: skip
 
     result = _write_rows(args, "pad", write)
-    return 0 if result.written + result.reused else 1
+    return 0 if result is not None and result.written + result.reused else 1
