@@ -44,6 +44,17 @@ def test_without_a_total_the_lines_count_up():
     assert log.getvalue().splitlines()[-1].startswith("3 [")
 
 
+def test_seconds_of_audio_show_one_decimal():
+    for stream in (io.StringIO(), Terminal()):
+        with progress_bar(5.5, unit="s", file=stream, interval=0) as bar:
+            bar.update(1.1)
+            bar.update(2.2)  # 3.3000000000000003 s so far
+            bar.refresh()  # a terminal bar redraws at most every 0.1 s
+            bar.update(2.2)
+        text = stream.getvalue()
+        assert "3.3/5.5" in text and "5.5/5.5" in text and "0000" not in text, text
+
+
 def test_a_terminal_gets_a_redrawn_bar_and_quiet_gets_nothing():
     terminal = Terminal()
     with progress_bar(3, unit="file", file=terminal) as bar:

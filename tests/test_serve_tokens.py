@@ -82,6 +82,43 @@ def test_read_tokens_back(client, speech):
     assert client.post(READ_BACK, json={"tokens": []}).json()["text"] == ""
 
 
+def test_vad_tokenizes_only_the_speech_and_follows_the_server_default(client, speech, folder):
+    import io
+
+    import numpy as np
+    import soundfile as sf
+
+    from whisperforge.audio import SAMPLE_RATE, load_audio
+
+    audio = np.concatenate([np.zeros(10 * SAMPLE_RATE, np.float32), load_audio(JFK)])
+    data = io.BytesIO()
+    sf.write(data, audio, SAMPLE_RATE, format="WAV")
+    late = {"file": ("late.wav", data.getvalue(), "audio/wav")}
+    body = client.post(TOKENS, files=late, data={"vad": "true"}).json()
+    assert body["tokens"] == speech.tokenize(audio, vad=True) and body["duration"] == 21.0
+    assert 11 <= body["duration_after_vad"] < 13 and body["n_tokens"] < 330
+    plain = client.post(TOKENS, files=late).json()  # the server's default: off
+    assert "duration_after_vad" not in plain and plain["n_tokens"] == 525
+    quiet = io.BytesIO()
+    sf.write(quiet, np.zeros(2 * SAMPLE_RATE, np.float32), SAMPLE_RATE, format="WAV")
+    silent = {"file": ("quiet.wav", quiet.getvalue(), "audio/wav")}
+    body = client.post(TOKENS, files=silent, data={"vad": "true", "transcribe": "true"}).json()
+    assert body["tokens"] == [] and body["text"] == "" and body["duration_after_vad"] == 0.0
+    settings = ServeSettings(models=("whisper-tiny.en",), tokenizers=(str(folder),), vad=True)
+    with TestClient(create_app(settings)) as on:
+        assert on.post(TOKENS, files=silent).json()["tokens"] == []
+        assert on.post(TOKENS, files=silent, data={"vad": "false"}).json()["n_tokens"] == 50
+
+
+def test_vad_without_silero_is_a_clear_400(client, monkeypatch):
+    import whisperforge.serve.app as app_module
+
+    monkeypatch.setattr(app_module, "vad_available", lambda: False)
+    error = error_of(client.post(TOKENS, files=jfk(), data={"vad": "true"}), 400)
+    assert error["param"] == "vad" and "silero-vad" in error["message"]
+    assert client.post(TOKENS, files=jfk()).json()["n_tokens"] == 275
+
+
 def speech_model(client) -> str:
     return next(iter(client.get("/health").json()["tokenizers"]))
 

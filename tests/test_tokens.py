@@ -320,3 +320,51 @@ def test_cli_encodes_a_manifest_resumably(speech_tokenizer, tmp_path, capsys):
         assert not (tmp_path / "x.jsonl").exists()  # nothing written for a bad manifest
     code, _, err = _run(capsys, "tokens", "encode", "--model", str(folder))
     assert code == 2 and "give audio files" in err
+
+
+def test_vad_tokenizes_only_the_speech(speech_tokenizer, tmp_path, capsys):
+    import soundfile as sf
+
+    from whisperforge.vad import VadOptions, speech_map
+
+    jfk = load_audio(JFK)
+    silence = np.zeros(4 * SAMPLE_RATE, np.float32)
+    audio = np.concatenate([silence, jfk, silence, silence, jfk, silence])
+    found = speech_map(audio)
+    kept = found.compact(audio)
+    assert len(found.chunks) == 2 and len(kept) < len(audio) - 10 * SAMPLE_RATE
+    ids = speech_tokenizer.tokenize(audio, vad=True)
+    assert ids == speech_tokenizer.tokenize(kept)  # the speech, joined, and nothing else
+    assert len(ids) == -(-len(kept) // 640)  # 25 per second of what VAD kept
+    assert len(ids) < len(speech_tokenizer.tokenize(audio)) - 250
+    # no speech, no ids; the settings reach Silero (a short pause splits jfk)
+    assert speech_tokenizer.tokenize_batch([silence, audio], vad=True) == [[], ids]
+    finer = speech_tokenizer.tokenize(audio, vad=VadOptions(min_silence=0.3, speech_pad=0.1))
+    assert len(finer) < len(ids)
+    with pytest.raises(ValueError, match="vad_threshold"):
+        VadOptions(threshold=1.0)
+
+    folder = speech_tokenizer.save(tmp_path / "tok")
+    padded, quiet = tmp_path / "padded.wav", tmp_path / "quiet.wav"
+    sf.write(padded, audio, SAMPLE_RATE)
+    sf.write(quiet, silence, SAMPLE_RATE)
+    code, out, _ = _run(capsys, "tokens", "encode", str(padded), str(quiet), "--model",
+                        str(folder), "--format", "json", "--vad", "-q")  # fmt: skip
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and [r["tokens"] for r in rows] == [ids, []]
+    assert rows[0]["duration"] == len(audio) / SAMPLE_RATE
+    assert rows[0]["duration_after_vad"] == round(len(kept) / SAMPLE_RATE, 3)
+    assert rows[1]["duration_after_vad"] == 0.0
+    code, out, _ = _run(capsys, "tokens", "encode", str(padded), "--model", str(folder), "-q")
+    assert [int(i) for i in out.split()] == speech_tokenizer.tokenize(audio)  # off by default
+
+    # a manifest written with --vad resumes only with it
+    manifest, output = tmp_path / "rows.jsonl", tmp_path / "tokens.jsonl"
+    manifest.write_text(json.dumps({"audio": str(padded), "text": "x", "id": "p"}) + "\n")
+    argv = ["tokens", "encode", "--manifest", str(manifest), "--model", str(folder),
+            "--output", str(output), "-q"]  # fmt: skip
+    code, _, _ = _run(capsys, *argv, "--vad")
+    row = json.loads(output.read_text())
+    assert code == 0 and row["tokens"] == ids and row["duration_after_vad"] > 0
+    code, _, err = _run(capsys, *argv)
+    assert code == 2 and "written with --vad" in err

@@ -277,6 +277,44 @@ def test_evaluate_reports_both_wers_bitrates_and_usage(trained, data, tmp_path, 
     assert json.loads(bf16_path.read_text())["encoder_dtype"] == "bfloat16"
 
 
+def test_evaluate_with_vad_reads_only_the_speech(trained, data, tmp_path, capsys):
+    import soundfile as sf
+
+    from whisperforge.audio import SAMPLE_RATE, load_audio
+    from whisperforge.vad import speech_map
+
+    rows = [json.loads(line) for line in data["a"].read_text().splitlines()][:2]
+    clip = load_audio(data["a"].parent / rows[0]["audio"])
+    padded = np.concatenate([np.zeros(8 * SAMPLE_RATE, np.float32), clip])
+    sf.write(tmp_path / "padded.wav", padded, SAMPLE_RATE)
+    sf.write(tmp_path / "quiet.wav", np.zeros(3 * SAMPLE_RATE, np.float32), SAMPLE_RATE)
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(
+        json.dumps({**rows[0], "audio": str(tmp_path / "padded.wav"), "id": "padded"}) + "\n"
+        + json.dumps({**rows[1], "audio": str(tmp_path / "quiet.wav"), "id": "quiet"}) + "\n"
+    )  # fmt: skip
+    report_path = tmp_path / "vad.json"
+    args = ["tokenizer", "evaluate", "--manifest", str(manifest), "--model",
+            str(trained / "tokenizer"), "--language", "en", "-q"]  # fmt: skip
+    assert main([*args, "--vad", "--report", str(report_path)]) == 0
+    assert "s of speech kept" in capsys.readouterr().out
+    report = json.loads(report_path.read_text())
+    kept = speech_map(padded).duration_after_vad
+    assert 0 < kept < len(padded) / SAMPLE_RATE - 6
+    assert report["duration_after_vad"] == pytest.approx(kept, abs=1e-3)
+    assert report["options"]["vad"] == {"threshold": 0.5, "min_silence": 2.0, "speech_pad": 0.4}
+    assert report["audio_seconds"] == pytest.approx(len(padded) / SAMPLE_RATE + 3, abs=1e-3)
+    by_id = {r["id"]: r for r in report["per_utterance"]}
+    assert by_id["padded"]["n_tokens"] == -(-round(kept * SAMPLE_RATE) // 640)
+    # no speech found: nothing decoded on either side, every word of the reference missed
+    assert by_id["quiet"]["n_tokens"] == 0 and by_id["quiet"]["hypothesis"] == ""
+    assert by_id["quiet"]["teacher_hypothesis"] == "" and by_id["quiet"]["wer"] == 1.0
+    # a report made with VAD does not stand in for a run without it, nor the other way round
+    assert main([*args, "--teacher-from", str(report_path)]) == 2
+    assert "other options (vad)" in capsys.readouterr().err
+    assert main([*args, "--vad", "--teacher-from", str(report_path)]) == 0
+
+
 def test_clear_errors(tmp_path, trained, data, capsys):
     broken = tmp_path / "broken.jsonl"
     broken.write_text("{not json\n")

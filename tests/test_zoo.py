@@ -69,3 +69,18 @@ def test_shipped_tokenizer_with_a_bfloat16_encoder():
     assert agree > 0.9, agree  # 98.9 % when written: a few codes flip (docs/tokens.md)
     text = speech.transcribe_tokens([ids], language="en")[0]
     assert word_errors(JFK_TEXT, text).wer <= 0.15, text
+
+
+def test_shipped_tokenizer_reads_jfk_after_15s_of_silence_with_vad():
+    import numpy as np
+
+    from whisperforge.audio import SAMPLE_RATE, load_audio
+    from whisperforge.tokens import SpeechTokenizer
+
+    speech = SpeechTokenizer.load(TOKENIZER)
+    jfk = load_audio(JFK)
+    late = np.concatenate([np.zeros(15 * SAMPLE_RATE, np.float32), jfk])
+    ids = speech.tokenize(late, vad=True)
+    assert 250 <= len(ids) <= 300  # jfk and a little of the silence around it
+    text = speech.transcribe_tokens([ids], language="en")[0]
+    assert word_errors(JFK_TEXT, text).wer <= 0.15, text

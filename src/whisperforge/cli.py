@@ -47,16 +47,10 @@ def _add_decoding_args(p: argparse.ArgumentParser) -> None:
         help="pad windows to 30 s (full) or to the batch's longest + 1 s (dynamic: a faster "
         "encoder on short clips, for models trained for it); default: the model's",
     )  # fmt: skip
-    p.add_argument(
-        "--vad", action="store_true",
-        help="transcribe only the speech voice activity detection (Silero VAD) finds: long "
+    add_vad_arguments(
+        p, "transcribe only the speech voice activity detection (Silero VAD) finds: long "
         "silences, music and noise are skipped, timestamps stay those of the file",
     )  # fmt: skip
-    p.add_argument("--vad-threshold", type=float, default=0.5, help="speech probability, 0-1")
-    p.add_argument(
-        "--vad-min-silence", type=float, default=2.0, help="s of silence that splits speech"
-    )
-    p.add_argument("--vad-speech-pad", type=float, default=0.4, help="s kept around speech")
     p.add_argument(
         "--assistant", default=None,
         help="a small model (e.g. a distilled student) that drafts for --model: same text, "
@@ -69,6 +63,25 @@ def _add_decoding_args(p: argparse.ArgumentParser) -> None:
         help="precision of the encoder (default: the model's, float32); bfloat16 is faster "
         "on CPUs with bf16 instructions, decoding stays float32",
     )  # fmt: skip
+
+
+def add_vad_arguments(p: argparse.ArgumentParser, help: str) -> None:
+    """``--vad`` and its settings (defaults: faster-whisper's, ``whisperforge.vad``)."""
+    p.add_argument("--vad", action="store_true", help=help)
+    p.add_argument("--vad-threshold", type=float, default=0.5, help="speech probability, 0-1")
+    p.add_argument(
+        "--vad-min-silence", type=float, default=2.0, help="s of silence that splits speech"
+    )
+    p.add_argument("--vad-speech-pad", type=float, default=0.4, help="s kept around speech")
+
+
+def vad_options(args: argparse.Namespace):
+    """The ``VadOptions`` of ``add_vad_arguments``'s flags, or None without ``--vad``."""
+    from whisperforge.vad import VadOptions
+
+    if not args.vad:
+        return None
+    return VadOptions(args.vad_threshold, args.vad_min_silence, args.vad_speech_pad)
 
 
 _DECODING_KEYS = (

@@ -40,7 +40,19 @@ class _Lines:
         self.stream.flush()
 
 
-class _LogBar(tqdm):
+class _Bar(tqdm):
+    """A tqdm bar that shows a fractional count (seconds of audio) to one decimal, not as the
+    float its sum of updates happens to be (``2925.1830000000004/2952.3``)."""
+
+    @property
+    def format_dict(self):
+        values = super().format_dict
+        if isinstance(values["n"], float):
+            values["n"] = round(values["n"], 1)
+        return values
+
+
+class _LogBar(_Bar):
     """A tqdm bar whose postfix and description changes wait for the next timed line
     instead of printing one each (a training loop sets its loss every step)."""
 
@@ -93,7 +105,7 @@ def progress_bar(
         return tqdm(total=total, file=stream, disable=True, **kwargs)
     if _is_terminal(stream):
         kwargs.setdefault("dynamic_ncols", True)
-        return tqdm(total=total, file=stream, **kwargs)
+        return _Bar(total=total, file=stream, **kwargs)
     if kwargs.get("desc") and not kwargs["desc"].endswith(": "):
         kwargs["desc"] = kwargs["desc"].rstrip(":") + ": "
     kwargs.pop("dynamic_ncols", None)

@@ -42,6 +42,7 @@ from whisperforge.models.vq import (
     tokens_for_samples,
 )
 from whisperforge.models.zoo import zoo_models, zoo_path
+from whisperforge.vad import VadOptions, speech_only
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "speech_tokenizer.json"
@@ -255,9 +256,10 @@ class SpeechTokenizer:
     def config(self) -> VQConfig:
         return self.bottleneck.config
 
-    def tokenize(self, audio: AudioSource) -> list[int]:
-        """Speech ids of one recording (any ``load_audio`` source), 25 per second."""
-        return self.tokenize_batch([audio])[0]
+    def tokenize(self, audio: AudioSource, vad: VadOptions | bool | None = None) -> list[int]:
+        """Speech ids of one recording (any ``load_audio`` source), 25 per second; ``vad``
+        as in ``tokenize_batch``."""
+        return self.tokenize_batch([audio], vad=vad)[0]
 
     @torch.inference_mode()
     def tokenize_batch(
@@ -265,11 +267,23 @@ class SpeechTokenizer:
         audios: Sequence[AudioSource],
         batch_size: int = 8,
         progress: Callable[[float], None] | None = None,
+        vad: VadOptions | bool | None = None,
     ) -> list[list[int]]:
         """Speech ids of each recording. Audio is cut into consecutive 30 s windows (each
         zero-padded as audio, the project's one convention), ``batch_size`` windows per
-        encoder call; ``progress`` gets the seconds of audio of each finished batch."""
-        samples = [load_audio(a) for a in audios]
+        encoder call; ``progress`` gets the seconds of audio of each finished batch.
+
+        ``vad`` (True, or ``whisperforge.vad.VadOptions``) tokenizes only the speech Silero
+        VAD finds, its stretches joined (``whisperforge.vad.speech_only``): silence before,
+        after and between stretches gives no ids, and a recording without speech gives
+        none. The shipped tokenizers were trained on clips that start on their first word;
+        seconds of silence before speech derail their decoding (docs/tokens.md). An empty
+        array (e.g. what VAD keeps of a silent file) gives no ids."""
+        samples = [
+            a.astype(np.float32) if isinstance(a, np.ndarray) and a.size == 0
+            else speech_only(load_audio(a), vad)
+            for a in audios
+        ]  # fmt: skip
         jobs = [(i, s) for i, x in enumerate(samples) for s in range(0, len(x), N_SAMPLES)]
         out: list[list[int]] = [[] for _ in samples]
         for batch in _batches(jobs, batch_size):

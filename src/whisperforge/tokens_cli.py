@@ -15,11 +15,15 @@ from whisperforge.models.zoo import DEFAULT_TOKENIZER
 FORMATS = ("ids", "json", "llm")
 
 
-def _format_line(path: str, ids: list[int], seconds: float, fmt: str) -> str:
+def _format_line(path: str, ids: list[int], seconds: float, fmt: str,
+                 speech_seconds: float | None = None) -> str:  # fmt: skip
     from whisperforge.tokens import to_llm_text
 
     if fmt == "json":
-        return json.dumps({"audio": path, "duration": round(seconds, 3), "tokens": ids})
+        row = {"audio": path, "duration": round(seconds, 3), "tokens": ids}
+        if speech_seconds is not None:
+            row["duration_after_vad"] = round(speech_seconds, 3)
+        return json.dumps(row)
     if fmt == "llm":
         return to_llm_text(ids)
     return " ".join(map(str, ids))
@@ -41,7 +45,9 @@ def _load(args):
 
 def cmd_encode(args: argparse.Namespace) -> int:
     from whisperforge.audio import SAMPLE_RATE, AudioError, load_audio
+    from whisperforge.cli import vad_options
     from whisperforge.progress import progress_bar
+    from whisperforge.vad import speech_only
 
     if args.manifest is not None:
         if args.files:
@@ -49,23 +55,25 @@ def cmd_encode(args: argparse.Namespace) -> int:
         return _encode_manifest(args)
     if not args.files:
         raise ValueError("give audio files to encode, or --manifest with --output")
+    vad = vad_options(args)
     tokenizer = _load(args)
     decoded, failures = [], 0
     for path in args.files:
         try:
-            decoded.append((path, load_audio(path)))
+            audio = load_audio(path)
+            decoded.append((path, len(audio), speech_only(audio, vad)))
         except AudioError as error:
             failures += 1
             print(f"error: {error}", file=sys.stderr)
-    seconds = sum(len(a) for _, a in decoded) / SAMPLE_RATE
+    seconds = sum(len(kept) for *_, kept in decoded) / SAMPLE_RATE
     bar = progress_bar(round(seconds, 1), unit="s", enabled=not args.quiet)
     ids = tokenizer.tokenize_batch(
-        [a for _, a in decoded], batch_size=args.batch_size, progress=lambda s: bar.update(s)
+        [kept for *_, kept in decoded], batch_size=args.batch_size, progress=bar.update
     )
     bar.close()
     lines = [
-        _format_line(path, row, len(a) / SAMPLE_RATE, args.format)
-        for (path, a), row in zip(decoded, ids)
+        _format_line(path, row, n / SAMPLE_RATE, args.format, _kept_seconds(kept, vad))
+        for (path, n, kept), row in zip(decoded, ids)
     ]
     _write(lines, args.output)
     if failures:
@@ -73,13 +81,23 @@ def cmd_encode(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def _manifest_row(index: int, item, ids: list[int], fmt: str) -> str:
+def _kept_seconds(kept, vad) -> float | None:
+    """Seconds of audio VAD kept (``duration_after_vad``), None without VAD."""
+    from whisperforge.audio import SAMPLE_RATE
+
+    return None if vad is None else len(kept) / SAMPLE_RATE
+
+
+def _manifest_row(index: int, item, ids: list[int], fmt: str,
+                  speech_seconds: float | None) -> str:  # fmt: skip
     from whisperforge.tokens import to_llm_text
 
     audio = item.audio if isinstance(item.audio, (str, Path)) else None
     row = {"index": index, "id": item.id, "audio": None if audio is None else str(audio),
            "text": item.text, "language": item.language, "speaker": item.speaker,
            "duration": item.duration, "tokens": ids}  # fmt: skip
+    if speech_seconds is not None:
+        row["duration_after_vad"] = round(speech_seconds, 3)
     if fmt == "llm":
         row["llm"] = to_llm_text(ids)
     return json.dumps(row, ensure_ascii=False)
@@ -88,15 +106,20 @@ def _manifest_row(index: int, item, ids: list[int], fmt: str) -> str:
 def _encode_manifest(args: argparse.Namespace) -> int:
     """Tokenize every row of a manifest into a JSON-lines file next to its text, resumably:
     rows already in ``--output`` are skipped, a row cut short by a kill is dropped and done
-    again, and audio that cannot be decoded is reported and retried on the next run."""
+    again, and audio that cannot be decoded is reported and retried on the next run. With
+    ``--vad`` each row records ``duration_after_vad``; a file written with it is resumed only
+    with it, one written without only without."""
     from whisperforge.audio import SAMPLE_RATE, AudioError, load_audio
+    from whisperforge.cli import vad_options
     from whisperforge.fileio import append_lines, resume_jsonl
     from whisperforge.progress import progress_bar
     from whisperforge.recipes.evaluate import usable_items
+    from whisperforge.vad import speech_only
 
     if args.output is None:
         raise ValueError("--manifest needs --output (a JSON-lines file; running the same "
                          "command again resumes it)")  # fmt: skip
+    vad = vad_options(args)
     items, _ = usable_items(args.manifest, split=args.split)
     done = resume_jsonl(args.output)
     for row in done:
@@ -106,6 +129,10 @@ def _encode_manifest(args: argparse.Namespace) -> int:
                 f"{args.output} holds row {index} ({row.get('id')!r}), which is not that row "
                 f"of {args.manifest}: the manifest changed; write to a new --output"
             )
+        if ("duration_after_vad" in row) != (vad is not None):
+            written = "with" if "duration_after_vad" in row else "without"
+            raise ValueError(f"{args.output} was written {written} --vad; run it the same "
+                             "way, or write to a new --output")  # fmt: skip
     finished = {row["index"] for row in done}
     todo = [i for i in range(len(items)) if i not in finished]
     if finished:
@@ -121,14 +148,18 @@ def _encode_manifest(args: argparse.Namespace) -> int:
             batch = []
             for index in todo[start : start + args.batch_size]:
                 try:
-                    batch.append((index, load_audio(items[index].audio)))
+                    audio = load_audio(items[index].audio)
+                    batch.append((index, len(audio), speech_only(audio, vad)))
                 except AudioError as error:
                     failures += 1
                     print(f"error: row {index} ({items[index].id}): {error}", file=sys.stderr)
-            ids = tokenizer.tokenize_batch([a for _, a in batch], batch_size=args.batch_size)
-            rows = zip(batch, ids)
-            append_lines(handle, [_manifest_row(i, items[i], r, args.format) for (i, _), r in rows])
-            bar.update(sum(len(a) for _, a in batch) / SAMPLE_RATE)
+            ids = tokenizer.tokenize_batch([k for *_, k in batch], batch_size=args.batch_size)
+            lines = [
+                _manifest_row(i, items[i], row, args.format, _kept_seconds(kept, vad))
+                for (i, _, kept), row in zip(batch, ids)
+            ]
+            append_lines(handle, lines)
+            bar.update(sum(n for _, n, _ in batch) / SAMPLE_RATE)
     bar.close()
     total = len(finished) + len(todo) - failures
     print(f"{args.output}: {total} of {len(items)} rows encoded"
@@ -282,6 +313,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def add_parser(subparsers) -> None:
+    from whisperforge.cli import add_vad_arguments
+
     tokens = subparsers.add_parser(
         "tokens", help="speech tokens: audio -> discrete ids (25/s) -> text, for LLMs"
     )
@@ -302,6 +335,11 @@ def add_parser(subparsers) -> None:
         help="ids: space-separated; json: JSON lines; llm: <|sound_0123|> text",
     )  # fmt: skip
     add_encoder_dtype(p)
+    add_vad_arguments(
+        p, "tokenize only the speech voice activity detection (Silero VAD) finds, its "
+        "stretches joined: no ids for silence before, after or between them (the shipped "
+        "tokenizer misreads speech that starts seconds into a recording; docs/tokens.md)",
+    )  # fmt: skip
     _common(p)
     p.set_defaults(func=cmd_encode)
 

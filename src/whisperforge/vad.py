@@ -123,6 +123,32 @@ def check_options(threshold: float, min_silence: float, speech_pad: float) -> No
         raise ValueError("vad_min_silence and vad_speech_pad must be >= 0 seconds")
 
 
+@dataclass(frozen=True)
+class VadOptions:
+    """Settings of ``speech_map`` as one value (speech tokens, tokenizer evaluation); the
+    defaults are faster-whisper's, as for ``TranscribeOptions``."""
+
+    threshold: float = DEFAULT_THRESHOLD
+    min_silence: float = DEFAULT_MIN_SILENCE
+    speech_pad: float = DEFAULT_SPEECH_PAD
+
+    def __post_init__(self) -> None:
+        check_options(self.threshold, self.min_silence, self.speech_pad)
+
+    def find(self, audio: np.ndarray) -> SpeechMap:
+        """The speech in ``audio`` (``speech_map`` with these settings)."""
+        return speech_map(audio, self.threshold, self.min_silence, self.speech_pad)
+
+
+def speech_only(audio: np.ndarray, vad: VadOptions | bool | None) -> np.ndarray:
+    """``audio`` as it is without ``vad``; with it (True: the defaults) only the speech VAD
+    finds, its stretches joined end to end (empty when there is none)."""
+    if not vad:
+        return audio
+    options = VadOptions() if vad is True else vad
+    return options.find(audio).compact(audio)
+
+
 def speech_map(
     audio: np.ndarray,
     threshold: float = DEFAULT_THRESHOLD,

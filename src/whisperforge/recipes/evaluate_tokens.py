@@ -6,7 +6,9 @@ Whisper encoder runs once per window and feeds both paths: the encoder states go
 decoder directly (the teacher) and through the bottleneck's ids and back (the tokens). Both
 decode greedily without timestamps (or with the options given) in the same language: the one
 asked for, else the row's, else the one the teacher detects. Window texts are joined per
-recording and scored like ``whisperforge evaluate`` (``recipes.evaluate``).
+recording and scored like ``whisperforge evaluate`` (``recipes.evaluate``). With ``vad``
+(``whisperforge.vad.VadOptions``) each recording is first cut down to the speech Silero VAD
+finds, as ``SpeechTokenizer.tokenize(..., vad=...)`` does, and both paths read that.
 
 The teacher's side does not depend on the tokenizer: ``teacher_texts(report, ...)`` takes it
 from an earlier report on the same utterances (same teacher, same encoder precision, same
@@ -40,12 +42,14 @@ from whisperforge.recipes.evaluate import (
     summarize,
 )
 from whisperforge.tokens import SpeechTokenizer
+from whisperforge.vad import VadOptions, speech_only
 
 
 @dataclass
 class _Window:
     item: int  # index into the items
     audio: object  # float32 samples, up to 30 s
+    seconds: float  # of the item's audio this window accounts for (VAD's cuts included)
 
 
 @dataclass
@@ -65,12 +69,17 @@ class _Outputs:
     tokens: list[list[str]]
     teacher: list[list[str]]
     samples: list[int]
+    kept: list[int]  # samples left after VAD (all of them without it)
     failed: dict[int, str] = field(default_factory=dict)
 
 
-def _windows(items: list[EvalItem], outputs: _Outputs) -> Iterator[_Window]:
-    """Consecutive 30 s windows of each item, decoded one item at a time; an item that
-    cannot be decoded is recorded in ``outputs.failed``."""
+def _windows(items: list[EvalItem], outputs: _Outputs, vad: VadOptions | None
+             ) -> Iterator[_Window]:  # fmt: skip
+    """Consecutive 30 s windows of each item (of its speech only, with ``vad``), decoded one
+    item at a time; an item that cannot be decoded is recorded in ``outputs.failed``, one in
+    which VAD finds no speech has no windows (its hypotheses are empty). Each window's
+    ``seconds`` share the item's whole duration, so that progress reaches the total."""
+    unseen = 0.0  # seconds of items without windows, passed on to the next window
     for index, item in enumerate(items):
         try:
             audio = load_audio(item.audio)
@@ -78,8 +87,18 @@ def _windows(items: list[EvalItem], outputs: _Outputs) -> Iterator[_Window]:
             outputs.failed[index] = str(error)
             continue
         outputs.samples[index] = len(audio)
-        for start in range(0, max(len(audio), 1), N_SAMPLES):
-            yield _Window(index, audio[start : start + N_SAMPLES])
+        kept = speech_only(audio, vad)
+        outputs.kept[index] = len(kept)
+        seconds = len(audio) / SAMPLE_RATE
+        if vad is not None and len(kept) == 0:
+            unseen += seconds
+            continue
+        starts = range(0, max(len(kept), 1), N_SAMPLES)
+        for start in starts:
+            yield _Window(index, kept[start : start + N_SAMPLES], seconds / len(starts) + unseen)
+            unseen = 0.0
+    if unseen:
+        yield _Window(-1, None, unseen)  # nothing to decode; progress only
 
 
 def _batched(windows: Iterator[_Window], size: int) -> Iterator[list[_Window]]:
@@ -128,17 +147,19 @@ def _run_batch(tok, batch, items, language, options, outputs: _Outputs, timing: 
     return languages
 
 
-def _options_record(options: DecodingOptions, language: str | None, batch_size: int) -> dict:
-    return {**asdict(options), "language": language, "batch_size": batch_size}
+def _options_record(options: DecodingOptions, language: str | None, batch_size: int,
+                    vad: VadOptions | None) -> dict:  # fmt: skip
+    return {**asdict(options), "language": language, "batch_size": batch_size,
+            "vad": None if vad is None else asdict(vad)}  # fmt: skip
 
 
 def teacher_texts(
     report: dict, items: list[EvalItem], tokenizer: SpeechTokenizer, options: DecodingOptions,
-    language: str | None,
+    language: str | None, vad: VadOptions | None = None,
 ) -> list[str]:  # fmt: skip
     """Each item's teacher transcript from an earlier ``evaluate_tokens`` report; ValueError
-    unless that report decoded the same utterances with the same teacher, encoder precision and
-    options."""
+    unless that report decoded the same utterances with the same teacher, encoder precision,
+    options and VAD settings."""
     if report.get("teacher_model") != tokenizer.teacher:
         raise ValueError(f"the report's teacher is {report.get('teacher_model')!r}, this "
                          f"tokenizer's is {tokenizer.teacher!r}")  # fmt: skip
@@ -146,10 +167,11 @@ def teacher_texts(
     if report.get("encoder_dtype", "float32") != tokenizer.encoder_dtype:
         raise ValueError(f"the report's encoder ran in {report.get('encoder_dtype', 'float32')}, "
                          f"this one runs in {tokenizer.encoder_dtype}")  # fmt: skip
-    # reports written before the language was recorded decoded with the default (None)
-    old = {"language": None, **report.get("options", {})}
+    # reports written before the language or VAD was recorded: the defaults (None)
+    old = {"language": None, "vad": None, **report.get("options", {})}
     old.pop("batch_size", None)
-    new = {k: v for k, v in _options_record(options, language, 0).items() if k != "batch_size"}
+    new = _options_record(options, language, 0, vad)
+    new.pop("batch_size")
     if old != new:
         changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
         raise ValueError(f"the report decoded with other options ({', '.join(changed)})")
@@ -198,33 +220,40 @@ def evaluate_tokens(
     name: str = "speech tokenizer",
     progress: Callable[[float], None] | None = None,
     teacher: list[str] | None = None,
+    vad: VadOptions | None = None,
 ) -> dict:
     """Transcribe ``items`` from speech tokens and with the continuous teacher; score both.
 
     ``options`` default: greedy, without timestamps; ``name`` is the tokenizer's reference
     for the report; ``progress`` gets the seconds of audio of each finished batch of
-    windows; ``teacher``: each item's teacher transcript (``teacher_texts``) instead of
-    decoding it again. Returns the report (module docstring).
+    windows (with ``vad``, the cut silences included); ``teacher``: each item's teacher transcript
+    (``teacher_texts``) instead of decoding it again; ``vad``: both paths read only the
+    speech VAD finds. Returns the report (module docstring).
     """
     items = list(items)
     options = options or DecodingOptions(without_timestamps=True)
     n = len(items)
     outputs = _Outputs([[] for _ in range(n)], [[] for _ in range(n)], [[] for _ in range(n)],
-                       [0] * n)  # fmt: skip
+                       [0] * n, [0] * n)  # fmt: skip
     timing, languages = _Timing(), [None] * n
     begin = time.perf_counter()
-    for batch in _batched(_windows(items, outputs), batch_size):
-        found = _run_batch(tokenizer, batch, items, language, options, outputs, timing,
-                           teacher=teacher is None)  # fmt: skip
-        for w, lang in zip(batch, found):
-            languages[w.item] = languages[w.item] or lang
+    for batch in _batched(_windows(items, outputs, vad), batch_size):
+        work = [w for w in batch if w.item >= 0]
+        if work:
+            found = _run_batch(tokenizer, work, items, language, options, outputs, timing,
+                               teacher=teacher is None)  # fmt: skip
+            for w, lang in zip(work, found):
+                languages[w.item] = languages[w.item] or lang
         if progress is not None:
-            progress(sum(len(w.audio) for w in batch) / SAMPLE_RATE)
+            progress(sum(w.seconds for w in batch))
     wall = time.perf_counter() - begin
     if teacher is not None:
         outputs.teacher = [[text] for text in teacher]
-    record = _options_record(options, language, batch_size)
+    record = _options_record(options, language, batch_size, vad)
     report = _report(tokenizer, items, outputs, languages, timing, wall, record)
+    if vad is not None:
+        kept = sum(outputs.kept[i] for i in range(n) if i not in outputs.failed)
+        report["duration_after_vad"] = round(kept / SAMPLE_RATE, 3)
     if teacher is not None:
         report["timing"]["teacher_throughput"] = None  # not decoded in this run
     return {"model": name, **report}

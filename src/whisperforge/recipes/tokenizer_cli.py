@@ -48,11 +48,13 @@ def _load_tokenizer(args: argparse.Namespace):
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from whisperforge.cli import vad_options
     from whisperforge.decoding import DecodingOptions
     from whisperforge.progress import progress_bar
     from whisperforge.recipes.evaluate import usable_items, write_report
     from whisperforge.recipes.evaluate_tokens import evaluate_tokens, teacher_texts
 
+    vad = vad_options(args)
     items, skipped = usable_items(args.manifest, split=args.split, limit=args.limit)
     tokenizer = _load_tokenizer(args)
     options = DecodingOptions(beam_size=args.beam_size if args.beam_size > 1 else None,
@@ -61,14 +63,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.teacher_from:
         previous = json.loads(args.teacher_from.read_text(encoding="utf-8"))
         try:
-            teacher = teacher_texts(previous, items, tokenizer, options, args.language)
+            teacher = teacher_texts(previous, items, tokenizer, options, args.language, vad)
         except ValueError as error:
             raise ValueError(f"--teacher-from {args.teacher_from}: {error}") from None
     seconds = sum(i.duration or 0.0 for i in items)
     bar = progress_bar(round(seconds, 1), unit="s", enabled=not args.quiet)
     report = evaluate_tokens(
         tokenizer, items, language=args.language, options=options, batch_size=args.batch_size,
-        name=str(args.model), progress=bar.update, teacher=teacher,
+        name=str(args.model), progress=bar.update, teacher=teacher, vad=vad,
     )  # fmt: skip
     bar.close()
     report |= {"manifest": str(args.manifest), "skipped": skipped}
@@ -92,6 +94,8 @@ def print_report(r: dict) -> None:
     print(f"tokenizer   {r['model']} (in {r['teacher_model']})")
     print(f"utterances  {r['utterances']} ({r['audio_seconds']:.1f} s of audio), "
           f"failed {len(r['failed'])}")  # fmt: skip
+    if r.get("duration_after_vad") is not None:
+        print(f"vad         {r['duration_after_vad']:.1f} s of speech kept")
     print(f"{'':12}{'from tokens':>12}{'teacher':>12}")
     print(f"{'WER':12}{_percent(r['wer']):>12}{_percent(teacher['wer']):>12}   ratio {ratio}")
     print(f"{'CER':12}{_percent(r['cer']):>12}{_percent(teacher['cer']):>12}")
@@ -110,6 +114,8 @@ def print_report(r: dict) -> None:
 
 
 def add_parser(subparsers) -> None:
+    from whisperforge.cli import add_vad_arguments
+
     tokenizer = subparsers.add_parser(
         "tokenizer", help="train and evaluate speech tokenizers (WhisperVQ bottlenecks)"
     )
@@ -139,6 +145,10 @@ def add_parser(subparsers) -> None:
     )  # fmt: skip
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N utterances")
     add_encoder_dtype(p)
+    add_vad_arguments(
+        p, "both paths read only the speech voice activity detection (Silero VAD) finds, "
+        "as `tokens encode --vad` tokenizes it",
+    )  # fmt: skip
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -8,8 +8,8 @@
   of our own, ``vad`` (true/false; default the server's ``--vad``), skips non-speech.
 - ``POST /v1/audio/tokens``: speech -> discrete speech tokens (25 per second) from a served
   speech tokenizer, as ids, LLM text (``<|sound_start|><|sound_0123|>...<|sound_end|>``), and
-  optionally the text the Whisper decoder reads back from them; ``POST /v1/tokens/transcribe``:
-  ids (or LLM text) -> text.
+  optionally the text the Whisper decoder reads back from them (``vad`` as above: only the
+  speech is tokenized); ``POST /v1/tokens/transcribe``: ids (or LLM text) -> text.
 - ``GET /v1/models`` (OpenAI's list shape), ``GET /health``, and the demo page at ``/``.
 
 Request path: ``_Guard`` (ASGI middleware: API key, upload size, before the body is read) ->
@@ -432,16 +432,21 @@ def _check_form(
         options["initial_prompt"] = prompt
     if temperature:  # OpenAI: 0 (the default) means "raise it automatically when needed"
         options["temperature"] = (temperature,)
+    if _vad_option(pool.settings, vad):
+        options["vad"] = True
+    return name, options, fmt
+
+
+def _vad_option(settings: ServeSettings, vad: bool | None) -> bool:
+    """A request's ``vad`` field (None: the server's default); 400 where it cannot run."""
     if vad is None:
-        vad = pool.settings.vad
+        vad = settings.vad
     if vad and not vad_available():
         raise APIError(
             400, "vad is not available on this server (it needs the silero-vad package)",
             param="vad", code="unsupported_value",
         )  # fmt: skip
-    if vad:
-        options["vad"] = True
-    return name, options, fmt
+    return vad
 
 
 def _decode_upload(settings: ServeSettings, data: bytes, filename: str):
@@ -507,19 +512,24 @@ TOKEN_FORMATS = ("json", "llm", "ids")
 
 def _tokens_job(
     tokenizers: TokenizerPool, settings: ServeSettings, name: str, data: bytes, filename: str,
-    transcribe: bool, language: str | None,
+    transcribe: bool, language: str | None, vad: bool,
 ) -> dict[str, Any]:  # fmt: skip
-    """Decode, tokenize and (if asked) read the tokens back; blocking, in a worker thread."""
+    """Decode, tokenize (only the speech, with ``vad``) and (if asked) read the tokens back;
+    blocking, in a worker thread."""
     from whisperforge.tokens import to_llm_text
+    from whisperforge.vad import speech_only
 
     audio = _decode_upload(settings, data, filename)
     speech = tokenizers.get(name)
-    ids = speech.tokenize(audio)
+    kept = speech_only(audio, vad)
+    ids = speech.tokenize(kept) if len(kept) else []
     body: dict[str, Any] = {
         "model": name, "duration": round(len(audio) / SAMPLE_RATE, 3),
         "tokens_per_second": speech.config.tokens_per_second, "n_tokens": len(ids),
         "codebook_size": speech.config.n_ids, "tokens": ids, "llm": to_llm_text(ids),
     }  # fmt: skip
+    if vad:
+        body["duration_after_vad"] = round(len(kept) / SAMPLE_RATE, 3)
     if transcribe:
         try:
             body["text"] = speech.transcribe_tokens([ids], language=language)[0] if ids else ""
@@ -633,16 +643,18 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         response_format: Annotated[str, Form()] = "json",
         transcribe: Annotated[bool, Form()] = False,
         language: OptionalStr = None,
+        vad: Annotated[bool | None, Form()] = None,
     ) -> Response:
         name = tokenizers.resolve(model)
         fmt = _response_format(response_format, TOKEN_FORMATS)
         lang = _language_option(language)
+        use_vad = _vad_option(settings, vad)
         data = await _read_upload(request, file)
         started = time.perf_counter()
         async with app.state.admission.slot():
             body = await run_in_threadpool(
                 _tokens_job, tokenizers, settings, name, data, file.filename or "upload",
-                transcribe, lang,
+                transcribe, lang, use_vad,
             )  # fmt: skip
         logger.info("tokens %s %.1f s audio in %.2f s", name, body["duration"],
                     time.perf_counter() - started)  # fmt: skip

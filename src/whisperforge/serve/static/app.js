@@ -138,12 +138,16 @@ function card(model) {
   return div;
 }
 
+// " (4.2 s speech)" when the server cut non-speech out (vad), else nothing
+function speechNote(body) {
+  return body.duration_after_vad === undefined ? "" :
+    " (" + body.duration_after_vad.toFixed(1) + " s speech)";
+}
+
 function fill(div, body, seconds) {
   div.querySelector(".spinner").remove();
-  const speech = body.duration_after_vad === undefined ? "" :
-    " (" + body.duration_after_vad.toFixed(1) + " s speech)";
   div.querySelector(".meta").textContent = body.language + " · " + body.duration.toFixed(1) +
-    " s audio" + speech + " · " + seconds.toFixed(1) + " s";
+    " s audio" + speechNote(body) + " · " + seconds.toFixed(1) + " s";
   div.querySelector(".text").textContent = body.text;
   const list = div.querySelector(".segments");
   for (const seg of body.segments) {
@@ -171,7 +175,7 @@ function fillTokens(div, body, seconds) {
   div.querySelector(".spinner").remove();
   div.querySelector(".meta").textContent = body.n_tokens + " speech tokens (" +
     body.tokens_per_second + " per second, " + body.codebook_size + " ids) · " +
-    body.duration.toFixed(1) + " s audio · " + seconds.toFixed(1) + " s";
+    body.duration.toFixed(1) + " s audio" + speechNote(body) + " · " + seconds.toFixed(1) + " s";
   div.querySelector(".text").textContent = body.text || "(no text read back)";
   const details = document.createElement("details");
   const summary = document.createElement("summary");
@@ -191,6 +195,7 @@ async function runTokens(name, div) {
   form.append("transcribe", "true");
   const language = $("language").value.trim();
   if (language) form.append("language", language);
+  if (!$("vad-label").hidden) form.append("vad", $("vad").checked ? "true" : "false");
   await post("/v1/audio/tokens", form, div, fillTokens);
 }
 
