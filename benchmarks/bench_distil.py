@@ -52,7 +52,8 @@ from bench_common import (
 )
 
 VERSIONS = ("whisperforge", "torch", "transformers", "numpy")
-GREEDY = {"language": "en", "beam_size": 1, "temperature": (0.0,)}
+# vad off for both: a student's default VAD would time Silero too, on one side only
+GREEDY = {"language": "en", "beam_size": 1, "temperature": (0.0,), "vad": False}
 DECODER_METHODS = ("start", "prompt", "step", "extend", "logits")  # InferenceSession
 FORWARDS = ("prompt", "step", "extend")  # one decoder forward pass each
 START_MARK, END_MARK = "<!-- distil:start -->", "<!-- distil:end -->"
@@ -437,7 +438,7 @@ def run_benchmark(args: argparse.Namespace, workloads: list[Workload], note: str
         raise SystemExit(f"{args.student} records no teacher: pass --teacher")
     torch.set_num_threads(args.threads)
     load_start = os.getloadavg()
-    decode = {"language": "en", "beam_size": 1} if args.fallback else GREEDY
+    decode = {"language": "en", "beam_size": 1, "vad": False} if args.fallback else GREEDY
     cases, models, shares_encoder = build_cases(
         teacher_ref, args.student, args.batch_size, decode, args.encoder_dtype
     )

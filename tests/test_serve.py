@@ -188,7 +188,8 @@ def test_vad_skips_silence_keeps_file_times_and_follows_the_server_default(clien
     quiet = {"file": ("quiet.wav", wav_bytes(silence))}
     r = client.post(TRANSCRIBE, files=quiet, data={**data, "vad": "true"})
     assert r.json()["text"] == "" and r.json()["segments"] == []
-    assert client.get("/health").json()["vad"] == {"available": True, "default": False}
+    # neither --vad nor --no-vad: each model's own default (off for whisper-tiny.en)
+    assert client.get("/health").json()["vad"] == {"available": True, "default": None}
 
     with TestClient(create_app(ServeSettings(models=("whisper-tiny.en",), vad=True))) as vad:
         assert vad.get("/health").json()["vad"]["default"] is True
@@ -326,6 +327,9 @@ def test_settings_from_env_and_flags(monkeypatch):
     assert settings.models == ("whisper-tiny.en", "whisper-base")
     assert settings.host == "127.0.0.1"  # loopback unless asked
     assert settings.vad is True
+    assert settings_from_args(parser.parse_args(["serve", "--no-vad"])).vad is False
+    assert ServeSettings.from_env({"WHISPERFORGE_VAD": "0"}).vad is False  # never
+    assert ServeSettings.from_env({}).vad is None  # each model's own default
     with pytest.raises(ValueError, match="alias"):
         ServeSettings(models=("whisper-1",))
     with pytest.raises(ValueError, match="encoder_dtype must be one of float32, bfloat16"):

@@ -63,6 +63,23 @@ def test_finds_each_utterance_between_long_silences():
     assert len(speech_map(audio, min_silence=0.3, speech_pad=0.1).chunks) > 2
 
 
+def test_loading_silero_leaves_the_thread_count_alone():
+    import subprocess
+    import sys
+
+    from tests.conftest import SUBPROCESS_ENV
+
+    # importing silero_vad sets torch's threads to 1 for the process; a fresh process shows it
+    code = (
+        "import numpy as np, torch; torch.set_num_threads(2);"
+        "from whisperforge.vad import speech_map; speech_map(np.zeros(16000, np.float32));"
+        "print(torch.get_num_threads())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=SUBPROCESS_ENV, capture_output=True,
+                         text=True, check=True).stdout  # fmt: skip
+    assert out.split() == ["2"]
+
+
 def test_silence_noise_and_nothing_hold_no_speech():
     rng = np.random.default_rng(0)
     assert speech_map(seconds(5)).chunks == ()
@@ -107,3 +124,33 @@ def test_transcribe_with_vad_skips_silence_and_keeps_file_times(tiny_en, speech_
     assert list(segments) == [] and info.duration_after_vad == 0.0
     segments, info = transcriber.transcribe(audio, vad=True, language="en")
     assert [s.start for s in segments] == [s.start for s in speech.segments]
+
+
+def test_a_model_can_make_vad_its_default(tiny_en, monkeypatch, caplog):
+    import whisperforge.transcribe as transcribe_module
+    from whisperforge.cli import build_parser
+
+    audio = np.concatenate([seconds(6), load_audio(JFK)])
+    transcriber = Transcriber(tiny_en)
+    assert tiny_en.vad is False and transcriber.uses_vad(None) is False
+    _, info = transcriber.transcribe(audio, language="en")
+    assert info.duration_after_vad is None and info.options["vad"] is False
+    monkeypatch.setattr(tiny_en.model.config, "vad", True, raising=False)  # as student.json says
+    assert tiny_en.vad is True
+    segments, info = transcriber.transcribe(audio, language="en")
+    assert info.options["vad"] is True and info.duration_after_vad < 12.5
+    assert normalize_text(" ".join(s.text for s in segments)) == normalize_text(JFK_TEXT)
+    _, info = transcriber.transcribe(audio, language="en", vad=False)  # asked: off
+    assert info.duration_after_vad is None and info.options["vad"] is False
+    # without silero-vad a model's default is skipped with a warning, once
+    monkeypatch.setattr(transcribe_module, "vad_available", lambda: False)
+    with caplog.at_level("WARNING", logger="whisperforge.vad"):
+        _, info = transcriber.transcribe(audio, language="en")
+        transcriber.transcribe(audio, language="en")
+    assert info.duration_after_vad is None and info.options["vad"] is False
+    warnings = [r.message for r in caplog.records if "silero-vad" in r.getMessage()]
+    assert len(warnings) == 1 and "--no-vad" in caplog.text
+    parser = build_parser()
+    for argv, wanted in (([], None), (["--vad"], True), (["--no-vad"], False)):
+        assert parser.parse_args(["transcribe", "a.wav", *argv]).vad is wanted
+        assert parser.parse_args(["evaluate", "--manifest", "m.jsonl", *argv]).vad is wanted

@@ -84,3 +84,19 @@ def test_shipped_tokenizer_reads_jfk_after_15s_of_silence_with_vad():
     assert 250 <= len(ids) <= 300  # jfk and a little of the silence around it
     text = speech.transcribe_tokens([ids], language="en")[0]
     assert word_errors(JFK_TEXT, text).wer <= 0.15, text
+
+
+def test_shipped_student_skips_a_long_silence_by_default():
+    import numpy as np
+
+    from whisperforge.audio import SAMPLE_RATE, load_audio
+    from whisperforge.transcribe import transcribe
+
+    late = np.concatenate([np.zeros(15 * SAMPLE_RATE, np.float32), load_audio(JFK)])
+    assert load_model(STUDENT).vad  # student.json: trained on clips that start on speech
+    segments, info = transcribe(late, model=STUDENT, language="en")
+    segments = list(segments)
+    text = " ".join(s.text for s in segments)
+    assert info.options["vad"] is True and info.duration_after_vad < 13
+    assert word_errors(JFK_TEXT, text).wer <= 0.1, text
+    assert segments[0].start >= 14  # times in the file, not in the cut audio

@@ -49,7 +49,9 @@ def _add_decoding_args(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     add_vad_arguments(
         p, "transcribe only the speech voice activity detection (Silero VAD) finds: long "
-        "silences, music and noise are skipped, timestamps stay those of the file",
+        "silences, music and noise are skipped, timestamps stay those of the file; default: "
+        "the model's (on for students trained on clips that start on their first word, e.g. "
+        "distil-whisper-base.en; --no-vad turns it off)", model_default=True,
     )  # fmt: skip
     p.add_argument(
         "--assistant", default=None,
@@ -65,9 +67,13 @@ def _add_decoding_args(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-def add_vad_arguments(p: argparse.ArgumentParser, help: str) -> None:
-    """``--vad`` and its settings (defaults: faster-whisper's, ``whisperforge.vad``)."""
-    p.add_argument("--vad", action="store_true", help=help)
+def add_vad_arguments(p: argparse.ArgumentParser, help: str, model_default: bool = False) -> None:
+    """``--vad`` and its settings (defaults: faster-whisper's, ``whisperforge.vad``); with
+    ``model_default`` also ``--no-vad``, and neither leaves ``args.vad`` None (the model's)."""
+    if model_default:
+        p.add_argument("--vad", action=argparse.BooleanOptionalAction, default=None, help=help)
+    else:
+        p.add_argument("--vad", action="store_true", help=help)
     p.add_argument("--vad-threshold", type=float, default=0.5, help="speech probability, 0-1")
     p.add_argument(
         "--vad-min-silence", type=float, default=2.0, help="s of silence that splits speech"

@@ -54,8 +54,10 @@ from whisperforge.vad import (
     DEFAULT_THRESHOLD,
     SpeechMap,
     speech_map,
+    warn_default_unavailable,
 )
 from whisperforge.vad import check_options as check_vad_options
+from whisperforge.vad import is_available as vad_available
 
 logger = logging.getLogger(__name__)
 LONG_FORM_MODES = ("chunked", "sequential")
@@ -105,7 +107,9 @@ class TranscribeOptions:
     batch_size: int = 8
     seed: int = 0
     audio_context: str | None = None  # full | dynamic; None: the model's (ModelBundle)
-    vad: bool = False  # transcribe only what voice activity detection finds (whisperforge.vad)
+    # transcribe only what voice activity detection finds (whisperforge.vad); None: the
+    # model's default (ModelBundle.vad: on for students trained on tight clips)
+    vad: bool | None = None
     vad_threshold: float = DEFAULT_THRESHOLD
     vad_min_silence: float = DEFAULT_MIN_SILENCE  # s: shorter pauses do not split speech
     vad_speech_pad: float = DEFAULT_SPEECH_PAD  # s: kept on each side of detected speech
@@ -337,9 +341,22 @@ class Transcriber:
             else:
                 yield f
 
+    def uses_vad(self, vad: bool | None) -> bool:
+        """Whether a transcription with ``TranscribeOptions.vad=vad`` runs VAD: as asked, else
+        as the model says (``ModelBundle.vad``). A model's default is skipped, with a warning
+        once, where silero-vad is not installed; ``vad=True`` then fails with what to install."""
+        if vad is not None:
+            return vad
+        if not self.bundle.vad:
+            return False
+        if not vad_available():
+            warn_default_unavailable(self.bundle.name)
+            return False
+        return True
+
     def _file(self, index: int, source, audio: np.ndarray, opts: TranscribeOptions) -> _File:
-        """A file's state; with ``opts.vad`` its audio is only the speech VAD found."""
-        if not opts.vad:
+        """A file's state; with VAD (``uses_vad``) its audio is only the speech VAD found."""
+        if not self.uses_vad(opts.vad):
             return _File(index, source, audio, opts.language)
         found = speech_map(audio, opts.vad_threshold, opts.vad_min_silence, opts.vad_speech_pad)
         return _File(index, source, found.compact(audio), opts.language, speech=found)
@@ -354,7 +371,7 @@ class Transcriber:
             language_probability=float(probs.get(language, 1.0)),
             duration=f.duration if speech is None else speech.total / SAMPLE_RATE,
             duration_after_vad=None if speech is None else speech.duration_after_vad,
-            options=asdict(opts),
+            options={**asdict(opts), "vad": self.uses_vad(opts.vad)},
             model=self.bundle.name,
             all_language_probs=ranked[:10] if f.language_probs else None,
         )

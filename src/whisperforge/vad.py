@@ -12,6 +12,8 @@ silence), and the encoder and decoder do less work on recordings with pauses.
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import threading
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, replace
@@ -27,16 +29,40 @@ DEFAULT_SPEECH_PAD = 0.4  # s: kept around each stretch (faster-whisper's defaul
 MIN_SPEECH = 0.25  # s: shorter detections are dropped (Silero's default)
 
 _lock = threading.Lock()  # the Silero model keeps state between frames: one user at a time
+logger = logging.getLogger(__name__)
+
+
+def is_available() -> bool:
+    """Whether Silero VAD (the ``vad`` extra) is installed."""
+    return importlib.util.find_spec("silero_vad") is not None
+
+
+@lru_cache(maxsize=1)
+def warn_default_unavailable(model: str) -> None:
+    """Say once per model that its default VAD is skipped because silero-vad is missing."""
+    logger.warning(
+        "%s transcribes with voice activity detection by default, but the silero-vad package "
+        "is not installed: transcribing without it (speech after long silences may be "
+        "misread); pip install 'whisperforge[vad]', or pass vad=False (--no-vad) to silence "
+        "this", model,
+    )  # fmt: skip
 
 
 @lru_cache(maxsize=1)
 def _model():
+    import torch
+
+    threads = torch.get_num_threads()
     try:
         from silero_vad import load_silero_vad
     except ImportError as error:
         raise ImportError(
             "voice activity detection needs the silero-vad package: pip install 'whisperforge[vad]'"
         ) from error
+    finally:
+        # importing silero_vad sets torch.set_num_threads(1) for the whole process, which
+        # would leave the transcription that follows on one core
+        torch.set_num_threads(threads)
     return load_silero_vad()
 
 

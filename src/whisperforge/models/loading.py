@@ -142,6 +142,13 @@ class ModelBundle:
         return getattr(self.model.config, "audio_context", None) or "full"
 
     @property
+    def vad(self) -> bool:
+        """Whether the model transcribes with voice activity detection unless told otherwise
+        (``TranscribeOptions.vad=None``): the model's ``config.vad``, set on students trained
+        on clips that start on their first word (docs/distill.md, *Speech after silence*)."""
+        return bool(getattr(self.model.config, "vad", False))
+
+    @property
     def n_mels(self) -> int:
         return self.model.config.num_mel_bins
 

@@ -145,6 +145,8 @@ def student_from_delta(folder: Path, teacher: torch.nn.Module) -> tuple[torch.nn
     context = meta.get("config", {}).get("audio_context")
     if context:  # distilled for a dynamic audio context: transcription pads that way
         student.config.audio_context = context
+    if meta.get("config", {}).get("vad"):  # transcribes with VAD unless told otherwise
+        student.config.vad = True
     return student, layer_map
 
 

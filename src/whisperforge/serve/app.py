@@ -5,7 +5,8 @@
 - ``POST /v1/audio/transcriptions`` and ``/v1/audio/translations``: OpenAI's multipart form
   (``file``, ``model``, ``language``, ``prompt``, ``temperature``, ``response_format``,
   ``timestamp_granularities[]``) so the official ``openai`` client works unchanged; one field
-  of our own, ``vad`` (true/false; default the server's ``--vad``), skips non-speech.
+  of our own, ``vad`` (true/false; default the server's ``--vad``, else the model's), skips
+  non-speech.
 - ``POST /v1/audio/tokens``: speech -> discrete speech tokens (25 per second) from a served
   speech tokenizer, as ids, LLM text (``<|sound_start|><|sound_0123|>...<|sound_end|>``), and
   optionally the text the Whisper decoder reads back from them (``vad`` as above: only the
@@ -432,13 +433,15 @@ def _check_form(
         options["initial_prompt"] = prompt
     if temperature:  # OpenAI: 0 (the default) means "raise it automatically when needed"
         options["temperature"] = (temperature,)
-    if _vad_option(pool.settings, vad):
-        options["vad"] = True
+    vad = _vad_option(pool.settings, vad)
+    if vad is not None:
+        options["vad"] = vad
     return name, options, fmt
 
 
-def _vad_option(settings: ServeSettings, vad: bool | None) -> bool:
-    """A request's ``vad`` field (None: the server's default); 400 where it cannot run."""
+def _vad_option(settings: ServeSettings, vad: bool | None) -> bool | None:
+    """A request's ``vad`` field, else the server's ``--vad``/``--no-vad``, else None (the
+    model's own default); 400 where VAD is asked for and cannot run."""
     if vad is None:
         vad = settings.vad
     if vad and not vad_available():
@@ -648,7 +651,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         name = tokenizers.resolve(model)
         fmt = _response_format(response_format, TOKEN_FORMATS)
         lang = _language_option(language)
-        use_vad = _vad_option(settings, vad)
+        use_vad = bool(_vad_option(settings, vad))  # tokenizers: off unless asked
         data = await _read_upload(request, file)
         started = time.perf_counter()
         async with app.state.admission.slot():

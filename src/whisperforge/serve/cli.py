@@ -47,8 +47,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "CPUs with bf16 instructions",
     )  # fmt: skip
     p.add_argument(
-        "--vad", action="store_true", default=None, help="skip non-speech with Silero VAD "
-        "unless a request sends vad=false (needs the vad extra)",
+        "--vad", action=argparse.BooleanOptionalAction, default=None,
+        help="skip non-speech with Silero VAD (--no-vad: never) unless a request's vad field "
+        "says otherwise; default: each model's own (on for distil-whisper-base.en, off for "
+        "the others and for speech tokens; needs the vad extra)",
     )  # fmt: skip
     p.set_defaults(func=run_serve)
     return p

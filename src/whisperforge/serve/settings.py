@@ -7,7 +7,6 @@ defaults are safe for a laptop: loopback only, one transcription at a time, 25 M
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -40,8 +39,9 @@ class ServeSettings:
     device: str = "cpu"
     # speech tokenizers served at /v1/audio/tokens (names or folders); None: the shipped ones
     tokenizers: tuple[str, ...] | None = None
-    # skip non-speech with Silero VAD unless a request's ``vad`` field says otherwise
-    vad: bool = False
+    # skip non-speech with Silero VAD (True) or not (False) unless a request's ``vad`` field
+    # says otherwise; None: each model's own default (``ModelBundle.vad``), off for tokenizers
+    vad: bool | None = None
     # precision of the transcription models' encoders (None: the models' own, float32)
     encoder_dtype: str | None = None
 
@@ -100,7 +100,9 @@ class ServeSettings:
 
 def vad_available() -> bool:
     """Whether Silero VAD (the ``vad`` extra) is installed."""
-    return importlib.util.find_spec("silero_vad") is not None
+    from whisperforge.vad import is_available
+
+    return is_available()
 
 
 def shipped_tokenizers() -> tuple[str, ...]:
@@ -109,6 +111,9 @@ def shipped_tokenizers() -> tuple[str, ...]:
 
     names = [n for n, p in zoo_models().items() if (p / "speech_tokenizer.json").exists()]
     return tuple(sorted(names, key=lambda n: n != DEFAULT_TOKENIZER))
+
+
+_OPTIONAL_FLAGS = {"vad"}  # true/false fields whose default is None
 
 
 def _names(value, default) -> tuple[str, ...]:
@@ -122,7 +127,7 @@ def _names(value, default) -> tuple[str, ...]:
 
 def _parse(name: str, raw: str, default):
     try:
-        if isinstance(default, bool):
+        if isinstance(default, bool) or name in _OPTIONAL_FLAGS:
             return raw.strip().lower() in ("1", "true", "yes", "on")
         if isinstance(default, int):
             return int(raw)

@@ -6,7 +6,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { blob: null, name: "", recorder: null, chunks: [] };
+const state = { blob: null, name: "", recorder: null, chunks: [], vadDefault: null };
 
 function headers() {
   const key = $("api-key").value.trim();
@@ -59,6 +59,9 @@ async function loadTokenizers() {
     const vad = health.vad || {};
     $("vad-label").hidden = !vad.available;
     $("vad").checked = Boolean(vad.default);
+    // null: each model's own default; the box is sent only once the user sets it
+    state.vadDefault = vad.default === undefined ? null : vad.default;
+    $("vad").indeterminate = state.vadDefault === null;
   } catch (err) {
     names = [];
   }
@@ -195,8 +198,15 @@ async function runTokens(name, div) {
   form.append("transcribe", "true");
   const language = $("language").value.trim();
   if (language) form.append("language", language);
-  if (!$("vad-label").hidden) form.append("vad", $("vad").checked ? "true" : "false");
+  appendVad(form);
   await post("/v1/audio/tokens", form, div, fillTokens);
+}
+
+// the "Skip silence" box, unless it is hidden or left as the models' own default
+function appendVad(form) {
+  if ($("vad-label").hidden) return;
+  if ($("vad").indeterminate) return;
+  form.append("vad", $("vad").checked ? "true" : "false");
 }
 
 // POST the form; on success fillFn(div, body, seconds), else the card shows the error.
@@ -225,7 +235,7 @@ async function runOne(model, div) {
   const language = $("language").value.trim();
   const task = $("task").value;
   if (language && task === "transcribe") form.append("language", language);
-  if (!$("vad-label").hidden) form.append("vad", $("vad").checked ? "true" : "false");
+  appendVad(form);
   const url = task === "translate" ? "/v1/audio/translations" : "/v1/audio/transcriptions";
   await post(url, form, div, fill);
 }
