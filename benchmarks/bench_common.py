@@ -251,6 +251,20 @@ class Case:
     probes: list[dict] = field(default_factory=list)  # probe.read() after each timed run
 
 
+def transcribe_run(transcriber, system: str, options: dict) -> Callable:
+    """A case's ``run``: ``transcriber.transcribe_batch`` with ``options``, the texts out; a
+    file that fails stops the benchmark."""
+
+    def run(audio):
+        results = list(transcriber.transcribe_batch(audio, **options))
+        failed = [r.error for r in results if r.error]
+        if failed:
+            raise RuntimeError(f"{system} failed: {failed}")
+        return [r.text for r in results]
+
+    return run
+
+
 def transcriber_cases(
     transcriber, tag: str, system: str, batch_size: int, decode: dict, probe: Probe | None = None
 ) -> list[Case]:
@@ -260,19 +274,8 @@ def transcriber_cases(
     clock = EncoderClock()
     transcriber.session.encode = clock.wrap(transcriber.session.encode)
 
-    def runner(batch: int, long_form: str):
-        def run(audio):
-            options = dict(decode, batch_size=batch, long_form=long_form)
-            results = list(transcriber.transcribe_batch(audio, **options))
-            failed = [r.error for r in results if r.error]
-            if failed:
-                raise RuntimeError(f"{system} failed: {failed}")
-            return [r.text for r in results]
-
-        return run
-
     def case(name, workload, batch, mode):
-        run = runner(batch, mode)
+        run = transcribe_run(transcriber, system, dict(decode, batch_size=batch, long_form=mode))
         return Case(name, system, workload, batch, mode, run, clock, probe=probe)
 
     return [
@@ -439,6 +442,13 @@ def report_from(args, measure: Callable[[list[Workload], str], dict]) -> dict:
     if args.out:
         atomic_write(args.out, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     return report
+
+
+def publish(block: str, markdown: Path | None, start: str, end: str, intro: str) -> None:
+    """Print a rendered section and, with ``markdown``, put it between its markers there."""
+    print(block)
+    if markdown:
+        replace_marked_section(markdown, start, end, block, intro)
 
 
 def replace_marked_section(path: Path, start: str, end: str, block: str, intro: str) -> None:

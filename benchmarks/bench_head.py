@@ -31,7 +31,7 @@ from bench_common import (
     atomic_write,
     machine_sentence,
     markdown_table,
-    replace_marked_section,
+    publish,
     run_facts,
 )
 
@@ -167,10 +167,7 @@ def main() -> None:
         }
         if args.out:
             atomic_write(args.out, json.dumps(report, indent=2) + "\n")
-    block = render(report)
-    print(block)
-    if args.markdown:
-        replace_marked_section(args.markdown, START_MARK, END_MARK, block, INTRO)
+    publish(render(report), args.markdown, START_MARK, END_MARK, INTRO)
 
 
 if __name__ == "__main__":

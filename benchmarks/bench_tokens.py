@@ -27,7 +27,7 @@ from bench_common import (
     fmt,
     machine_sentence,
     markdown_table,
-    replace_marked_section,
+    publish,
     report_from,
     run_facts,
 )
@@ -168,10 +168,7 @@ def main() -> None:
         }
 
     report = report_from(args, run)
-    block = render(report)
-    print(block)
-    if args.markdown:
-        replace_marked_section(args.markdown, START_MARK, END_MARK, block, INTRO)
+    publish(render(report), args.markdown, START_MARK, END_MARK, INTRO)
 
 
 if __name__ == "__main__":
