@@ -162,7 +162,8 @@ def test_two_cpu_processes_with_torchrun(tmp_path, teacher_dir, data, audio_cont
     torchrun = Path(sys.executable).with_name("torchrun")
     command = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "whisperforge.cli",
                "distill", "train", str(path), f"dev_manifest={data['dev']}",
-               f"audio_context={audio_context}", "-q"]  # fmt: skip
+               f"audio_context={audio_context}", f"vad={str(audio_context == 'dynamic').lower()}",
+               "-q"]  # fmt: skip
     done = subprocess.run(command, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
@@ -173,6 +174,7 @@ def test_two_cpu_processes_with_torchrun(tmp_path, teacher_dir, data, audio_cont
     assert done.stdout.count("trained 3 steps") == 1  # printed by the main process only
     meta = json.loads((tmp_path / "ddp" / "student" / "student.json").read_text())
     assert meta["config"].get("audio_context", "full") == audio_context  # transcribe reads it
+    assert meta["config"].get("vad", False) is (audio_context == "dynamic")  # so does vad
 
 
 def test_dynamic_context_rows_read_states_of_their_own_length(teacher_dir, data):

@@ -69,6 +69,9 @@ class DistillConfig:
     # padded by 1 s or more (a random share of the rest of the 30 s), so that it transcribes
     # well with ``audio_context: dynamic`` (set in the saved student's config)
     audio_context: str = "full"
+    # true: the saved student transcribes with Silero VAD unless told otherwise (its config's
+    # ``vad``), for students trained on clips that start on speech (docs/distill.md)
+    vad: bool = False
     eval_batch_size: int = 8
     training: TrainingConfig = field(default_factory=lambda: TrainingConfig("runs/distill"))
 
@@ -290,6 +293,8 @@ def setup(config: DistillConfig) -> DistillRun:
         if not shared:
             raise ValueError("audio_context: dynamic needs the teacher's encoder in the student")
         student.config.audio_context = "dynamic"  # saved with the student; transcribe reads it
+    if config.vad:
+        student.config.vad = True  # saved with the student: its transcription default
     max_length = teacher.model.config.max_target_positions
     examples, report, dev = _load_data(config, teacher.tokenizer, max_length)
     logger.info("training rows: %s", report)
