@@ -37,7 +37,7 @@ def is_available() -> bool:
     return importlib.util.find_spec("silero_vad") is not None
 
 
-@lru_cache(maxsize=1)
+@lru_cache(maxsize=None)
 def warn_default_unavailable(model: str) -> None:
     """Say once per model that its default VAD is skipped because silero-vad is missing."""
     logger.warning(
