@@ -126,9 +126,9 @@ def test_transcribe_with_vad_skips_silence_and_keeps_file_times(tiny_en, speech_
     assert [s.start for s in segments] == [s.start for s in speech.segments]
 
 
-def test_a_model_can_make_vad_its_default(tiny_en, monkeypatch, caplog):
+def test_a_model_can_make_vad_its_default(tiny_en, monkeypatch, caplog, capsys):
     import whisperforge.transcribe as transcribe_module
-    from whisperforge.cli import build_parser
+    from whisperforge.cli import build_parser, main
 
     audio = np.concatenate([seconds(6), load_audio(JFK)])
     transcriber = Transcriber(tiny_en)
@@ -151,6 +151,10 @@ def test_a_model_can_make_vad_its_default(tiny_en, monkeypatch, caplog):
     warnings = [r.message for r in caplog.records if "silero-vad" in r.getMessage()]
     assert len(warnings) == 1 and "--no-vad" in caplog.text
     parser = build_parser()
+    monkeypatch.setattr("whisperforge.vad.is_available", lambda: False)  # asking is an error
+    for argv in (["transcribe", str(JFK)], ["tokens", "encode", str(JFK)]):
+        assert main([*argv, "--vad"]) == 2
+        assert "--vad needs the silero-vad package" in capsys.readouterr().err
     for argv, wanted in (([], None), (["--vad"], True), (["--no-vad"], False)):
         assert parser.parse_args(["transcribe", "a.wav", *argv]).vad is wanted
         assert parser.parse_args(["evaluate", "--manifest", "m.jsonl", *argv]).vad is wanted

@@ -81,10 +81,19 @@ def add_vad_arguments(p: argparse.ArgumentParser, help: str, model_default: bool
     p.add_argument("--vad-speech-pad", type=float, default=0.4, help="s kept around speech")
 
 
+def check_vad_installed(args: argparse.Namespace) -> None:
+    """``--vad`` without the silero-vad package: a one-line error naming the extra."""
+    from whisperforge.vad import is_available
+
+    if args.vad and not is_available():
+        raise CLIError("--vad needs the silero-vad package: pip install 'whisperforge[vad]'")
+
+
 def vad_options(args: argparse.Namespace):
     """The ``VadOptions`` of ``add_vad_arguments``'s flags, or None without ``--vad``."""
     from whisperforge.vad import VadOptions
 
+    check_vad_installed(args)
     if not args.vad:
         return None
     return VadOptions(args.vad_threshold, args.vad_min_silence, args.vad_speech_pad)
@@ -114,6 +123,7 @@ def _transcriber(args: argparse.Namespace):
         TranscribeOptions.from_kwargs(**_decoding_options(args))
     except ValueError as error:
         raise CLIError(str(error)) from error
+    check_vad_installed(args)
     _quiet_transformers()
     return Transcriber(
         args.model, device=args.device, assistant=args.assistant, encoder_dtype=args.encoder_dtype

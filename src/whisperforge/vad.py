@@ -17,7 +17,7 @@ import logging
 import threading
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, replace
-from functools import cached_property, lru_cache
+from functools import cache, cached_property, lru_cache
 
 import numpy as np
 
@@ -37,7 +37,7 @@ def is_available() -> bool:
     return importlib.util.find_spec("silero_vad") is not None
 
 
-@lru_cache(maxsize=None)
+@cache
 def warn_default_unavailable(model: str) -> None:
     """Say once per model that its default VAD is skipped because silero-vad is missing."""
     logger.warning(
