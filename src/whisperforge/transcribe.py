@@ -262,8 +262,7 @@ class Transcriber:
         self, audio: AudioSource, **options
     ) -> tuple[Iterator[Segment], TranscriptionInfo]:
         """Transcribe one input; segments are produced lazily, info eagerly."""
-        opts = TranscribeOptions.from_kwargs(**options)
-        self.check(opts)
+        opts = self._options(options)
         state = self._file(0, audio, load_audio(audio), opts)
         if state.silent:
             return iter(()), self._info(state, opts)
@@ -287,8 +286,7 @@ class Transcriber:
         A source that cannot be decoded yields a ``FileResult`` with ``error`` set and the
         rest go on. ``progress`` is called with the seconds of audio each window covered.
         """
-        opts = TranscribeOptions.from_kwargs(**options)
-        self.check(opts)
+        opts = self._options(options)
         pending: dict[int, FileResult] = {}  # results ready before their turn (failed, silent)
         next_out = 0
         for result in self._run(self._load_all(sources, opts, pending), opts, progress):
@@ -298,6 +296,12 @@ class Transcriber:
                 next_out += 1
         for index in sorted(pending):
             yield pending.pop(index)
+
+    def _options(self, options: dict) -> TranscribeOptions:
+        """Checked options of one call, VAD decided once (``uses_vad``) for all its files."""
+        opts = TranscribeOptions.from_kwargs(**options)
+        self.check(opts)
+        return replace(opts, vad=self.uses_vad(opts.vad))
 
     def decode_windows(
         self, windows: list[np.ndarray], languages: list[str | None] | None = None, **options
@@ -355,8 +359,9 @@ class Transcriber:
         return True
 
     def _file(self, index: int, source, audio: np.ndarray, opts: TranscribeOptions) -> _File:
-        """A file's state; with VAD (``uses_vad``) its audio is only the speech VAD found."""
-        if not self.uses_vad(opts.vad):
+        """A file's state; with ``opts.vad`` (decided by ``_options``) its audio is only the
+        speech VAD found."""
+        if not opts.vad:
             return _File(index, source, audio, opts.language)
         found = speech_map(audio, opts.vad_threshold, opts.vad_min_silence, opts.vad_speech_pad)
         return _File(index, source, found.compact(audio), opts.language, speech=found)
@@ -371,7 +376,7 @@ class Transcriber:
             language_probability=float(probs.get(language, 1.0)),
             duration=f.duration if speech is None else speech.total / SAMPLE_RATE,
             duration_after_vad=None if speech is None else speech.duration_after_vad,
-            options={**asdict(opts), "vad": self.uses_vad(opts.vad)},
+            options=asdict(opts),
             model=self.bundle.name,
             all_language_probs=ranked[:10] if f.language_probs else None,
         )

@@ -525,7 +525,7 @@ def _tokens_job(
     audio = _decode_upload(settings, data, filename)
     speech = tokenizers.get(name)
     kept = speech_only(audio, vad)
-    ids = speech.tokenize(kept) if len(kept) else []
+    ids = speech.tokenize(kept)  # no speech kept: no ids
     body: dict[str, Any] = {
         "model": name, "duration": round(len(audio) / SAMPLE_RATE, 3),
         "tokens_per_second": speech.config.tokens_per_second, "n_tokens": len(ids),
