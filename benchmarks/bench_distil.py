@@ -170,6 +170,16 @@ def build_cases(
         group = transcriber_cases(transcriber, system, system, batch_size, options,
                                   SystemProbe(transcriber))  # fmt: skip
         cases += [c for c in group if c.workload == "short"]
+    # long-form with the student's own chunked windows (student.json) and with the teacher's
+    own, teacher_own = transcribers["student"].chunking(None, None), (teacher.chunk_length, None)
+    teacher_own = transcribers["teacher"].chunking(*teacher_own)
+    if own != teacher_own:
+        system = f"student-{teacher_own[0]:g}s-chunks"
+        transcriber = Transcriber(student, encoder_dtype=encoder_dtype)
+        options = dict(decode, chunk_length=teacher_own[0], stride_length=teacher_own[1])
+        group = transcriber_cases(transcriber, system, system, batch_size, options,
+                                  SystemProbe(transcriber))  # fmt: skip
+        cases += [c for c in group if c.workload == "long" and c.mode == "chunked"]
     models = {"teacher": teacher, "student": student}
     return cases, models, transcribers["assisted"].assistant_shares_encoder
 
@@ -182,6 +192,8 @@ def describe(bundle) -> dict:
         "decoder_layers": config.decoder_layers,
         "parameters_millions": round(sum(p.numel() for p in bundle.model.parameters()) / 1e6, 1),
         "audio_context": bundle.audio_context,
+        "chunk_length": bundle.chunk_length,
+        "stride_length": bundle.stride_length,
     }
 
 
@@ -317,8 +329,16 @@ def models_line(report: dict) -> str:
         f"{t['decoder_layers']} decoder layers); student `{s['reference']}` "
         f"({s['parameters_millions']}M, {s['decoder_layers']} decoder layers, "
         f"{s['encoder_layers']} encoder layers, {s.get('audio_context', 'full')} audio "
-        f"context), which {shared}"
+        f"context{_chunks(s)}), which {shared}"
     )
+
+
+def _chunks(model: dict) -> str:
+    """``, 20 s chunks (stride 2 s)`` where a model's chunked long-form windows are its own."""
+    chunk, stride = model.get("chunk_length") or 30.0, model.get("stride_length")
+    if chunk == 30.0 and stride is None:
+        return ""
+    return f", {chunk:g} s chunks (stride {stride if stride is not None else chunk / 6:g} s)"
 
 
 def section(report: dict) -> str:

@@ -110,6 +110,16 @@ def test_cli_errors_are_one_line_without_traceback():
         assert len(lines) == 1, proc.stderr
 
 
+def test_a_reader_that_stops_early_ends_the_command_quietly():
+    """`whisperforge models | head -1`: the closed pipe ends the command without a traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "whisperforge.cli", "models"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    proc.stdout.close()  # before it writes a line
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, stderr
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
+
+
 def test_models_lists_presets_with_sizes(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
@@ -140,6 +150,7 @@ def test_evaluate_reports_wer_per_speaker(speech_clips, tmp_path, capsys):
     assert report["utterances"] == 8 and len(report["skipped"]) == 1
     assert report["wer"] < 0.15 and report["throughput"] > 0
     assert set(report["by_speaker"]) == {"slt", "kal"}
+    assert report["chunking"] == {"chunk_length": 30.0, "stride_length": 5.0}  # whisper-base's
     assert {
         "substitution_rate",
         "deletion_rate",

@@ -122,6 +122,21 @@ def test_data_pack_cli(tmp_path):
     assert len(rows) == 2  # two speakers, each fits one window
 
 
+def test_data_pack_makes_long_recordings_only_when_asked(tmp_path, capsys):
+    from whisperforge.cli import main
+    from whisperforge.data.manifest import read_manifest
+    from whisperforge.data.packing import write_packs
+
+    manifest = _write_corpus(tmp_path, n=20)  # two speakers, 50 s of audio each
+    with pytest.raises(ValueError, match="recordings=True"):
+        write_packs(read_manifest(manifest), tmp_path / "w", max_seconds=60.0)
+    assert main(["data", "pack", str(manifest), "--out", str(tmp_path / "long"),
+                 "--seconds", "60", "--recordings", "--name", "test"]) == 0  # fmt: skip
+    rows = read_manifest(tmp_path / "long" / "test.jsonl")
+    assert [len(r.extra["members"]) for r in rows] == [10, 10]
+    assert all(30 < r.duration <= 60 for r in rows)
+
+
 def test_stream_windows_cut_a_speakers_recording_every_30_s():
     from whisperforge.data.packing import stream_windows
 

@@ -163,6 +163,7 @@ def test_two_cpu_processes_with_torchrun(tmp_path, teacher_dir, data, audio_cont
     command = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "whisperforge.cli",
                "distill", "train", str(path), f"dev_manifest={data['dev']}",
                f"audio_context={audio_context}", f"vad={str(audio_context == 'dynamic').lower()}",
+               *(["chunk_length=20", "stride_length=2"] if audio_context == "dynamic" else []),
                "-q"]  # fmt: skip
     done = subprocess.run(command, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -175,6 +176,8 @@ def test_two_cpu_processes_with_torchrun(tmp_path, teacher_dir, data, audio_cont
     meta = json.loads((tmp_path / "ddp" / "student" / "student.json").read_text())
     assert meta["config"].get("audio_context", "full") == audio_context  # transcribe reads it
     assert meta["config"].get("vad", False) is (audio_context == "dynamic")  # so does vad
+    chunking = (meta["config"].get("chunk_length"), meta["config"].get("stride_length"))
+    assert chunking == ((20.0, 2.0) if audio_context == "dynamic" else (None, None))
 
 
 def test_dynamic_context_rows_read_states_of_their_own_length(teacher_dir, data):
@@ -210,3 +213,5 @@ def test_audio_context_option_is_checked(tmp_path, teacher_dir, data):
         load_config(DistillConfig, path, ["audio_context=short"])
     with pytest.raises(ConfigError, match="needs freeze_encoder"):
         load_config(DistillConfig, path, ["audio_context=dynamic", "freeze_encoder=false"])
+    with pytest.raises(ConfigError, match="stride_length must be in"):
+        load_config(DistillConfig, path, ["chunk_length=20", "stride_length=12"])

@@ -101,6 +101,55 @@ def test_plan_windows_cover_the_audio_with_overlap():
     assert all(e - s <= 30.0 for s, e in windows)
 
 
+def test_plan_windows_of_a_shorter_chunk():
+    assert plan_windows(19.0, 2.0, 20.0) == [(0.0, 19.0)]
+    windows = plan_windows(100.0, 2.0, 20.0)
+    assert windows[0] == (0.0, 20.0) and windows[-1][1] == 100.0
+    for (_, e0), (s1, _) in zip(windows, windows[1:]):
+        assert e0 - s1 == pytest.approx(4.0)
+    assert all(e - s <= 20.0 for s, e in windows)
+
+
+def test_chunk_length_and_stride_are_checked_and_default_to_the_models(
+    tiny_en, long_recording, monkeypatch
+):
+    for bad in (dict(chunk_length=3), dict(chunk_length=31), dict(stride_length=-1),
+                dict(chunk_length=20, stride_length=10)):  # fmt: skip
+        with pytest.raises(ValueError, match="chunk_length|stride_length"):
+            TranscribeOptions(**bad)
+    transcriber = Transcriber(tiny_en)
+    assert tiny_en.chunk_length == 30.0 and tiny_en.stride_length is None
+    assert transcriber.chunking(None, None) == (30.0, 5.0)  # Whisper's: a sixth of 30 s
+    assert transcriber.chunking(15.0, None) == (15.0, 2.5)
+    path, reference = long_recording
+    plans = []
+    original = plan_windows
+
+    def spy(duration, stride, length=30.0):
+        plans.append(original(duration, stride, length))
+        return plans[-1]
+
+    monkeypatch.setattr("whisperforge.transcribe.plan_windows", spy)
+    whole, info = transcriber.transcribe(path, language="en")
+    whole = "".join(s.text for s in whole)
+    assert info.options["chunk_length"] == 30.0 and info.options["stride_length"] == 5.0
+    # a model whose config says so (a student's student.json) gets its own windows
+    monkeypatch.setattr(tiny_en.model.config, "chunk_length", 20.0, raising=False)
+    monkeypatch.setattr(tiny_en.model.config, "stride_length", 2.0, raising=False)
+    assert transcriber.chunking(None, None) == (20.0, 2.0)
+    assert transcriber.chunking(None, 3.0) == (20.0, 3.0)
+    assert transcriber.chunking(15.0, None) == (15.0, 2.5)  # its stride was for its length
+    with pytest.raises(ValueError, match="stride_length must be in \\[0, 10\\)"):
+        transcriber.chunking(None, 12.0)
+    segments, info = transcriber.transcribe(path, language="en")
+    segments = list(segments)
+    assert info.options["chunk_length"] == 20.0 and info.options["stride_length"] == 2.0
+    assert all(e - s <= 20.0 for s, e in plans[-1]) and len(plans[-1]) > len(plans[0])
+    assert segments[-1].end > info.duration - 10  # the windows cover the recording
+    shorter = corpus_error_rates([reference], ["".join(s.text for s in segments)])["wer"]
+    assert shorter <= corpus_error_rates([reference], [whole])["wer"] + 0.05
+
+
 @pytest.mark.parametrize("mode", ["chunked", "sequential"])
 def test_long_form_matches_short_form(base_transcriber, speech_clips, long_recording, mode):
     """Several minutes of joined clips give the words the clips gave one by one."""

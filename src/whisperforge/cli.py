@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -40,7 +41,15 @@ def _add_decoding_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--initial-prompt", default=None)
     p.add_argument("--without-timestamps", action="store_true")
     p.add_argument("--long-form", choices=("chunked", "sequential"), default="chunked")
-    p.add_argument("--stride-length", type=float, default=5.0, help="chunked overlap per side, s")
+    p.add_argument(
+        "--chunk-length", type=float, default=None,
+        help="chunked long-form: window length, 5-30 s; default: the model's (30 s for Whisper)",
+    )  # fmt: skip
+    p.add_argument(
+        "--stride-length", type=float, default=None,
+        help="chunked long-form: context each window shares with each neighbour, s; default: "
+        "the model's (a sixth of the chunk length)",
+    )  # fmt: skip
     p.add_argument("--batch-size", type=int, default=8, help="windows decoded together")
     p.add_argument(
         "--audio-context", choices=("full", "dynamic"), default=None,
@@ -103,8 +112,8 @@ _DECODING_KEYS = (
     "language", "task", "beam_size", "best_of", "patience", "length_penalty", "temperature",
     "compression_ratio_threshold", "log_prob_threshold", "no_speech_threshold",
     "condition_on_previous_text", "initial_prompt", "without_timestamps", "long_form",
-    "stride_length", "batch_size", "audio_context", "vad", "vad_threshold", "vad_min_silence",
-    "vad_speech_pad",
+    "chunk_length", "stride_length", "batch_size", "audio_context", "vad", "vad_threshold",
+    "vad_min_silence", "vad_speech_pad",
 )  # fmt: skip
 
 
@@ -427,13 +436,18 @@ def main(argv: list[str] | None = None) -> int:
         ChecksumError, ValueError, FileNotFoundError, PermissionError,
     )  # fmt: skip
     try:
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()  # here, so that a closed pipe is caught below
+        return status
     except expected as error:
         print(f"whisperforge: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("whisperforge: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader stopped early (`| head`): stop quietly, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE
 
 
 if __name__ == "__main__":

@@ -2,9 +2,10 @@
 
 Two long-form modes (``docs/transcribe.md``):
 
-- ``chunked`` (Distil-Whisper, HF pipeline): 30 s windows that overlap by ``2 * stride``
-  seconds, decoded independently (so windows of one file batch together) and merged where
-  their token streams agree in the overlap.
+- ``chunked`` (Distil-Whisper, HF pipeline): windows of ``chunk_length`` seconds (30 unless
+  the model or the caller says otherwise) that overlap by ``2 * stride``, decoded
+  independently (so windows of one file batch together) and merged where their token streams
+  agree in the overlap.
 - ``sequential`` (openai-whisper): each window starts where the last complete segment of the
   previous one ended, optionally conditioned on the previous text, with temperature fallback.
   Several files advance in lockstep so their windows still share a batch.
@@ -103,7 +104,11 @@ class TranscribeOptions:
     max_initial_timestamp: float = 1.0
     suppress_blank: bool = True
     long_form: str = "chunked"
-    stride_length: float = 5.0  # chunked: seconds of context on each side of a window
+    # chunked: window length, and the context each window shares with each neighbour (s);
+    # None: the model's (ModelBundle.chunk_length / stride_length: 30 s and a sixth of it,
+    # as the HF pipeline, unless its config says otherwise)
+    chunk_length: float | None = None
+    stride_length: float | None = None
     batch_size: int = 8
     seed: int = 0
     audio_context: str | None = None  # full | dynamic; None: the model's (ModelBundle)
@@ -132,8 +137,7 @@ class TranscribeOptions:
                 f"audio_context must be one of {AUDIO_CONTEXTS}, not {self.audio_context!r}"
             )
         check_vad_options(self.vad_threshold, self.vad_min_silence, self.vad_speech_pad)
-        if not 0 <= self.stride_length < WINDOW_SECONDS / 2:
-            raise ValueError(f"stride_length must be in [0, {WINDOW_SECONDS / 2}) seconds")
+        check_chunking(self.chunk_length, self.stride_length)
 
     def decoding(self) -> DecodingOptions:
         """Decoding options of the first (lowest-temperature) pass."""
@@ -203,13 +207,36 @@ class _File:
         return self.speech is not None and not len(self.audio)
 
 
-def plan_windows(duration: float, stride: float) -> list[tuple[float, float]]:
-    """Chunked mode: ``(start, end)`` seconds of 30 s windows overlapping by ``2 * stride``."""
-    if duration <= WINDOW_SECONDS:
+MIN_CHUNK_SECONDS = 5.0  # shorter windows leave too little speech to merge on
+
+
+def check_chunking(chunk_length: float | None, stride_length: float | None) -> None:
+    """Chunked mode's window length and stride, as given (None: the model's), or ValueError."""
+    if chunk_length is not None and not MIN_CHUNK_SECONDS <= chunk_length <= WINDOW_SECONDS:
+        raise ValueError(
+            f"chunk_length must be in [{MIN_CHUNK_SECONDS:g}, {WINDOW_SECONDS:g}] seconds,"
+            f" not {chunk_length:g}"
+        )
+    if stride_length is None:
+        return
+    limit = (chunk_length or WINDOW_SECONDS) / 2
+    if not 0 <= stride_length < limit:
+        raise ValueError(
+            f"stride_length must be in [0, {limit:g}) seconds (under half the chunk length),"
+            f" not {stride_length:g}"
+        )
+
+
+def plan_windows(
+    duration: float, stride: float, length: float = WINDOW_SECONDS
+) -> list[tuple[float, float]]:
+    """Chunked mode: ``(start, end)`` seconds of windows of ``length`` seconds overlapping by
+    ``2 * stride``."""
+    if duration <= length:
         return [(0.0, duration)]
-    step = WINDOW_SECONDS - 2 * stride
+    step = length - 2 * stride
     starts = np.arange(0.0, max(duration - 2 * stride, 1e-9), step)
-    windows = [(float(s), float(min(s + WINDOW_SECONDS, duration))) for s in starts]
+    windows = [(float(s), float(min(s + length, duration))) for s in starts]
     if windows[-1][1] < duration:
         windows.append((float(windows[-1][0] + step), duration))
     return windows
@@ -301,7 +328,22 @@ class Transcriber:
         """Checked options of one call, VAD decided once (``uses_vad``) for all its files."""
         opts = TranscribeOptions.from_kwargs(**options)
         self.check(opts)
-        return replace(opts, vad=self.uses_vad(opts.vad))
+        chunk, stride = self.chunking(opts.chunk_length, opts.stride_length)
+        return replace(opts, vad=self.uses_vad(opts.vad), chunk_length=chunk, stride_length=stride)
+
+    def chunking(
+        self, chunk_length: float | None, stride_length: float | None
+    ) -> tuple[float, float]:
+        """Chunked mode's ``(chunk_length, stride_length)`` in seconds: as asked, else the
+        model's (``ModelBundle.chunk_length``, ``stride_length``). A chunk length given without
+        a stride gets a sixth of it, as the HF pipeline; ValueError where they do not fit."""
+        chunk = chunk_length or self.bundle.chunk_length
+        stride = stride_length
+        if stride is None:
+            model_stride = self.bundle.stride_length if chunk_length is None else None
+            stride = model_stride if model_stride is not None else chunk / 6
+        check_chunking(chunk, stride)
+        return chunk, stride
 
     def decode_windows(
         self, windows: list[np.ndarray], languages: list[str | None] | None = None, **options
@@ -466,7 +508,7 @@ class Transcriber:
         file_iter = iter(files)
 
         def admit(f: _File) -> None:
-            f.windows = plan_windows(f.duration, opts.stride_length)
+            f.windows = plan_windows(f.duration, opts.stride_length, opts.chunk_length)
             open_files[f.index] = f
             queue.extend((f, w) for w in range(len(f.windows)))
 

@@ -246,9 +246,13 @@ def _add_pack(sub) -> None:
         "--seconds",
         type=float,
         default=25.0,
-        help="longest window, seconds (default 25; at most 30)",
+        help="longest window, seconds (default 25; at most 30 unless --recordings)",
     )
     p.add_argument("--gap", type=float, default=0.3, help="silence between utterances, seconds")
+    p.add_argument(
+        "--recordings", action="store_true",
+        help="allow packs longer than 30 s: long recordings for long-form tests",
+    )  # fmt: skip
     p.set_defaults(func=run_pack)
 
 
@@ -279,7 +283,7 @@ def run_pack(args) -> int:
 
     def write(rows, progress):
         name = args.name or args.split
-        return write_packs(rows, args.out, name, args.seconds, args.gap, progress)
+        return write_packs(rows, args.out, name, args.seconds, args.gap, progress, args.recordings)
 
     result = _write_rows(args, "pack", write)
     return 0 if result is not None and result.packs else 1

@@ -230,6 +230,7 @@ def write_packs(
     max_seconds: float = 25.0,
     gap_seconds: float = 0.3,
     progress: Callable[[int], None] | None = None,
+    recordings: bool = False,
 ) -> PackReport:
     """Pack ``utterances`` (``pack_utterances``) and write each window as 16 kHz FLAC under
     ``out_dir/audio/<name>/`` plus the manifest ``out_dir/<name>.jsonl`` (texts joined, one
@@ -239,6 +240,8 @@ def write_packs(
     rerun reuses windows already on disk. An utterance whose audio cannot be read, or that is
     longer than ``max_seconds``, is reported in ``left_out`` and the rest goes on.
     ``max_seconds`` of 25 leaves the teacher room to finish its transcript of a 30 s window.
+    With ``recordings`` a pack may be longer than Whisper's window: long recordings made of
+    held-out sentences test long-form transcription.
     """
     from pathlib import Path
 
@@ -248,8 +251,11 @@ def write_packs(
     from whisperforge.data.manifest import write_manifest
     from whisperforge.data.synth import write_flac_atomic
 
-    if not 0 < max_seconds <= WINDOW_SECONDS:
-        raise ValueError(f"max_seconds must be in (0, {WINDOW_SECONDS:.0f}], not {max_seconds}")
+    if max_seconds <= 0 or (max_seconds > WINDOW_SECONDS and not recordings):
+        raise ValueError(
+            f"max_seconds must be in (0, {WINDOW_SECONDS:.0f}], not {max_seconds}"
+            " (longer recordings: recordings=True)"
+        )
     out_dir = Path(out_dir)
     manifest = out_dir / f"{name}.jsonl"
     report = PackReport(str(manifest))

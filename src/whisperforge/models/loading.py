@@ -142,6 +142,19 @@ class ModelBundle:
         return getattr(self.model.config, "audio_context", None) or "full"
 
     @property
+    def chunk_length(self) -> float:
+        """Chunked long-form's window length (s) unless told otherwise: the model's
+        ``config.chunk_length``, else Whisper's 30 s."""
+        return float(getattr(self.model.config, "chunk_length", None) or 30.0)
+
+    @property
+    def stride_length(self) -> float | None:
+        """Context each chunked window shares with each neighbour (s): the model's
+        ``config.stride_length``, else None (a sixth of the chunk length)."""
+        stride = getattr(self.model.config, "stride_length", None)
+        return None if stride is None else float(stride)
+
+    @property
     def vad(self) -> bool:
         """Whether the model transcribes with voice activity detection unless told otherwise
         (``TranscribeOptions.vad=None``): the model's ``config.vad``, set on students trained

@@ -147,6 +147,9 @@ def student_from_delta(folder: Path, teacher: torch.nn.Module) -> tuple[torch.nn
         student.config.audio_context = context
     if meta.get("config", {}).get("vad"):  # transcribes with VAD unless told otherwise
         student.config.vad = True
+    for key in ("chunk_length", "stride_length"):  # its chunked long-form windows
+        if meta.get("config", {}).get(key) is not None:
+            setattr(student.config, key, float(meta["config"][key]))
     return student, layer_map
 
 

@@ -39,6 +39,7 @@ from whisperforge.training.loop import (
     mean_over_processes,
     run_steps,
 )
+from whisperforge.transcribe import check_chunking
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,10 @@ class DistillConfig:
     # true: the saved student transcribes with Silero VAD unless told otherwise (its config's
     # ``vad``), for students trained on clips that start on speech (docs/distill.md)
     vad: bool = False
+    # the saved student's chunked long-form windows (its config's ``chunk_length`` and
+    # ``stride_length``, s); null: Whisper's 30 s and a sixth of it (docs/transcribe.md)
+    chunk_length: float | None = None
+    stride_length: float | None = None
     eval_batch_size: int = 8
     training: TrainingConfig = field(default_factory=lambda: TrainingConfig("runs/distill"))
 
@@ -90,6 +95,7 @@ class DistillConfig:
             raise ValueError(f"audio_context must be full or dynamic, not {self.audio_context!r}")
         if self.audio_context == "dynamic" and not self.freeze_encoder:
             raise ValueError("audio_context: dynamic needs freeze_encoder: true")
+        check_chunking(self.chunk_length, self.stride_length)
         for name in ("timestamp_probability", "condition_on_prev_probability"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], not {getattr(self, name)}")
@@ -295,6 +301,9 @@ def setup(config: DistillConfig) -> DistillRun:
         student.config.audio_context = "dynamic"  # saved with the student; transcribe reads it
     if config.vad:
         student.config.vad = True  # saved with the student: its transcription default
+    for key in ("chunk_length", "stride_length"):  # and its long-form windows
+        if getattr(config, key) is not None:
+            setattr(student.config, key, float(getattr(config, key)))
     max_length = teacher.model.config.max_target_positions
     examples, report, dev = _load_data(config, teacher.tokenizer, max_length)
     logger.info("training rows: %s", report)

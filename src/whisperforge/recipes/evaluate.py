@@ -124,6 +124,12 @@ def evaluate(transcriber: Transcriber, items: Iterable[EvalItem], progress=None,
         options=options,
         audio_context=options.get("audio_context") or transcriber.bundle.audio_context,
         vad=transcriber.uses_vad(options.get("vad")),
+        chunking=dict(
+            zip(
+                ("chunk_length", "stride_length"),
+                transcriber.chunking(options.get("chunk_length"), options.get("stride_length")),
+            )
+        ),
         encoder_dtype=transcriber.session.encoder_dtype_name,
         machine=machine_info(),
         per_utterance=rows,
