@@ -103,6 +103,7 @@ def test_plan_windows_cover_the_audio_with_overlap():
 
 def test_plan_windows_of_a_shorter_chunk():
     assert plan_windows(19.0, 2.0, 20.0) == [(0.0, 19.0)]
+    assert plan_windows(30.0, 2.0, 20.0) == [(0.0, 30.0)]  # fits one window: not cut
     windows = plan_windows(100.0, 2.0, 20.0)
     assert windows[0] == (0.0, 20.0) and windows[-1][1] == 100.0
     for (_, e0), (s1, _) in zip(windows, windows[1:]):

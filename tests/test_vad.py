@@ -63,6 +63,34 @@ def test_finds_each_utterance_between_long_silences():
     assert len(speech_map(audio, min_silence=0.3, speech_pad=0.1).chunks) > 2
 
 
+def test_long_files_are_scored_in_parallel_streams_as_one_stream_would_be():
+    import torch
+    from silero_vad import get_speech_timestamps
+
+    from whisperforge.vad import _model, speech_probabilities
+
+    jfk = load_audio(JFK)
+    rng = np.random.default_rng(0)
+    audio = np.concatenate([x for _ in range(12) for x in (seconds(rng.uniform(0.5, 6)), jfk)])
+    assert len(audio) / SAMPLE_RATE > 150  # five streams of 30 s or more
+
+    def one_stream(x):  # Silero's own frame-by-frame loop
+        found = get_speech_timestamps(torch.from_numpy(x), _model(), sampling_rate=SAMPLE_RATE,
+                                      min_silence_duration_ms=2000, speech_pad_ms=400)  # fmt: skip
+        return [(t["start"], min(t["end"], len(x))) for t in found]
+
+    short = audio[: 50 * SAMPLE_RATE]  # one stream: exactly Silero's result
+    assert list(speech_map(short).chunks) == one_stream(short)
+    want, got = one_stream(audio), list(speech_map(audio).chunks)
+    assert len(got) == len(want) >= 8  # jfk 12 times, pauses under 2 s not splitting
+    # next to a cut between streams a stretch's edge may move by a few 32 ms frames (4 here):
+    # well inside the 0.4 s of padding each stretch keeps
+    moved = [max(abs(a - c), abs(b - d)) for (a, b), (c, d) in zip(want, got)]
+    assert max(moved) <= 0.2 * SAMPLE_RATE and sum(m > 0 for m in moved) <= 2, moved
+    probs = speech_probabilities(_model(), torch.from_numpy(audio))
+    assert len(probs) == -(-len(audio) // 512) and 0 <= min(probs) <= max(probs) <= 1
+
+
 def test_loading_silero_leaves_the_thread_count_alone():
     import subprocess
     import sys

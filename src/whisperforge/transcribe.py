@@ -231,8 +231,9 @@ def plan_windows(
     duration: float, stride: float, length: float = WINDOW_SECONDS
 ) -> list[tuple[float, float]]:
     """Chunked mode: ``(start, end)`` seconds of windows of ``length`` seconds overlapping by
-    ``2 * stride``."""
-    if duration <= length:
+    ``2 * stride``. Audio of at most 30 s is one window whatever the length: it fits the
+    model's input whole."""
+    if duration <= WINDOW_SECONDS:
         return [(0.0, duration)]
     step = length - 2 * stride
     starts = np.arange(0.0, max(duration - 2 * stride, 1e-9), step)
