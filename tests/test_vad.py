@@ -63,7 +63,7 @@ def test_finds_each_utterance_between_long_silences():
     assert len(speech_map(audio, min_silence=0.3, speech_pad=0.1).chunks) > 2
 
 
-def test_long_files_are_scored_in_parallel_streams_as_one_stream_would_be():
+def test_long_files_are_scored_in_parallel_streams_as_one_stream_would_be(monkeypatch):
     import torch
     from silero_vad import get_speech_timestamps
 
@@ -87,6 +87,13 @@ def test_long_files_are_scored_in_parallel_streams_as_one_stream_would_be():
     # well inside the 0.4 s of padding each stretch keeps
     moved = [max(abs(a - c), abs(b - d)) for (a, b), (c, d) in zip(want, got)]
     assert max(moved) <= 0.2 * SAMPLE_RATE and sum(m > 0 for m in moved) <= 2, moved
+    # a longer file is cut into more pieces, scored a batch of rows at a time: the same here
+    # with pieces of at most 40 s, two rows a batch (five pieces, three batches)
+    monkeypatch.setattr("whisperforge.vad.MAX_STREAMS", 2)
+    monkeypatch.setattr("whisperforge.vad.MAX_PIECE_SECONDS", 40.0)
+    grouped = list(speech_map(audio).chunks)
+    moved = [max(abs(a - c), abs(b - d)) for (a, b), (c, d) in zip(want, grouped)]
+    assert len(grouped) == len(want) and max(moved) <= 0.2 * SAMPLE_RATE, moved
     probs = speech_probabilities(_model(), torch.from_numpy(audio))
     assert len(probs) == -(-len(audio) // 512) and 0 <= min(probs) <= max(probs) <= 1
 

@@ -29,7 +29,8 @@ DEFAULT_SPEECH_PAD = 0.4  # s: kept around each stretch (faster-whisper's defaul
 MIN_SPEECH = 0.25  # s: shorter detections are dropped (Silero's default)
 FRAME = 512  # samples Silero scores at a time (32 ms)
 STREAM_SECONDS = 30.0  # audio per parallel Silero stream: shorter files are one stream
-MAX_STREAMS = 16
+MAX_STREAMS = 16  # rows scored in one batch
+MAX_PIECE_SECONDS = 120.0  # longer files are cut into more pieces, scored 16 at a time
 WARM_UP_FRAMES = 64  # 2 s each later stream hears before its piece, to settle the model
 
 _lock = threading.Lock()  # the Silero model keeps state between frames: one user at a time
@@ -183,31 +184,35 @@ def speech_probabilities(model, samples) -> list[float]:
     """Silero's speech probability for each 32 ms frame of 16 kHz ``samples`` (a 1-D tensor).
 
     Silero carries a state from frame to frame, so one stream is a loop of one small step per
-    frame. A file longer than ``2 * STREAM_SECONDS`` is cut into up to ``MAX_STREAMS``
-    pieces scored side by side as rows of one batch (several times faster on a long file),
-    each later piece preceded by ``WARM_UP_FRAMES`` frames of the audio before it, whose
-    scores are dropped. The state does not settle exactly: next to a cut a probability may
-    differ slightly from one stream's, which can move a stretch's edge by a few frames (0.13 s
-    at most in the tests, inside the 0.4 s of padding). Shorter files are scored as one
-    stream, exactly as Silero's own loop scores them.
+    frame. A file of ``2 * STREAM_SECONDS`` or more is cut into pieces of at least
+    ``STREAM_SECONDS`` (up to ``MAX_STREAMS`` of them, more only to keep each under
+    ``MAX_PIECE_SECONDS``) scored side by side, ``MAX_STREAMS`` rows at a time (several times
+    faster on a long file, with memory bounded by the rows of one batch), each later piece
+    preceded by ``WARM_UP_FRAMES`` frames of the audio before it, whose scores are dropped. The
+    state does not settle exactly: next to a cut a probability may differ slightly from one
+    stream's, which can move a stretch's edge by a few frames (0.13 s at most in the tests,
+    inside the 0.4 s of padding). Shorter files are scored as one stream, exactly as Silero's
+    own loop scores them.
     """
-    import torch.nn.functional as F
-
     n_frames = -(-len(samples) // FRAME)
-    padded = F.pad(samples, (0, n_frames * FRAME - len(samples)))
-    streams = int(max(1, min(MAX_STREAMS, len(samples) / SAMPLE_RATE // STREAM_SECONDS)))
-    per = -(-n_frames // streams)
+    seconds = len(samples) / SAMPLE_RATE
+    pieces = max(1, min(MAX_STREAMS, int(seconds // STREAM_SECONDS)),
+                 -int(-seconds // MAX_PIECE_SECONDS))  # fmt: skip
+    per = -(-n_frames // pieces)
     starts = list(range(0, n_frames, per))
-    warm = [min(WARM_UP_FRAMES, start) for start in starts]
-    rows = padded.new_zeros(len(starts), (per + max(warm)) * FRAME)
-    for row, (start, w) in enumerate(zip(starts, warm)):
-        piece = padded[(start - w) * FRAME : (start + per) * FRAME]
-        rows[row, : len(piece)] = piece
-    model.reset_states()
-    scores = model.audio_forward(rows, SAMPLE_RATE)
-    kept = [scores[row, w : w + min(per, n_frames - start)] for row, (start, w)
-            in enumerate(zip(starts, warm))]  # fmt: skip
-    return [float(p) for piece in kept for p in piece.tolist()]
+    scores: list[float] = []
+    for first in range(0, len(starts), MAX_STREAMS):
+        group = starts[first : first + MAX_STREAMS]
+        warm = [min(WARM_UP_FRAMES, start) for start in group]
+        rows = samples.new_zeros(len(group), (per + max(warm)) * FRAME)  # zeros after the end
+        for row, (start, w) in enumerate(zip(group, warm)):
+            piece = samples[(start - w) * FRAME : (start + per) * FRAME]
+            rows[row, : len(piece)] = piece
+        model.reset_states()
+        batch = model.audio_forward(rows, SAMPLE_RATE)
+        for row, (start, w) in enumerate(zip(group, warm)):
+            scores += batch[row, w : w + min(per, n_frames - start)].tolist()
+    return scores
 
 
 def speech_map(
