@@ -171,8 +171,8 @@ def build_cases(
                                   SystemProbe(transcriber))  # fmt: skip
         cases += [c for c in group if c.workload == "short"]
     # long-form with the student's own chunked windows (student.json) and with the teacher's
-    own, teacher_own = transcribers["student"].chunking(None, None), (teacher.chunk_length, None)
-    teacher_own = transcribers["teacher"].chunking(*teacher_own)
+    own = transcribers["student"].chunking(None, None)
+    teacher_own = transcribers["teacher"].chunking(None, None)
     if own != teacher_own:
         system = f"student-{teacher_own[0]:g}s-chunks"
         transcriber = Transcriber(student, encoder_dtype=encoder_dtype)
