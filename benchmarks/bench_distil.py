@@ -185,6 +185,8 @@ def build_cases(
 
 
 def describe(bundle) -> dict:
+    from whisperforge.transcribe import resolve_chunking
+
     config = bundle.model.config
     return {
         "reference": bundle.name,
@@ -192,8 +194,7 @@ def describe(bundle) -> dict:
         "decoder_layers": config.decoder_layers,
         "parameters_millions": round(sum(p.numel() for p in bundle.model.parameters()) / 1e6, 1),
         "audio_context": bundle.audio_context,
-        "chunk_length": bundle.chunk_length,
-        "stride_length": bundle.stride_length,
+        **dict(zip(("chunk_length", "stride_length"), resolve_chunking(bundle, None, None))),
     }
 
 
@@ -334,11 +335,10 @@ def models_line(report: dict) -> str:
 
 
 def _chunks(model: dict) -> str:
-    """``, 20 s chunks (stride 2 s)`` where a model's chunked long-form windows are its own."""
-    chunk, stride = model.get("chunk_length") or 30.0, model.get("stride_length")
-    if chunk == 30.0 and stride is None:
-        return ""
-    return f", {chunk:g} s chunks (stride {stride if stride is not None else chunk / 6:g} s)"
+    """``, 20 s chunks (stride 3 s)`` where a model's chunked long-form windows are not
+    Whisper's 30 s / 5 s."""
+    chunk, stride = model.get("chunk_length", 30.0), model.get("stride_length", 5.0)
+    return "" if (chunk, stride) == (30.0, 5.0) else f", {chunk:g} s chunks (stride {stride:g} s)"
 
 
 def section(report: dict) -> str:

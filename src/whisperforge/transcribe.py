@@ -227,6 +227,21 @@ def check_chunking(chunk_length: float | None, stride_length: float | None) -> N
         )
 
 
+def resolve_chunking(
+    bundle: ModelBundle, chunk_length: float | None, stride_length: float | None
+) -> tuple[float, float]:
+    """Chunked mode's ``(chunk_length, stride_length)`` in seconds: as asked, else the
+    model's (``ModelBundle.chunk_length``, ``stride_length``). A chunk length given without
+    a stride gets a sixth of it, as the HF pipeline; ValueError where they do not fit."""
+    chunk = chunk_length or bundle.chunk_length
+    stride = stride_length
+    if stride is None:
+        model_stride = bundle.stride_length if chunk_length is None else None
+        stride = model_stride if model_stride is not None else chunk / 6
+    check_chunking(chunk, stride)
+    return chunk, stride
+
+
 def plan_windows(
     duration: float, stride: float, length: float = WINDOW_SECONDS
 ) -> list[tuple[float, float]]:
@@ -335,16 +350,9 @@ class Transcriber:
     def chunking(
         self, chunk_length: float | None, stride_length: float | None
     ) -> tuple[float, float]:
-        """Chunked mode's ``(chunk_length, stride_length)`` in seconds: as asked, else the
-        model's (``ModelBundle.chunk_length``, ``stride_length``). A chunk length given without
-        a stride gets a sixth of it, as the HF pipeline; ValueError where they do not fit."""
-        chunk = chunk_length or self.bundle.chunk_length
-        stride = stride_length
-        if stride is None:
-            model_stride = self.bundle.stride_length if chunk_length is None else None
-            stride = model_stride if model_stride is not None else chunk / 6
-        check_chunking(chunk, stride)
-        return chunk, stride
+        """Chunked mode's ``(chunk_length, stride_length)`` for this model (see
+        ``resolve_chunking``)."""
+        return resolve_chunking(self.bundle, chunk_length, stride_length)
 
     def decode_windows(
         self, windows: list[np.ndarray], languages: list[str | None] | None = None, **options

@@ -129,6 +129,12 @@ def read_student_meta(folder: Path) -> dict:
     return json.loads((folder / STUDENT_FILE).read_text())
 
 
+# config keys a student's ``student.json`` may carry beside its architecture: its
+# transcription defaults (``ModelBundle.audio_context``, ``vad``, ``chunk_length``,
+# ``stride_length``), set on students distilled for them
+TRANSCRIBE_DEFAULTS = ("audio_context", "vad", "chunk_length", "stride_length")
+
+
 def student_from_delta(folder: Path, teacher: torch.nn.Module) -> tuple[torch.nn.Module, dict]:
     """The student stored in ``folder`` rebuilt over its already loaded ``teacher`` model;
     returns it and its layer map."""
@@ -142,14 +148,10 @@ def student_from_delta(folder: Path, teacher: torch.nn.Module) -> tuple[torch.nn
     delta = load_file(str(folder / DELTA_FILE))
     student.load_state_dict({k: v.to(teacher.dtype) for k, v in delta.items()}, strict=False)
     student.tie_weights()
-    context = meta.get("config", {}).get("audio_context")
-    if context:  # distilled for a dynamic audio context: transcription pads that way
-        student.config.audio_context = context
-    if meta.get("config", {}).get("vad"):  # transcribes with VAD unless told otherwise
-        student.config.vad = True
-    for key in ("chunk_length", "stride_length"):  # its chunked long-form windows
-        if meta.get("config", {}).get(key) is not None:
-            setattr(student.config, key, float(meta["config"][key]))
+    config = meta.get("config", {})
+    for key in TRANSCRIBE_DEFAULTS:  # how the student transcribes unless told otherwise
+        if config.get(key) is not None:
+            setattr(student.config, key, config[key])
     return student, layer_map
 
 
