@@ -10,7 +10,7 @@ from whisperforge.audio import SAMPLE_RATE, load_audio
 from whisperforge.metrics import corpus_error_rates, normalize_text
 from whisperforge.segments import Segment
 from whisperforge.transcribe import TranscribeOptions, Transcriber
-from whisperforge.vad import SpeechMap, speech_map
+from whisperforge.vad import MAX_GAIN, SpeechMap, level_gain, speech_map
 
 
 def seconds(n: float) -> np.ndarray:
@@ -61,6 +61,28 @@ def test_finds_each_utterance_between_long_silences():
     assert found.duration_after_vad < len(audio) / SAMPLE_RATE - 8  # the silences are gone
     # a shorter min_silence splits jfk at its pauses
     assert len(speech_map(audio, min_silence=0.3, speech_pad=0.1).chunks) > 2
+
+
+def test_quiet_speech_is_found_as_loud_speech_is():
+    # Silero on its own drops the first words of jfk at -40 dB and all of it at -50 dB
+    jfk = load_audio(JFK)
+    audio = np.concatenate([seconds(4), jfk, seconds(6), jfk, seconds(3)])
+    loud = speech_map(audio).chunks
+    assert level_gain(audio) == 1.0  # audio at a normal level is scored as it is
+    rng = np.random.default_rng(0)
+    for gain in (0.01, 0.003, 0.001):
+        quiet = (audio * gain + rng.normal(0, 1e-6, len(audio))).astype(np.float32)
+        found = speech_map(quiet).chunks
+        assert len(found) == 2
+        for (s, e), (want_s, want_e) in zip(found, loud):
+            assert abs(s - want_s) <= 0.3 * SAMPLE_RATE and abs(e - want_e) <= 0.3 * SAMPLE_RATE
+    # ... while silence, hiss and noise lifted as far as the gain goes hold no speech
+    assert level_gain(rng.normal(0, 1e-5, SAMPLE_RATE)) == MAX_GAIN
+    for level in (1e-5, 1e-4, 1e-3):
+        noise = rng.normal(0, level, 10 * SAMPLE_RATE).astype(np.float32)
+        assert speech_map(noise).chunks == ()
+    click = np.concatenate([seconds(1), np.full(512, 0.5, np.float32), jfk * 0.001])
+    assert level_gain(click) == 1.0  # the loudest frame decides: never louder than it was
 
 
 def test_long_files_are_scored_in_parallel_streams_as_one_stream_would_be(monkeypatch):

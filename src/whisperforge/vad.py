@@ -32,6 +32,13 @@ STREAM_SECONDS = 30.0  # audio per parallel Silero stream: shorter files are one
 MAX_STREAMS = 16  # rows scored in one batch
 MAX_PIECE_SECONDS = 120.0  # longer files are cut into more pieces, scored 16 at a time
 WARM_UP_FRAMES = 64  # 2 s each later stream hears before its piece, to settle the model
+# Silero misses quiet speech: on speech whose loudest 32 ms frame is below about -40 dB RMS it
+# drops words, below -55 dB all of them, where Whisper (whose log-mel features are clamped
+# relative to their maximum) still transcribes it. Quieter audio is scored louder
+# (``level_gain``).
+QUIET_LEVEL = 10 ** (-35 / 20)  # loudest-frame RMS below which audio is amplified for Silero
+TARGET_LEVEL = 10 ** (-10 / 20)  # ... to this
+MAX_GAIN = 10 ** (60 / 20)  # at most 60 dB: digital silence and dither stay silence
 
 _lock = threading.Lock()  # the Silero model keeps state between frames: one user at a time
 logger = logging.getLogger(__name__)
@@ -180,6 +187,23 @@ def speech_only(audio: np.ndarray, vad: VadOptions | bool | None) -> np.ndarray:
     return options.find(audio).compact(audio)
 
 
+def level_gain(audio: np.ndarray) -> float:
+    """The gain ``speech_map`` gives ``audio`` before Silero scores it: 1 where its loudest
+    32 ms frame is at least ``QUIET_LEVEL`` (-35 dB RMS), else what lifts that frame to
+    ``TARGET_LEVEL`` (-10 dB, speech recorded at a normal level), at most ``MAX_GAIN``. As the
+    loudest frame (not a typical one) decides, no frame ends up louder than -10 dB however
+    much silence surrounds the speech, and a click louder than the speech leaves the audio as
+    it was."""
+    n = len(audio) // FRAME
+    if n == 0:
+        return 1.0
+    frames = np.asarray(audio[: n * FRAME], dtype=np.float64).reshape(n, FRAME)
+    loudest = float(np.sqrt((frames**2).mean(axis=1)).max())
+    if loudest >= QUIET_LEVEL:
+        return 1.0
+    return min(TARGET_LEVEL / max(loudest, 1e-12), MAX_GAIN)
+
+
 def speech_probabilities(model, samples) -> list[float]:
     """Silero's speech probability for each 32 ms frame of 16 kHz ``samples`` (a 1-D tensor).
 
@@ -221,7 +245,8 @@ def speech_map(
     min_silence: float = DEFAULT_MIN_SILENCE,
     speech_pad: float = DEFAULT_SPEECH_PAD,
 ) -> SpeechMap:
-    """Find the speech in 16 kHz mono ``audio`` (float32); see the module docstring."""
+    """Find the speech in 16 kHz mono ``audio`` (float32); see the module docstring. Quiet
+    audio is scored louder (``level_gain``): Silero would miss its speech."""
     import torch
 
     check_options(threshold, min_silence, speech_pad)
@@ -232,6 +257,9 @@ def speech_map(
     import silero_vad
 
     samples = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
+    gain = level_gain(audio)
+    if gain != 1.0:
+        samples = samples * gain
     settings = dict(
         threshold=threshold,
         sampling_rate=SAMPLE_RATE,
