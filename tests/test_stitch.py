@@ -38,3 +38,23 @@ def test_a_first_segment_stamped_before_the_transcripts_end_is_not_dropped():
     right = [RawSegment(120.0, 139.5, [6, 7, 8, 9])]
     merged = merge_windows([left, right], [(100.0, 130.0), (120.0, 150.0)])
     assert tokens(merged) == [1, 2, 3, 4, 5, 6, 7, 8, 9]
+
+
+def test_a_sentence_both_windows_heard_stays_one_segment():
+    # both windows heard "1 2 3 4 5 6" as one segment; the cut falls inside it on both sides
+    left = [RawSegment(10.0, 18.0, [7, 8]), RawSegment(18.0, 26.0, [1, 2, 3, 4, 5, 6])]
+    right = [RawSegment(20.0, 22.0, [2, 3, 4, 5, 6]), RawSegment(22.0, 30.0, [10, 11])]
+    merged = merge_windows([left, right], [(0.0, 24.0), (20.0, 44.0)])
+    assert tokens(merged) == [7, 8, 1, 2, 3, 4, 5, 6, 10, 11]
+    assert [(s.start, s.end) for s in merged] == [(10.0, 18.0), (18.0, 22.0), (22.0, 30.0)]
+    # the right window ends a segment where the cut falls: the left half ends where it starts
+    right = [RawSegment(20.0, 22.0, [2, 3]), RawSegment(22.5, 25.0, [4, 5, 6, 10, 11])]
+    merged = merge_windows([left, right], [(0.0, 24.0), (20.0, 44.0)])
+    assert tokens(merged) == [7, 8, 1, 2, 3, 4, 5, 6, 10, 11]
+    assert [(s.start, s.end) for s in merged] == [(10.0, 18.0), (18.0, 22.5), (22.5, 25.0)]
+    # the cut falls on the left window's boundary: the right half starts after the kept text
+    left = [RawSegment(10.0, 21.0, [7, 8, 1, 2]), RawSegment(21.0, 23.5, [3, 4, 5])]
+    right = [RawSegment(20.0, 24.0, [8, 1, 2, 3, 4, 5, 6, 9])]
+    merged = merge_windows([left, right], [(0.0, 24.0), (20.0, 44.0)])
+    assert tokens(merged) == [7, 8, 1, 2, 3, 4, 5, 6, 9]
+    assert [(s.start, s.end) for s in merged] == [(10.0, 21.0), (21.0, 24.0)]

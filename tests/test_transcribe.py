@@ -165,6 +165,8 @@ def test_long_form_matches_short_form(base_transcriber, speech_clips, long_recor
     assert long_wer <= short_wer + 0.02, (mode, short_wer, long_wer)
     starts = [s.start for s in segments]
     assert starts == sorted(starts) and segments[-1].end > 165
+    # no two segments share time: a sentence cut by a window edge is one segment
+    assert all(b.start >= a.end for a, b in zip(segments, segments[1:])), mode
 
 
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")

@@ -8,9 +8,10 @@ Chunked long-form decodes overlapping windows independently. ``merge_windows`` a
 tail of the transcript so far with the head of the next window on their text tokens (the
 overlap offset with the largest share of equal tokens, as Distil-Whisper/HF's chunked
 pipeline does) and cuts in the middle of the agreeing stretch, so each word is taken from
-the window where it sat furthest from an edge. Only text that can lie in the overlap, by its
-timestamps, is aligned. Without an alignment (no speech that both windows transcribed) the
-next window's segments that end after the transcript so far are added.
+the window where it sat furthest from an edge; a sentence cut there stays one segment. Only
+text that can lie in the overlap, by its timestamps, is aligned. Without an alignment (no
+speech that both windows transcribed) the next window's segments that end after the
+transcript so far are added.
 """
 
 from __future__ import annotations
@@ -103,18 +104,25 @@ def _best_overlap(left: list[int], right: list[int]) -> tuple[int, int] | None:
     return best
 
 
-def _split(segments: list[RawSegment], flat, cut: int, keep_head: bool) -> list[RawSegment]:
-    """Keep the text tokens before (head) or from (tail) flat index ``cut``."""
-    if not flat:
-        return [] if not keep_head else segments
-    if cut >= len(flat):
-        return segments if keep_head else []
-    _, seg_i, pos = flat[cut]
-    seg = segments[seg_i]
-    if keep_head:
-        head = [replace(seg, tokens=seg.tokens[:pos], complete=False)] if pos else []
-        return segments[:seg_i] + head
-    return [replace(seg, tokens=seg.tokens[pos:])] + segments[seg_i + 1 :]
+def _join(left, left_flat, a: int, right, right_flat, b: int) -> list[RawSegment]:
+    """``left``'s text before flat index ``a``, then ``right``'s from ``b`` (both inside the
+    agreeing stretch). A cut inside a segment on each side falls in one sentence that both
+    windows heard: its two halves become one segment, from the left one's start to the right
+    one's end, not two over the same time with the first ending mid-word. A cut on the right
+    window's segment boundary ends the left half where that segment starts, and a cut on the
+    left's boundary starts the right half no earlier than the kept text ends."""
+    _, i, pos = left_flat[a]
+    _, j, pos_right = right_flat[b]
+    head, seg_left, seg_right, tail = left[:i], left[i], right[j], right[j + 1 :]
+    if pos and pos_right:
+        tokens = seg_left.tokens[:pos] + seg_right.tokens[pos_right:]
+        return head + [replace(seg_right, start=seg_left.start, tokens=tokens)] + tail
+    if pos:
+        end = max(seg_left.start, min(seg_left.end, seg_right.start))
+        cut = replace(seg_left, end=end, tokens=seg_left.tokens[:pos], complete=False)
+        return head + [cut, seg_right] + tail
+    start = seg_right.start if not head else min(max(seg_right.start, head[-1].end), seg_right.end)
+    return head + [replace(seg_right, start=start, tokens=seg_right.tokens[pos_right:])] + tail
 
 
 def merge_windows(
@@ -154,9 +162,7 @@ def merge_windows(
             end = merged[-1].end
             merged = merged + [s for s in segments if s.end > end]
             continue
-        merged = _split(merged, left_flat, cut[0], True) + _split(
-            segments, right_flat, cut[1], False
-        )
+        merged = _join(merged, left_flat, cut[0], segments, right_flat, cut[1])
     return _monotonic([s for s in merged if s.tokens])
 
 
