@@ -160,3 +160,27 @@ def test_evaluate_reports_wer_per_speaker(speech_clips, tmp_path, capsys):
     } <= set(report)
     assert len(report["per_utterance"]) == 8 and "hypothesis" in report["per_utterance"][0]
     assert "WER" in captured.out
+
+
+def test_transcribe_cli_keeps_files_of_one_name_apart_and_resumes(tmp_path, capsys):
+    inputs = [tmp_path / "in" / speaker / "001.wav" for speaker in ("s1", "s2")]
+    for path in inputs:
+        path.parent.mkdir(parents=True)
+        shutil.copy(JFK, path)
+    out = tmp_path / "out"
+    argv = ["transcribe", *map(str, inputs), "--model", "whisper-tiny.en",
+            "--output-dir", str(out), "--output-format", "txt"]  # fmt: skip
+    assert main([*argv, "-q"]) == 0
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.txt"))
+    assert written == ["s1/001.txt", "s2/001.txt"]  # neither overwrote the other
+    # an interrupted batch: one result is missing; --skip-existing transcribes only that one
+    (out / "s2" / "001.txt").unlink()
+    kept = (out / "s1" / "001.txt").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main([*argv, "--skip-existing"]) == 0
+    captured = capsys.readouterr()
+    assert "skipping 1 of 2 file(s)" in captured.err and "==> " not in captured.out
+    assert (out / "s1" / "001.txt").stat().st_mtime_ns == kept
+    assert normalize_text((out / "s2" / "001.txt").read_text()) == normalize_text(JFK_TEXT)
+    assert main(["transcribe", str(inputs[0]), "--skip-existing"]) == 2  # no output folder
+    assert "--output-dir" in capsys.readouterr().err

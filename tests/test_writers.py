@@ -6,7 +6,13 @@ import pytest
 
 from whisperforge import writers
 from whisperforge.segments import Segment, TranscriptionInfo
-from whisperforge.writers import FORMATS, format_result, format_timestamp, write_result
+from whisperforge.writers import (
+    FORMATS,
+    format_result,
+    format_timestamp,
+    output_names,
+    write_result,
+)
 
 SEGMENTS = [
     Segment(id=0, start=0.0, end=2.5, text=" And so my fellow Americans,", tokens=(1, 2)),
@@ -139,3 +145,12 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temp_file(tmp_path, monke
         write_result(SEGMENTS, INFO, tmp_path, "a", "txt")
     assert os.listdir(tmp_path) == ["a.txt"]
     assert old.read_text(encoding="utf-8") == "previous run\n"
+
+
+def test_inputs_that_share_a_name_get_results_of_their_own():
+    assert output_names(["talks/a.wav", "talks/b.flac", "/x/c.mp3"]) == ["a", "b", "c"]
+    assert output_names(["data/s1/001.wav", "data/s2/001.wav", "data/s2/002.wav"]) == [
+        "s1/001", "s2/001", "s2/002",
+    ]  # fmt: skip
+    assert output_names(["d/a.wav", "d/a.mp3"]) == ["a.wav", "a.mp3"]
+    assert output_names(["d/a.wav", "./d/a.wav"]) == ["a", "a"]  # one file given twice

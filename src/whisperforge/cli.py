@@ -153,29 +153,46 @@ def _format_time(seconds: float) -> str:
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
     from whisperforge.progress import progress_bar
-    from whisperforge.writers import write_result
+    from whisperforge.writers import output_names, output_path, resolve_formats, write_result
 
-    transcriber = _transcriber(args)
     write_files = args.output_dir is not None or args.output_format is not None
     formats = args.output_format or "txt"
     out_dir = Path(args.output_dir or ".")
+    names = dict(zip(args.files, output_names(args.files)))
+    files = list(args.files)
+    if args.skip_existing:
+        if not write_files:
+            raise CLIError("--skip-existing skips files whose result files exist: give "
+                           "--output-dir or --output-format")  # fmt: skip
+
+        def done(f: str) -> bool:
+            return all(output_path(out_dir, names[f], fmt).exists()
+                       for fmt in resolve_formats(formats))  # fmt: skip
+
+        files = [f for f in args.files if not done(f)]
+        if len(files) < len(args.files) and not args.quiet:
+            print(f"skipping {len(args.files) - len(files)} of {len(args.files)} file(s): "
+                  f"their results are in {out_dir}", file=sys.stderr)  # fmt: skip
+        if not files:
+            return 0
+    transcriber = _transcriber(args)
     failures = 0
-    bar = progress_bar(len(args.files), unit="file", enabled=not args.quiet)
+    bar = progress_bar(len(files), unit="file", enabled=not args.quiet)
     seconds = [0.0]
 
     def progress(window_seconds: float) -> None:
         seconds[0] += window_seconds
         bar.set_postfix_str(f"{seconds[0]:.0f} s of audio")
 
-    results = transcriber.transcribe_batch(args.files, progress=progress, **_decoding_options(args))
-    for path, result in zip(args.files, results):
+    results = transcriber.transcribe_batch(files, progress=progress, **_decoding_options(args))
+    for path, result in zip(files, results):
         bar.update(1)
         if result.error is not None:
             failures += 1
             bar.write(f"error: {result.error}", file=sys.stderr)
             continue
         if not args.quiet:
-            if len(args.files) > 1:
+            if len(files) > 1:
                 bar.write(f"==> {path} [{result.info.language}]")
             for seg in result.segments:
                 bar.write(
@@ -184,12 +201,13 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
             if not result.segments:
                 bar.write(f"({path}: no speech)", file=sys.stderr)
         if write_files:
-            stem = Path(path).stem
-            for written in write_result(result.segments, result.info, out_dir, stem, formats):
+            for written in write_result(
+                result.segments, result.info, out_dir, names[path], formats
+            ):
                 logger.info("wrote %s", written)
     bar.close()
     if failures:
-        print(f"{failures} of {len(args.files)} file(s) failed", file=sys.stderr)
+        print(f"{failures} of {len(files)} file(s) failed", file=sys.stderr)
     return 1 if failures else 0
 
 
@@ -345,7 +363,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_decoding_args(p)
     p.add_argument("--output-format", choices=("txt", "srt", "vtt", "json", "tsv", "all"))
-    p.add_argument("--output-dir", default=None, help="write result files here")
+    p.add_argument(
+        "--output-dir", default=None,
+        help="write result files here, named by each file's stem (inputs that share a stem keep "
+        "their folders below the one they share)",
+    )  # fmt: skip
+    p.add_argument(
+        "--skip-existing", action="store_true",
+        help="leave out files whose result files are all in the output folder already (to "
+        "resume an interrupted batch)",
+    )  # fmt: skip
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or transcript")
     p.set_defaults(func=cmd_transcribe)
 

@@ -163,6 +163,33 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def output_path(output_dir: str | os.PathLike[str], stem: str, fmt: str) -> Path:
+    """Where ``write_result`` writes format ``fmt`` of the results named ``stem``."""
+    return Path(output_dir) / f"{stem}.{fmt}"
+
+
+def output_names(files: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """The name (without a format's suffix) each input's results get in an output folder.
+
+    A file's stem (``talks/a.wav`` -> ``a``) as long as no two inputs share one; otherwise
+    each input keeps its path below the folder all of them are in (``s1/001.wav`` and
+    ``s2/001.wav`` -> ``s1/001`` and ``s2/001``), and where even that leaves two alike
+    (``a.wav`` and ``a.mp3``), its file name (``a.wav``, ``a.mp3``): one input's results never
+    overwrite another's. The same file given twice has one name.
+    """
+    paths = [Path(os.path.abspath(f)) for f in files]
+    distinct = len(set(paths))
+    names = [p.stem for p in paths]
+    if len(set(names)) == distinct:
+        return names
+    root = Path(os.path.commonpath([p.parent for p in paths]))
+    below = [p.relative_to(root) for p in paths]
+    names = [r.with_suffix("").as_posix() for r in below]
+    if len(set(names)) == distinct:
+        return names
+    return [r.as_posix() for r in below]
+
+
 def write_result(
     segments: Iterable[Segment],
     info: TranscriptionInfo,
@@ -172,16 +199,16 @@ def write_result(
 ) -> list[Path]:
     """Write ``<output_dir>/<stem>.<fmt>`` for each format (``"all"`` = :data:`FORMATS`).
 
-    ``segments`` may be a lazy iterator; it is consumed once. ``output_dir`` is created if
-    missing. Each file is UTF-8 and written atomically. Returns the paths written, in order.
+    ``segments`` may be a lazy iterator; it is consumed once. ``output_dir`` (and the folders
+    in a ``stem`` from ``output_names``) is created if missing. Each file is UTF-8 and
+    written atomically. Returns the paths written, in order.
     """
     names = resolve_formats(formats)
     segments = list(segments)
-    out_dir = Path(output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for name in names:
-        path = out_dir / f"{stem}.{name}"
+        path = output_path(output_dir, stem, name)
+        path.parent.mkdir(parents=True, exist_ok=True)
         _write_atomic(path, _FORMATTERS[name](segments, info))
         paths.append(path)
     return paths
