@@ -184,3 +184,42 @@ def test_transcribe_cli_keeps_files_of_one_name_apart_and_resumes(tmp_path, caps
     assert normalize_text((out / "s2" / "001.txt").read_text()) == normalize_text(JFK_TEXT)
     assert main(["transcribe", str(inputs[0]), "--skip-existing"]) == 2  # no output folder
     assert "--output-dir" in capsys.readouterr().err
+
+
+def test_a_killed_evaluation_resumes_from_its_journal(speech_clips, tmp_path, capsys):
+    from whisperforge.recipes.evaluate import EvalItem, evaluate
+    from whisperforge.transcribe import Transcriber
+
+    manifest = tmp_path / "test.jsonl"
+    rows = [{"audio": str(p), "text": t, "language": "en"} for p, t in speech_clips[:6]]
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report_path = tmp_path / "report.json"
+    argv = ["evaluate", "--manifest", str(manifest), "--model", "whisper-tiny.en", "-q",
+            "--language", "en", "--batch-size", "2", "--report", str(report_path)]  # fmt: skip
+    assert main(argv) == 0
+    whole = json.loads(report_path.read_text())
+    journal = tmp_path / "report.json.partial.jsonl"
+    assert whole["resumed"] == 0 and not journal.exists()  # removed with the report written
+
+    # the same evaluation killed after three utterances: they are in the journal
+    items = [EvalItem(r["audio"], r["text"], "en", id=f"{n}") for n, r in enumerate(rows)]
+    seen = []
+
+    def kill_after_three(row):
+        seen.append(row)
+        if len(seen) == 3:
+            raise KeyboardInterrupt
+
+    options = dict(language="en", batch_size=2)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(Transcriber("whisper-tiny.en"), items, kill_after_three, journal, **options)
+    assert len(journal.read_text().splitlines()) == 1 + 3  # its header, three utterances
+    resumed = evaluate(Transcriber("whisper-tiny.en"), items, journal=journal, **options)
+    assert resumed["resumed"] == 3 and resumed["utterances"] == 6
+    assert [r["hypothesis"] for r in resumed["per_utterance"]] == [
+        r["hypothesis"] for r in whole["per_utterance"]
+    ]
+    assert resumed["wer"] == whole["wer"]
+    # other utterances: the journal is not theirs, the evaluation starts again
+    other = evaluate(Transcriber("whisper-tiny.en"), items[:2], journal=journal, **options)
+    assert other["resumed"] == 0 and other["utterances"] == 2

@@ -217,16 +217,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     items, skipped = usable_items(args.manifest, split=args.split, limit=args.limit)
     transcriber = _transcriber(args)
+    # with --report, finished utterances are kept next to it until the report is written,
+    # so a killed evaluation resumes where it stopped
+    journal = args.report.with_name(args.report.name + ".partial.jsonl") if args.report else None
     bar = progress_bar(len(items), unit="utt", enabled=not args.quiet)
     report = evaluate(
-        transcriber, items, progress=lambda _: bar.update(1), **_decoding_options(args)
+        transcriber,
+        items,
+        progress=lambda _: bar.update(1),
+        journal=journal,
+        **_decoding_options(args),
     )
     bar.close()
     report["manifest"] = str(args.manifest)
     report["skipped"] = skipped
+    if report["resumed"]:
+        print(f"resumed: {report['resumed']} of {len(items)} utterances from {journal}",
+              file=sys.stderr)  # fmt: skip
     _print_report(report)
     if args.report:
         write_report(report, args.report)
+        journal.unlink(missing_ok=True)
         print(f"report written to {args.report}")
     return 1 if report["failed"] else 0
 

@@ -9,6 +9,7 @@ with the thread count and batch size recorded next to it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from whisperforge.fileio import append_lines, resume_jsonl
 from whisperforge.metrics import char_errors, repeated_ngram_count, word_errors
 from whisperforge.transcribe import Transcriber
 
@@ -92,26 +94,66 @@ def score_utterance(item: EvalItem, hypothesis: str, language: str, duration: fl
     }
 
 
-def evaluate(transcriber: Transcriber, items: Iterable[EvalItem], progress=None, **options) -> dict:
+def evaluate(
+    transcriber: Transcriber,
+    items: Iterable[EvalItem],
+    progress=None,
+    journal: str | Path | None = None,
+    **options,
+) -> dict:
     """Transcribe ``items`` and score them; returns the report (see module docstring).
 
-    ``progress`` is called once per finished utterance with its row (or error dict).
+    ``progress`` is called once per finished utterance with its row (or error dict). With
+    ``journal`` (a JSONL path) each finished utterance is appended to it as it finishes, and
+    a run that finds a journal of the same model, options and items takes the utterances it
+    holds instead of transcribing them again (``report["resumed"]`` counts them; their wall
+    time counts in the throughput): a killed evaluation resumes. The caller removes the
+    journal once the report is written.
     """
     items = list(items)
+    keys = [f"{n}:{item.id or item.audio}" for n, item in enumerate(items)]
+    header = {
+        "journal": "whisperforge evaluate",
+        "model": transcriber.bundle.name,
+        "options": json.loads(json.dumps(options, default=str)),
+        "items": hashlib.sha256("\n".join(keys).encode()).hexdigest(),
+    }
+    done, earlier, handle = {}, 0.0, None
+    if journal is not None:
+        journal = Path(journal)
+        lines = resume_jsonl(journal) if journal.exists() else []
+        if lines and lines[0] == header:
+            done = {line["key"]: line for line in lines[1:]}
+            earlier = max((line["wall"] for line in lines[1:]), default=0.0)
+        else:
+            journal.parent.mkdir(parents=True, exist_ok=True)
+            journal.write_text(json.dumps(header) + "\n", encoding="utf-8")
+        handle = open(journal, "a", encoding="utf-8")  # closed below
     start = time.perf_counter()
-    rows, failed = [], []
-    results = transcriber.transcribe_batch([i.audio for i in items], **options)
-    for item, result in zip(items, results):
-        if result.error is not None:
-            failed.append({"id": item.id, "audio": str(item.audio), "error": result.error})
+    for key in keys:
+        if key in done and progress:
+            progress(done[key].get("row") or done[key]["failed"])
+    todo = [(key, item) for key, item in zip(keys, items) if key not in done]
+    try:
+        results = transcriber.transcribe_batch([i.audio for _, i in todo], **options)
+        for (key, item), result in zip(todo, results):
+            if result.error is not None:
+                entry = {"failed": {"id": item.id, "audio": str(item.audio), "error": result.error}}
+            else:
+                language = item.language or options.get("language") or result.info.language
+                row = score_utterance(item, result.text, language, result.info.duration)
+                entry = {"row": row}
+            done[key] = {"key": key, "wall": earlier + time.perf_counter() - start, **entry}
+            if handle is not None:
+                append_lines(handle, [json.dumps(done[key], ensure_ascii=False, default=str)])
             if progress:
-                progress(failed[-1])
-            continue
-        language = item.language or options.get("language") or result.info.language
-        rows.append(score_utterance(item, result.text, language, result.info.duration))
-        if progress:
-            progress(rows[-1])
-    wall = time.perf_counter() - start
+                progress(entry.get("row") or entry["failed"])
+    finally:
+        if handle is not None:
+            handle.close()
+    rows = [done[key]["row"] for key in keys if "row" in done[key]]
+    failed = [done[key]["failed"] for key in keys if "failed" in done[key]]
+    wall = earlier + time.perf_counter() - start
     report = summarize(rows)
     audio = report["audio_seconds"]
     report.update(
@@ -133,6 +175,7 @@ def evaluate(transcriber: Transcriber, items: Iterable[EvalItem], progress=None,
         encoder_dtype=transcriber.session.encoder_dtype_name,
         machine=machine_info(),
         per_utterance=rows,
+        resumed=len(items) - len(todo),
     )
     return report
 
