@@ -85,6 +85,23 @@ def test_quiet_speech_is_found_as_loud_speech_is():
     assert level_gain(click) == 1.0  # the loudest frame decides: never louder than it was
 
 
+def test_the_model_hears_quiet_speech_that_vad_found_at_a_normal_level(tiny_en):
+    jfk = load_audio(JFK)
+    found = speech_map(jfk)
+    assert np.array_equal(found.speech(jfk), found.compact(jfk))  # a normal level: as it is
+    quiet = jfk * 0.003  # 50 dB down
+    heard = speech_map(quiet).speech(quiet)
+    assert level_gain(heard) == 1.0 and 0.1 < np.abs(heard).max() <= 1.0
+    transcriber = Transcriber(tiny_en)
+
+    def wer(vad: bool) -> float:
+        segments, _ = transcriber.transcribe(quiet, vad=vad, language="en")
+        return corpus_error_rates([JFK_TEXT], ["".join(s.text for s in segments)])["wer"]
+
+    # whisper-tiny.en reads it 50 dB down with errors, lifted by VAD as said: exactly
+    assert wer(vad=True) == 0.0 < wer(vad=False)
+
+
 def test_long_files_are_scored_in_parallel_streams_as_one_stream_would_be(monkeypatch):
     import torch
     from silero_vad import get_speech_timestamps

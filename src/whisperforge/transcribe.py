@@ -415,7 +415,7 @@ class Transcriber:
         if not opts.vad:
             return _File(index, source, audio, opts.language)
         found = speech_map(audio, opts.vad_threshold, opts.vad_min_silence, opts.vad_speech_pad)
-        return _File(index, source, found.compact(audio), opts.language, speech=found)
+        return _File(index, source, found.speech(audio), opts.language, speech=found)
 
     def _info(self, f: _File, opts: TranscribeOptions) -> TranscriptionInfo:
         language = f.language or "en"
