@@ -24,6 +24,7 @@ from whisperforge.audio import (
     TIME_PRECISION,
     TOKENS_PER_SECOND,
     AudioError,
+    audio_files,
     audio_samples,
     load_audio,
     log_mel_spectrogram,
@@ -342,3 +343,16 @@ def test_audio_samples_of_a_broken_file_names_it(tmp_path):
     path.write_bytes(b"not audio at all")
     with pytest.raises(AudioError, match="broken.flac"):
         audio_samples(path)
+
+
+def test_a_folder_stands_for_the_audio_files_below_it(tmp_path):
+    for name in ("talks/b.wav", "talks/a.FLAC", "talks/2024/c.mp3", "talks/notes.txt",
+                 "talks/.cache/d.wav", "other/e.ogg"):  # fmt: skip
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "empty").mkdir()
+    talks, other = tmp_path / "talks", tmp_path / "other" / "e.ogg"
+    assert audio_files([str(talks), str(other), "missing.wav", str(tmp_path / "empty")]) == [
+        str(talks / "2024" / "c.mp3"), str(talks / "a.FLAC"), str(talks / "b.wav"),
+        str(other), "missing.wav", str(tmp_path / "empty"),
+    ]  # fmt: skip

@@ -177,7 +177,8 @@ def test_transcribe_cli_keeps_files_of_one_name_apart_and_resumes(tmp_path, caps
     (out / "s2" / "001.txt").unlink()
     kept = (out / "s1" / "001.txt").stat().st_mtime_ns
     capsys.readouterr()
-    assert main([*argv, "--skip-existing"]) == 0
+    folder = ["transcribe", str(tmp_path / "in"), *argv[len(inputs) + 1 :]]  # the folder: the same
+    assert main([*folder, "--skip-existing"]) == 0
     captured = capsys.readouterr()
     assert "skipping 1 of 2 file(s)" in captured.err and "==> " not in captured.out
     assert (out / "s1" / "001.txt").stat().st_mtime_ns == kept

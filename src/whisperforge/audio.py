@@ -21,7 +21,7 @@ from __future__ import annotations
 import io
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import cache
 from pathlib import Path
 from typing import BinaryIO, TypeAlias, TypeVar
@@ -123,6 +123,33 @@ def _decode(source: AudioSource) -> tuple[np.ndarray, int, str]:
     if not data:
         raise AudioError(f"cannot decode {name!r}: empty file (0 bytes)")
     return (*_decode_file(lambda: io.BytesIO(data), name), name)
+
+
+# what a folder given in place of files is searched for (audio and the common video
+# containers PyAV reads the sound of)
+AUDIO_SUFFIXES = frozenset({
+    ".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".aif",
+    ".aiff", ".au", ".caf", ".wma", ".webm", ".mp4", ".mkv", ".mov",
+})  # fmt: skip
+
+
+def audio_files(paths: Iterable[str]) -> list[str]:
+    """``paths`` with each folder among them replaced by the audio files below it (by
+    ``AUDIO_SUFFIXES``, any case; sorted, hidden files and folders left out). Anything else
+    stays as given, so a missing file is reported when it is read; so is a folder that holds
+    no audio."""
+    files = []
+    for name in paths:
+        folder = Path(name)
+        found = []
+        if folder.is_dir():
+            found = sorted(
+                str(p) for p in folder.rglob("*")
+                if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()
+                and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+            )  # fmt: skip
+        files += found or [name]
+    return files
 
 
 def _check_path(path: Path, name: str) -> None:

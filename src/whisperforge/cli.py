@@ -152,14 +152,16 @@ def _format_time(seconds: float) -> str:
 
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
+    from whisperforge.audio import audio_files
     from whisperforge.progress import progress_bar
     from whisperforge.writers import output_names, output_path, resolve_formats, write_result
 
     write_files = args.output_dir is not None or args.output_format is not None
     formats = args.output_format or "txt"
     out_dir = Path(args.output_dir or ".")
-    names = dict(zip(args.files, output_names(args.files)))
-    files = list(args.files)
+    inputs = audio_files(args.files)
+    names = dict(zip(inputs, output_names(inputs)))
+    files = inputs
     if args.skip_existing:
         if not write_files:
             raise CLIError("--skip-existing skips files whose result files exist: give "
@@ -169,9 +171,9 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
             return all(output_path(out_dir, names[f], fmt).exists()
                        for fmt in resolve_formats(formats))  # fmt: skip
 
-        files = [f for f in args.files if not done(f)]
-        if len(files) < len(args.files) and not args.quiet:
-            print(f"skipping {len(args.files) - len(files)} of {len(args.files)} file(s): "
+        files = [f for f in inputs if not done(f)]
+        if len(files) < len(inputs) and not args.quiet:
+            print(f"skipping {len(inputs) - len(files)} of {len(inputs)} file(s): "
                   f"their results are in {out_dir}", file=sys.stderr)  # fmt: skip
         if not files:
             return 0
@@ -370,7 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("transcribe", help="transcribe audio files")
     p.add_argument(
-        "files", nargs="+", help="audio files (wav, flac, ogg, mp3, m4a, mp4, webm, ...)"
+        "files",
+        nargs="+",
+        help="audio files (wav, flac, ogg, mp3, m4a, mp4, webm, ...) or folders of them",
     )
     _add_decoding_args(p)
     p.add_argument("--output-format", choices=("txt", "srt", "vtt", "json", "tsv", "all"))

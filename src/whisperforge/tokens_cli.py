@@ -44,7 +44,7 @@ def _load(args):
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
-    from whisperforge.audio import SAMPLE_RATE, AudioError, load_audio
+    from whisperforge.audio import SAMPLE_RATE, AudioError, audio_files, load_audio
     from whisperforge.cli import vad_options
     from whisperforge.progress import progress_bar
     from whisperforge.vad import speech_only
@@ -58,7 +58,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
     vad = vad_options(args)
     tokenizer = _load(args)
     decoded, failures = [], 0
-    for path in args.files:
+    files = audio_files(args.files)
+    for path in files:
         try:
             audio = load_audio(path)
             decoded.append((path, len(audio), speech_only(audio, vad)))
@@ -77,7 +78,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     ]
     _write(lines, args.output)
     if failures:
-        print(f"{failures} of {len(args.files)} file(s) failed", file=sys.stderr)
+        print(f"{failures} of {len(files)} file(s) failed", file=sys.stderr)
     return 1 if failures else 0
 
 
@@ -323,7 +324,9 @@ def add_parser(subparsers) -> None:
     p = sub.add_parser(
         "encode", help="audio files (or a manifest's rows) -> speech token ids, one line each"
     )
-    p.add_argument("files", nargs="*", help="audio files (any format load_audio reads)")
+    p.add_argument(
+        "files", nargs="*", help="audio files (any format load_audio reads) or folders of them"
+    )
     p.add_argument(
         "--manifest", default=None,
         help="encode every row of this JSONL manifest, corpus folder, audiofolder or HF "

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from whisperforge.audio import AUDIO_SUFFIXES
 from whisperforge.data.manifest import (
     ManifestError,
     Skipped,
@@ -37,7 +38,6 @@ logger = logging.getLogger(__name__)
 TEXT_COLUMNS = ("text", "sentence", "transcription", "transcript", "normalized_text", "raw_text")
 SPEAKER_COLUMNS = ("speaker", "speaker_id", "client_id", "voice")
 LANGUAGE_COLUMNS = ("language", "locale", "lang")
-AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".m4a", ".opus", ".webm", ".mp4"}
 
 Row = tuple[int, Utterance | Skipped]
 
