@@ -178,6 +178,7 @@ def test_two_cpu_processes_with_torchrun(tmp_path, teacher_dir, data, audio_cont
     assert meta["config"].get("vad", False) is (audio_context == "dynamic")  # so does vad
     chunking = (meta["config"].get("chunk_length"), meta["config"].get("stride_length"))
     assert chunking == ((20.0, 2.0) if audio_context == "dynamic" else (None, None))
+    assert meta["config"]["languages"] == ["en"]  # the languages of its training rows
 
 
 def test_dynamic_context_rows_read_states_of_their_own_length(teacher_dir, data):

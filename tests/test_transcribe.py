@@ -185,3 +185,18 @@ def test_translate_task_produces_english(base_transcriber):
     text = "".join(s.text for s in segments)
     assert info.options["task"] == "translate"
     assert corpus_error_rates([JFK_TEXT], [text])["wer"] < 0.2
+
+
+def test_a_model_trained_on_some_languages_detects_and_accepts_only_those(base_transcriber):
+    config = base_transcriber.bundle.model.config
+    try:
+        config.languages = ["de", "en"]  # as distill train saves a student's
+        _, info = base_transcriber.transcribe(JFK)
+        assert info.language == "en" and {c for c, _ in info.all_language_probs} == {"de", "en"}
+        assert sum(p for _, p in info.all_language_probs) == pytest.approx(1.0)
+        with pytest.raises(ValueError, match="trained to transcribe de, en only, not fr"):
+            base_transcriber.transcribe(JFK, language="fr")
+    finally:
+        del config.languages
+    _, info = base_transcriber.transcribe(JFK)
+    assert len(info.all_language_probs) == 10  # every language again: the ten likeliest

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from tests.conftest import JFK, JFK_TEXT
 
 from whisperforge.metrics import word_errors
@@ -96,6 +97,9 @@ def test_shipped_student_skips_a_long_silence_by_default():
     student = load_model(STUDENT)
     assert student.vad  # student.json: trained on clips that start on speech
     assert (student.chunk_length, student.stride_length) == (20.0, 3.0)  # its long-form windows
+    assert student.languages == ("en",)  # trained on English only: others are refused
+    with pytest.raises(ValueError, match="trained to transcribe en only, not de"):
+        transcribe(JFK, model=STUDENT, language="de")
     segments, info = transcribe(late, model=STUDENT, language="en")
     segments = list(segments)
     text = " ".join(s.text for s in segments)

@@ -9,6 +9,7 @@ timestamps together are more likely than any text token). They run vectorised ov
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -81,15 +82,21 @@ def compression_ratio(text: str) -> float:
 
 @torch.inference_mode()
 def detect_language(
-    session: InferenceSession, tokenizer: Tokenizer, audio_features: Tensor
+    session: InferenceSession,
+    tokenizer: Tokenizer,
+    audio_features: Tensor,
+    languages: Sequence[str] | None = None,
 ) -> list[dict[str, float]]:
-    """Language probabilities per row of ``(rows, n_audio_ctx, d_model)`` encoder states."""
+    """Language probabilities per row of ``(rows, n_audio_ctx, d_model)`` encoder states,
+    among ``languages`` where given (``ModelBundle.languages``), else all the tokenizer's."""
     if not tokenizer.multilingual:
         return [{"en": 1.0} for _ in range(audio_features.shape[0])]
+    if languages is not None and len(languages) == 1:
+        return [{languages[0]: 1.0} for _ in range(audio_features.shape[0])]
     state = session.start(audio_features, [1] * audio_features.shape[0], 0)
     hidden = session.prompt(state, [[tokenizer.sot]] * audio_features.shape[0])
     logits = session.logits(hidden[:, -1])
-    codes = list(tokenizer.language_tokens)
+    codes = [c for c in tokenizer.language_tokens if languages is None or c in languages]
     ids = torch.tensor([tokenizer.language_tokens[c] for c in codes])
     probs = logits[:, ids].softmax(-1).tolist()
     return [dict(zip(codes, row)) for row in probs]

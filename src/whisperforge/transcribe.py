@@ -294,7 +294,14 @@ class Transcriber:
         return self.bundle.tokenizer
 
     def check(self, options: TranscribeOptions) -> None:
-        """Reject options this model cannot honour (English-only models)."""
+        """Reject options this model cannot honour (English-only models, students trained on
+        some languages only)."""
+        languages = self.bundle.languages
+        if languages and options.language not in (None, *languages):
+            raise ValueError(
+                f"model '{self.bundle.name}' was trained to transcribe {', '.join(languages)} "
+                f"only, not {options.language}; use its teacher for other languages"
+            )
         if not self.bundle.multilingual:
             if options.language not in (None, "en"):
                 raise ValueError(f"model '{self.bundle.name}' is English-only; language must be en")
@@ -457,7 +464,8 @@ class Transcriber:
         return self.session.encode(mel), mel
 
     def _detect(self, files: list[_File], enc: torch.Tensor) -> None:
-        for f, probs in zip(files, detect_language(self.session, self.tokenizer, enc)):
+        languages = self.bundle.languages
+        for f, probs in zip(files, detect_language(self.session, self.tokenizer, enc, languages)):
             f.language_probs = probs
             f.language = max(probs, key=probs.get)
 

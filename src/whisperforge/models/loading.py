@@ -135,6 +135,15 @@ class ModelBundle:
         return self.tokenizer.multilingual
 
     @property
+    def languages(self) -> tuple[str, ...] | None:
+        """The languages the model was trained to transcribe where its config names them
+        (``config.languages``, which ``distill train`` sets from its training rows: a student
+        distilled on English speech transcribes English only, whatever its tokenizer holds);
+        None: every language of its tokenizer."""
+        languages = getattr(self.model.config, "languages", None)
+        return tuple(languages) if languages else None
+
+    @property
     def audio_context(self) -> str:
         """``full`` (every window padded to 30 s, as Whisper) or ``dynamic`` (a batch's
         windows padded to the longest + 1 s): the model's ``config.audio_context``, set on

@@ -131,8 +131,9 @@ def read_student_meta(folder: Path) -> dict:
 
 # config keys a student's ``student.json`` may carry beside its architecture: its
 # transcription defaults (``ModelBundle.audio_context``, ``vad``, ``chunk_length``,
-# ``stride_length``), set on students distilled for them
-TRANSCRIBE_DEFAULTS = ("audio_context", "vad", "chunk_length", "stride_length")
+# ``stride_length``), set on students distilled for them, and the languages it was trained
+# on (``ModelBundle.languages``)
+TRANSCRIBE_DEFAULTS = ("audio_context", "vad", "chunk_length", "stride_length", "languages")
 
 
 def student_from_delta(folder: Path, teacher: torch.nn.Module) -> tuple[torch.nn.Module, dict]:

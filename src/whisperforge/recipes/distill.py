@@ -307,6 +307,8 @@ def setup(config: DistillConfig) -> DistillRun:
     max_length = teacher.model.config.max_target_positions
     examples, report, dev = _load_data(config, teacher.tokenizer, max_length)
     logger.info("training rows: %s", report)
+    # saved with the student: it transcribes the languages it was trained on, no others
+    student.config.languages = sorted({e.language or "en" for e in examples})
     order = ShardedOrder(len(examples), tc.batch_size, accelerator.process_index,
                          accelerator.num_processes, tc.seed)  # fmt: skip
     params = [p for p in student.parameters() if p.requires_grad]
