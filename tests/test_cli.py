@@ -224,3 +224,8 @@ def test_a_killed_evaluation_resumes_from_its_journal(speech_clips, tmp_path, ca
     # other utterances: the journal is not theirs, the evaluation starts again
     other = evaluate(Transcriber("whisper-tiny.en"), items[:2], journal=journal, **options)
     assert other["resumed"] == 0 and other["utterances"] == 2
+    # a file that failed is tried again on resuming (it may have been mended since)
+    broken = [*items[:2], EvalItem(str(tmp_path / "missing.wav"), "gone", "en", id="x")]
+    first = evaluate(Transcriber("whisper-tiny.en"), broken, journal=journal, **options)
+    again = evaluate(Transcriber("whisper-tiny.en"), broken, journal=journal, **options)
+    assert len(first["failed"]) == len(again["failed"]) == 1 and again["resumed"] == 2

@@ -107,8 +107,8 @@ def evaluate(
     ``journal`` (a JSONL path) each finished utterance is appended to it as it finishes, and
     a run that finds a journal of the same model, options and items takes the utterances it
     holds instead of transcribing them again (``report["resumed"]`` counts them; their wall
-    time counts in the throughput): a killed evaluation resumes. The caller removes the
-    journal once the report is written.
+    time counts in the throughput; files that failed are tried again): a killed evaluation
+    resumes. The caller removes the journal once the report is written.
     """
     items = list(items)
     keys = [f"{n}:{item.id or item.audio}" for n, item in enumerate(items)]
@@ -122,8 +122,8 @@ def evaluate(
     if journal is not None:
         journal = Path(journal)
         lines = resume_jsonl(journal) if journal.exists() else []
-        if lines and lines[0] == header:
-            done = {line["key"]: line for line in lines[1:]}
+        if lines and lines[0] == header:  # failed files are tried again
+            done = {line["key"]: line for line in lines[1:] if "row" in line}
             earlier = max((line["wall"] for line in lines[1:]), default=0.0)
         else:
             journal.parent.mkdir(parents=True, exist_ok=True)
@@ -132,7 +132,7 @@ def evaluate(
     start = time.perf_counter()
     for key in keys:
         if key in done and progress:
-            progress(done[key].get("row") or done[key]["failed"])
+            progress(done[key]["row"])
     todo = [(key, item) for key, item in zip(keys, items) if key not in done]
     try:
         results = transcriber.transcribe_batch([i.audio for _, i in todo], **options)
