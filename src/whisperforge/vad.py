@@ -113,7 +113,7 @@ class SpeechMap:
         words."""
         kept = self.compact(audio)
         gain = level_gain(kept)
-        return kept if gain == 1.0 else (kept * gain).astype(np.float32)
+        return kept if gain == 1.0 else kept * np.float32(gain)
 
     def _index(self, x: float, is_end: bool) -> int:
         find = bisect_left if is_end else bisect_right
