@@ -229,3 +229,15 @@ def test_a_killed_evaluation_resumes_from_its_journal(speech_clips, tmp_path, ca
     first = evaluate(Transcriber("whisper-tiny.en"), broken, journal=journal, **options)
     again = evaluate(Transcriber("whisper-tiny.en"), broken, journal=journal, **options)
     assert len(first["failed"]) == len(again["failed"]) == 1 and again["resumed"] == 2
+
+
+def test_transcribe_cli_reads_a_file_piped_in(tmp_path):
+    argv = [sys.executable, "-m", "whisperforge.cli", "transcribe", "-", "-q", "--model",
+            "whisper-tiny.en", "--output-dir", str(tmp_path), "--output-format", "txt"]  # fmt: skip
+    with open(JFK, "rb") as piped:
+        done = subprocess.run(argv, stdin=piped, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert normalize_text((tmp_path / "stdin.txt").read_text()) == normalize_text(JFK_TEXT)
+    broken = subprocess.run(argv, input="not audio", capture_output=True, text=True, timeout=300)
+    assert broken.returncode == 1 and "cannot decode '<stdin>'" in broken.stderr
+    assert main(["transcribe", "-", "-", "--model", "whisper-tiny.en"]) == 2  # read once

@@ -160,7 +160,10 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     formats = args.output_format or "txt"
     out_dir = Path(args.output_dir or ".")
     inputs = audio_files(args.files)
+    if inputs.count("-") > 1:
+        raise CLIError("standard input (-) can be read once")
     names = dict(zip(inputs, output_names(inputs)))
+    names.update({"-": "stdin"} if "-" in names else {})
     files = inputs
     if args.skip_existing:
         if not write_files:
@@ -186,7 +189,8 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
         seconds[0] += window_seconds
         bar.set_postfix_str(f"{seconds[0]:.0f} s of audio")
 
-    results = transcriber.transcribe_batch(files, progress=progress, **_decoding_options(args))
+    sources = [sys.stdin.buffer if f == "-" else f for f in files]  # "-": the file piped in
+    results = transcriber.transcribe_batch(sources, progress=progress, **_decoding_options(args))
     for path, result in zip(files, results):
         bar.update(1)
         if result.error is not None:
@@ -374,7 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "files",
         nargs="+",
-        help="audio files (wav, flac, ogg, mp3, m4a, mp4, webm, ...) or folders of them",
+        help="audio files (wav, flac, ogg, mp3, m4a, mp4, webm, ...) or folders of them; - reads "
+        "one from standard input (its results are named stdin)",
     )
     _add_decoding_args(p)
     p.add_argument("--output-format", choices=("txt", "srt", "vtt", "json", "tsv", "all"))
