@@ -106,11 +106,11 @@ class SpeechMap:
         return np.concatenate([audio[start:end] for start, end in self.chunks])
 
     def speech(self, audio: np.ndarray) -> np.ndarray:
-        """What the model hears: ``compact(audio)``, quiet speech lifted as Silero heard it
-        (``level_gain`` of the kept audio; 1 at a normal level). Whisper reads speech 40 dB
-        down worse than the same speech at a normal level, and lifting is only safe on audio
-        VAD has found to be speech: on a whole file it would lift quiet hiss into made-up
-        words."""
+        """What the model hears: ``compact(audio)``, lifted to a normal level where it is
+        quiet (``level_gain`` of the kept audio: 1 at a normal level). Whisper reads speech
+        40 dB down worse than the same speech at a normal level, and lifting is only safe on
+        audio VAD has found to be speech: on a whole file it would lift quiet hiss into
+        made-up words."""
         kept = self.compact(audio)
         gain = level_gain(kept)
         return kept if gain == 1.0 else kept * np.float32(gain)
