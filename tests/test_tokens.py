@@ -368,3 +368,23 @@ def test_vad_tokenizes_only_the_speech(speech_tokenizer, tmp_path, capsys):
     assert code == 0 and row["tokens"] == ids and row["duration_after_vad"] > 0
     code, _, err = _run(capsys, *argv)
     assert code == 2 and "written with --vad" in err
+
+
+def test_cli_encodes_a_folder_and_a_file_piped_in(tmp_path, capsys, monkeypatch):
+    import io
+    import shutil
+
+    model = tmp_path / "tok"
+    assert _run(capsys, "tokens", "init", "--teacher", "whisper-tiny.en",
+                "--codebook-size", "32", "--out", str(model))[0] == 0  # fmt: skip
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    shutil.copy(JFK, folder / "sub" / "jfk.wav")
+    (folder / "notes.txt").write_text("not audio")
+    with open(JFK, "rb") as piped:
+        monkeypatch.setattr("sys.stdin", io.TextIOWrapper(piped))
+        code, out, _ = _run(capsys, "tokens", "encode", str(folder), "-", "--model", str(model),
+                            "--format", "json", "-q")  # fmt: skip
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and [r["audio"] for r in rows] == [str(folder / "sub" / "jfk.wav"), "-"]
+    assert rows[0]["tokens"] == rows[1]["tokens"] and len(rows[1]["tokens"]) == 275

@@ -59,9 +59,11 @@ def cmd_encode(args: argparse.Namespace) -> int:
     tokenizer = _load(args)
     decoded, failures = [], 0
     files = audio_files(args.files)
+    if files.count("-") > 1:
+        raise ValueError("standard input (-) can be read once")
     for path in files:
         try:
-            audio = load_audio(path)
+            audio = load_audio(sys.stdin.buffer if path == "-" else path)  # -: piped in
             decoded.append((path, len(audio), speech_only(audio, vad)))
         except AudioError as error:
             failures += 1
@@ -325,7 +327,10 @@ def add_parser(subparsers) -> None:
         "encode", help="audio files (or a manifest's rows) -> speech token ids, one line each"
     )
     p.add_argument(
-        "files", nargs="*", help="audio files (any format load_audio reads) or folders of them"
+        "files",
+        nargs="*",
+        help="audio files (any format load_audio reads) or folders of them; - reads one from "
+        "standard input",
     )
     p.add_argument(
         "--manifest", default=None,
