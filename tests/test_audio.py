@@ -356,3 +356,6 @@ def test_a_folder_stands_for_the_audio_files_below_it(tmp_path):
         str(talks / "2024" / "c.mp3"), str(talks / "a.FLAC"), str(talks / "b.wav"),
         str(other), "missing.wav", str(tmp_path / "empty"),
     ]  # fmt: skip
+    assert audio_files(["-", str(other)]) == ["-", str(other)]  # the file piped in stays
+    with pytest.raises(ValueError, match="can be read once"):
+        audio_files(["-", "-"])

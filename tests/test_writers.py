@@ -154,3 +154,4 @@ def test_inputs_that_share_a_name_get_results_of_their_own():
     ]  # fmt: skip
     assert output_names(["d/a.wav", "d/a.mp3"]) == ["a.wav", "a.mp3"]
     assert output_names(["d/a.wav", "./d/a.wav"]) == ["a", "a"]  # one file given twice
+    assert output_names(["-", "d/a.wav"]) == ["stdin", "a"]  # the file piped in

@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import sys
 from collections.abc import Callable, Iterable
 from functools import cache
 from pathlib import Path
@@ -133,11 +134,17 @@ AUDIO_SUFFIXES = frozenset({
 })  # fmt: skip
 
 
+STDIN = "-"  # an input name standing for the file piped in on standard input
+
+
 def audio_files(paths: Iterable[str]) -> list[str]:
     """``paths`` with each folder among them replaced by the audio files below it (by
     ``AUDIO_SUFFIXES``, any case; sorted, hidden files and folders left out). Anything else
     stays as given, so a missing file is reported when it is read; so is a folder that holds
-    no audio."""
+    no audio. ``STDIN`` may be among them once (``input_source``): it can be read once."""
+    paths = list(paths)
+    if paths.count(STDIN) > 1:
+        raise ValueError(f"standard input ({STDIN}) can be read once")
     files = []
     for name in paths:
         folder = Path(name)
@@ -150,6 +157,12 @@ def audio_files(paths: Iterable[str]) -> list[str]:
             )  # fmt: skip
         files += found or [name]
     return files
+
+
+def input_source(name: str) -> str | BinaryIO:
+    """What ``load_audio`` reads for an input name: the file piped in for ``STDIN``, else the
+    path."""
+    return sys.stdin.buffer if name == STDIN else name
 
 
 def _check_path(path: Path, name: str) -> None:

@@ -152,7 +152,7 @@ def _format_time(seconds: float) -> str:
 
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
-    from whisperforge.audio import audio_files
+    from whisperforge.audio import audio_files, input_source
     from whisperforge.progress import progress_bar
     from whisperforge.writers import output_names, output_path, resolve_formats, write_result
 
@@ -160,10 +160,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     formats = args.output_format or "txt"
     out_dir = Path(args.output_dir or ".")
     inputs = audio_files(args.files)
-    if inputs.count("-") > 1:
-        raise CLIError("standard input (-) can be read once")
     names = dict(zip(inputs, output_names(inputs)))
-    names.update({"-": "stdin"} if "-" in names else {})
     files = inputs
     if args.skip_existing:
         if not write_files:
@@ -189,7 +186,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
         seconds[0] += window_seconds
         bar.set_postfix_str(f"{seconds[0]:.0f} s of audio")
 
-    sources = [sys.stdin.buffer if f == "-" else f for f in files]  # "-": the file piped in
+    sources = [input_source(f) for f in files]
     results = transcriber.transcribe_batch(sources, progress=progress, **_decoding_options(args))
     for path, result in zip(files, results):
         bar.update(1)

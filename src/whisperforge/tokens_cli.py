@@ -44,7 +44,7 @@ def _load(args):
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
-    from whisperforge.audio import SAMPLE_RATE, AudioError, audio_files, load_audio
+    from whisperforge.audio import SAMPLE_RATE, AudioError, audio_files, input_source, load_audio
     from whisperforge.cli import vad_options
     from whisperforge.progress import progress_bar
     from whisperforge.vad import speech_only
@@ -59,11 +59,9 @@ def cmd_encode(args: argparse.Namespace) -> int:
     tokenizer = _load(args)
     decoded, failures = [], 0
     files = audio_files(args.files)
-    if files.count("-") > 1:
-        raise ValueError("standard input (-) can be read once")
     for path in files:
         try:
-            audio = load_audio(sys.stdin.buffer if path == "-" else path)  # -: piped in
+            audio = load_audio(input_source(path))
             decoded.append((path, len(audio), speech_only(audio, vad)))
         except AudioError as error:
             failures += 1

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from whisperforge.audio import STDIN
 from whisperforge.segments import Segment, TranscriptionInfo
 
 FORMATS = ("txt", "srt", "vtt", "json", "tsv")
@@ -175,9 +176,10 @@ def output_names(files: Sequence[str | os.PathLike[str]]) -> list[str]:
     each input keeps its path below the folder all of them are in (``s1/001.wav`` and
     ``s2/001.wav`` -> ``s1/001`` and ``s2/001``), and where even that leaves two alike
     (``a.wav`` and ``a.mp3``), its file name (``a.wav``, ``a.mp3``): one input's results never
-    overwrite another's. The same file given twice has one name.
+    overwrite another's. The same file given twice has one name; the file piped in
+    (``audio.STDIN``) is named ``stdin``.
     """
-    paths = [Path(os.path.abspath(f)) for f in files]
+    paths = [Path(os.path.abspath("stdin" if os.fspath(f) == STDIN else f)) for f in files]
     distinct = len(set(paths))
     names = [p.stem for p in paths]
     if len(set(names)) == distinct:
