@@ -240,4 +240,6 @@ def test_transcribe_cli_reads_a_file_piped_in(tmp_path):
     assert normalize_text((tmp_path / "stdin.txt").read_text()) == normalize_text(JFK_TEXT)
     broken = subprocess.run(argv, input="not audio", capture_output=True, text=True, timeout=300)
     assert broken.returncode == 1 and "cannot decode '<stdin>'" in broken.stderr
+    empty = subprocess.run(argv, input="", capture_output=True, text=True, timeout=300)
+    assert empty.returncode == 1 and "'<stdin>': empty file" in empty.stderr
     assert main(["transcribe", "-", "-", "--model", "whisper-tiny.en"]) == 2  # read once
