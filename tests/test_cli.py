@@ -82,6 +82,23 @@ def test_transcribe_cli_prints_segments_and_writes_all_formats(capsys, tmp_path)
     assert "00:00:00,000 --> " in (tmp_path / "jfk.srt").read_text()
 
 
+def test_transcribe_cli_word_timestamps_and_subtitle_cues(capsys, tmp_path):
+    code = main(["transcribe", str(JFK), "--model", "whisper-tiny.en", "--word-timestamps",
+                 "--max-words-per-cue", "5", "--output-dir", str(tmp_path),
+                 "--output-format", "all", "-q"])  # fmt: skip
+    assert code == 0
+    data = json.loads((tmp_path / "jfk.json").read_text())
+    words = [w for s in data["segments"] for w in s["words"]]
+    assert normalize_text(" ".join(w["word"] for w in words)) == normalize_text(JFK_TEXT)
+    srt = (tmp_path / "jfk.srt").read_text().strip().split("\n\n")
+    assert len(srt) == sum(-(-len(s["words"]) // 5) for s in data["segments"])
+    assert all(len(cue.splitlines()[2].split()) <= 5 for cue in srt)
+    assert (tmp_path / "jfk.txt").read_text().count("\n") == len(data["segments"])
+    code = main(["transcribe", str(JFK), "--model", "whisper-tiny.en", "--max-chars-per-cue",
+                 "30", "--output-format", "srt", "--output-dir", str(tmp_path), "-q"])  # fmt: skip
+    assert code == 2 and "add --word-timestamps" in capsys.readouterr().err
+
+
 def test_progress_in_a_log_is_plain_lines_and_quiet_hides_it():
     argv = [sys.executable, "-m", "whisperforge.cli", "transcribe", str(JFK),
             "--model", "whisper-tiny.en"]  # fmt: skip

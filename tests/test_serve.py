@@ -85,6 +85,19 @@ def test_verbose_json_with_segments(client):
     assert {"id", "seek", "tokens", "avg_logprob", "no_speech_prob"} <= set(segments[0])
 
 
+def test_verbose_json_with_words(client):
+    data = {"response_format": "verbose_json", "timestamp_granularities[]": "word"}
+    body = client.post(TRANSCRIBE, files=jfk_file(), data=data).json()
+    words = body["words"]
+    assert "segments" not in body  # OpenAI: only what was asked for
+    assert " ".join(w["word"] for w in words) == body["text"]
+    assert all(w["start"] <= w["end"] <= 11.01 for w in words)
+    assert all(a["end"] <= b["start"] for a, b in zip(words, words[1:]))
+    data["timestamp_granularities[]"] = ["word", "segment"]
+    both = client.post(TRANSCRIBE, files=jfk_file(), data=data).json()
+    assert both["words"] == words and both["segments"]
+
+
 def test_base_model_language_prompt_and_translation(client):
     data = {"model": "whisper-base", "language": "en", "prompt": "JFK inaugural address."}
     r = client.post(TRANSCRIBE, files=jfk_file(), data=data)
@@ -119,7 +132,8 @@ def test_unknown_model_404(client):
         ({"temperature": "2"}, "temperature"),
         ({"temperature": "hot"}, "temperature"),
         ({"language": "klingon"}, "language"),
-        ({"timestamp_granularities[]": "word"}, "timestamp_granularities"),
+        ({"timestamp_granularities[]": "char"}, "timestamp_granularities"),
+        ({"timestamp_granularities[]": "word"}, "timestamp_granularities"),  # json: no words
         ({"vad": "maybe"}, "vad"),
     ],
 )

@@ -155,3 +155,44 @@ def test_inputs_that_share_a_name_get_results_of_their_own():
     assert output_names(["d/a.wav", "d/a.mp3"]) == ["a.wav", "a.mp3"]
     assert output_names(["d/a.wav", "./d/a.wav"]) == ["a", "a"]  # one file given twice
     assert output_names(["-", "d/a.wav"]) == ["stdin", "a"]  # the file piped in
+
+
+def _worded(start: float, words: str, step: float = 0.5) -> Segment:
+    from whisperforge.segments import Word
+
+    ws = tuple(
+        Word(start + k * step, start + (k + 1) * step - 0.1, f" {w}", 0.9, (k,))
+        for k, w in enumerate(words.split())
+    )
+    return Segment(id=0, start=ws[0].start, end=ws[-1].end, text="".join(w.word for w in ws),
+                   tokens=tuple(range(len(ws))), words=ws)  # fmt: skip
+
+
+def test_cues_are_cut_between_words_and_timed_by_them():
+    seg = _worded(10.0, "ask not what your country can do for you,")
+    cues = writers.split_cues([seg, SEGMENTS[0]], max_words=4)
+    assert [c.text for c in cues] == [" ask not what your", " country can do for", " you,",
+                                      " And so my fellow Americans,"]  # fmt: skip
+    assert [(c.start, c.end) for c in cues[:3]] == [(10.0, 11.9), (12.0, 13.9), (14.0, 14.4)]
+    assert [c.id for c in cues] == [0, 1, 2, 3] and cues[3].words is None  # no words: kept
+    by_chars = writers.split_cues([seg], max_chars=15)
+    assert [c.text for c in by_chars] == [" ask not what", " your country", " can do for you,"]
+    assert all(len(c.text.strip()) <= 15 for c in by_chars)
+    long_word = writers.split_cues([_worded(0.0, "a supercalifragilistic b")], max_chars=5)
+    assert [c.text for c in long_word] == [" a", " supercalifragilistic", " b"]
+    with pytest.raises(ValueError, match="at least 1"):
+        writers.split_cues([seg], max_words=0)
+
+
+def test_words_go_to_json_and_cue_limits_to_subtitles_only(tmp_path):
+    seg = _worded(0.0, "one two three four five")
+    write_result([seg], INFO, tmp_path, "w", "all", max_words_per_cue=2)
+    srt = (tmp_path / "w.srt").read_text()
+    assert srt.count(" --> ") == 3 and "00:00:01,000 --> 00:00:01,900\nthree four" in srt
+    assert (tmp_path / "w.vtt").read_text().count(" --> ") == 3
+    assert (tmp_path / "w.txt").read_text() == "one two three four five\n"  # not cut
+    data = json.loads((tmp_path / "w.json").read_text())
+    words = data["segments"][0]["words"]
+    assert [w["word"] for w in words] == [" one", " two", " three", " four", " five"]
+    assert set(words[0]) == {"start", "end", "word", "probability"}
+    assert "words" not in json.loads(format_result(SEGMENTS, INFO, "json"))["segments"][0]

@@ -40,6 +40,11 @@ def _add_decoding_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--initial-prompt", default=None)
     p.add_argument("--without-timestamps", action="store_true")
+    p.add_argument(
+        "--word-timestamps", action="store_true",
+        help="time every word (from the decoder's cross-attention, moved off pauses): json "
+        "lists them per segment, and segments span their words",
+    )  # fmt: skip
     p.add_argument("--long-form", choices=("chunked", "sequential"), default="chunked")
     p.add_argument(
         "--chunk-length", type=float, default=None,
@@ -111,7 +116,8 @@ def vad_options(args: argparse.Namespace):
 _DECODING_KEYS = (
     "language", "task", "beam_size", "best_of", "patience", "length_penalty", "temperature",
     "compression_ratio_threshold", "log_prob_threshold", "no_speech_threshold",
-    "condition_on_previous_text", "initial_prompt", "without_timestamps", "long_form",
+    "condition_on_previous_text", "initial_prompt", "without_timestamps", "word_timestamps",
+    "long_form",
     "chunk_length", "stride_length", "batch_size", "audio_context", "vad", "vad_threshold",
     "vad_min_silence", "vad_speech_pad",
 )  # fmt: skip
@@ -158,6 +164,12 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
 
     write_files = args.output_dir is not None or args.output_format is not None
     formats = args.output_format or "txt"
+    cue_limits = [f"--{name}" for name in ("max-words-per-cue", "max-chars-per-cue")
+                  if getattr(args, name.replace("-", "_")) is not None]  # fmt: skip
+    if cue_limits and not args.word_timestamps:
+        raise CLIError(f"{' and '.join(cue_limits)} cut subtitles at words: add --word-timestamps")
+    if any((getattr(args, n) or 1) < 1 for n in ("max_words_per_cue", "max_chars_per_cue")):
+        raise CLIError("--max-words-per-cue and --max-chars-per-cue must be at least 1")
     out_dir = Path(args.output_dir or ".")
     inputs = audio_files(args.files)
     names = dict(zip(inputs, output_names(inputs)))
@@ -205,8 +217,9 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
                 bar.write(f"({path}: no speech)", file=sys.stderr)
         if write_files:
             for written in write_result(
-                result.segments, result.info, out_dir, names[path], formats
-            ):
+                result.segments, result.info, out_dir, names[path], formats,
+                args.max_words_per_cue, args.max_chars_per_cue,
+            ):  # fmt: skip
                 logger.info("wrote %s", written)
     bar.close()
     if failures:
@@ -389,6 +402,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--skip-existing", action="store_true",
         help="leave out files whose result files are all in the output folder already (to "
         "resume an interrupted batch)",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-words-per-cue", type=int, default=None,
+        help="srt/vtt: cues of at most this many words, timed by their words (needs "
+        "--word-timestamps)",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-chars-per-cue", type=int, default=None,
+        help="srt/vtt: cues of at most this many characters, cut between words (needs "
+        "--word-timestamps)",
     )  # fmt: skip
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or transcript")
     p.set_defaults(func=cmd_transcribe)

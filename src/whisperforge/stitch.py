@@ -38,6 +38,13 @@ class RawSegment:
     no_speech_prob: float = 0.0
     temperature: float = 0.0
     window_id: int = 0
+    # word timestamps: (start, end, probability) of each token, absolute seconds
+    timing: list[tuple[float, float, float]] | None = None
+
+    def part(self, lo: int | None = None, hi: int | None = None, **changes) -> RawSegment:
+        """Tokens ``lo:hi`` (and their timings) with ``changes``."""
+        timing = None if self.timing is None else self.timing[lo:hi]
+        return replace(self, tokens=self.tokens[lo:hi], timing=timing, **changes)
 
 
 def parse_window(
@@ -116,13 +123,16 @@ def _join(left, left_flat, a: int, right, right_flat, b: int) -> list[RawSegment
     head, seg_left, seg_right, tail = left[:i], left[i], right[j], right[j + 1 :]
     if pos and pos_right:
         tokens = seg_left.tokens[:pos] + seg_right.tokens[pos_right:]
-        return head + [replace(seg_right, start=seg_left.start, tokens=tokens)] + tail
+        timing = None
+        if seg_left.timing is not None and seg_right.timing is not None:
+            timing = seg_left.timing[:pos] + seg_right.timing[pos_right:]
+        joined = replace(seg_right, start=seg_left.start, tokens=tokens, timing=timing)
+        return head + [joined] + tail
     if pos:
         end = max(seg_left.start, min(seg_left.end, seg_right.start))
-        cut = replace(seg_left, end=end, tokens=seg_left.tokens[:pos], complete=False)
-        return head + [cut, seg_right] + tail
+        return head + [seg_left.part(None, pos, end=end, complete=False), seg_right] + tail
     start = seg_right.start if not head else min(max(seg_right.start, head[-1].end), seg_right.end)
-    return head + [replace(seg_right, start=start, tokens=seg_right.tokens[pos_right:])] + tail
+    return head + [seg_right.part(pos_right, None, start=start)] + tail
 
 
 def merge_windows(

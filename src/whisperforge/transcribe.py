@@ -48,6 +48,7 @@ from whisperforge.models.presets import DEFAULT_MODEL
 from whisperforge.segments import Segment, TranscriptionInfo
 from whisperforge.speculative import SpeculativeStats, speculative_decode
 from whisperforge.stitch import RawSegment, merge_windows, parse_window
+from whisperforge.timing import align_window, median_word_duration, split_words, tidy_words
 from whisperforge.tokenizer import TASKS, normalize_language
 from whisperforge.vad import (
     DEFAULT_MIN_SILENCE,
@@ -101,6 +102,8 @@ class TranscribeOptions:
     prompt_reset_on_temperature: float = 0.5
     initial_prompt: str | None = None
     without_timestamps: bool = False
+    # time every word from the decoder's cross-attention (``timing``): Segment.words
+    word_timestamps: bool = False
     max_initial_timestamp: float = 1.0
     suppress_blank: bool = True
     long_form: str = "chunked"
@@ -288,6 +291,7 @@ class Transcriber:
             own = None if self.assistant_shares_encoder else encoder_dtype
             self.assistant = InferenceSession(helper.model, own)
         self.speculative_stats = SpeculativeStats()
+        self._alignment_heads: list[tuple[int, int]] | None = None
 
     @property
     def tokenizer(self):
@@ -443,7 +447,7 @@ class Transcriber:
         run = self._run_chunked if opts.long_form == "chunked" else self._run_sequential
         torch.manual_seed(opts.seed)
         for f in run(files, opts, progress):
-            segments = _to_segments(f.raw, self.tokenizer)
+            segments = _to_segments(f.raw, self.tokenizer, f.language)
             if f.speech is not None:
                 segments = f.speech.restore(segments)
             yield FileResult(f.index, f.source, segments, self._info(f, opts))
@@ -563,8 +567,40 @@ class Transcriber:
                     result.tokens, self.tokenizer.timestamp_begin, start, end, result, window_id=w
                 )[0]
             )
-            if progress:
+        if opts.word_timestamps:
+            segments = [f.decoded[w] for f, w in batch]
+            self._time_words(enc, segments, [s for s, _ in spans], audio, languages, opts)
+        if progress:
+            for (_, w), (start, end) in zip(batch, spans):
                 progress(end - start if w == 0 else end - start - opts.stride_length * 2)
+
+    def _time_words(self, enc, segments, offsets, windows, languages, opts) -> None:
+        """Time each token of each row's segments (``RawSegment.timing``) from the
+        cross-attention over the row's window (``timing.align_window``)."""
+        if self._alignment_heads is None:
+            self._alignment_heads = self.bundle.alignment_heads
+        rows = [i for i, segs in enumerate(segments) if any(s.tokens for s in segs)]
+        if not rows:
+            return
+        timed = align_window(
+            self.session,
+            self.tokenizer,
+            self._alignment_heads,
+            enc[rows],
+            [[t for s in segments[i] for t in s.tokens] for i in rows],
+            [windows[i] for i in rows],
+            [languages[i] for i in rows],
+            opts.task,
+        )
+        for i, (starts, ends, probs) in zip(rows, timed):
+            k = 0
+            for seg in segments[i]:
+                n = len(seg.tokens)
+                seg.timing = [
+                    (offsets[i] + float(a), offsets[i] + float(b), float(p))
+                    for a, b, p in zip(starts[k : k + n], ends[k : k + n], probs[k : k + n])
+                ]
+                k += n
 
     def _initial_context(self, opts) -> list[int] | None:
         if not opts.initial_prompt:
@@ -599,9 +635,12 @@ class Transcriber:
         languages = [f.language for f in active]
         contexts = [f.context if opts.condition_on_previous_text else None for f in active]
         results = self._decode_with_fallback(enc, mel, languages, contexts, opts)
+        offsets = [f.seek / SAMPLE_RATE for f in active]
+        kept: list[list[RawSegment]] = []
         for f, window, result in zip(active, windows, results):
             offset = f.seek / SAMPLE_RATE
             duration = len(window) / SAMPLE_RATE
+            kept.append([])
             if _is_silence(result, opts):
                 advance = duration
             else:
@@ -610,6 +649,7 @@ class Transcriber:
                 )
                 complete = [s for s in segments if s.complete or advance >= duration]
                 f.raw.extend(complete)
+                kept[-1] = complete
                 f.context.extend(result.tokens)
                 if result.temperature > opts.prompt_reset_on_temperature:
                     f.context = []
@@ -617,6 +657,8 @@ class Transcriber:
             f.seek += max(int(round(advance * SAMPLE_RATE)), 1)
             if progress:
                 progress(min(advance, duration))
+        if opts.word_timestamps:
+            self._time_words(enc, kept, offsets, windows, languages, opts)
 
 
 def _fill(files: Iterator[_File], full: Callable[[], bool], admit: Callable[[_File], None]):
@@ -660,23 +702,35 @@ def _is_silence(result: DecodingResult, opts: TranscribeOptions) -> bool:
     return opts.log_prob_threshold is None or result.avg_logprob < opts.log_prob_threshold
 
 
-def _to_segments(raw: list[RawSegment], tokenizer) -> list[Segment]:
+def _to_segments(raw: list[RawSegment], tokenizer, language: str | None = None) -> list[Segment]:
+    """Detokenised segments; with token timings (word timestamps) each gets its words and
+    spans them (``timing.tidy_words``: over-long words next to pauses cut down)."""
+    kept = [(seg, tokenizer.decode(seg.tokens)) for seg in raw]
+    kept = [(seg, text) for seg, text in kept if text.strip()]
+    words = [
+        None
+        if seg.timing is None
+        else split_words(tokenizer, seg.tokens, *zip(*seg.timing), language=language)
+        for seg, _ in kept
+    ]
+    median = median_word_duration([w for ws in words if ws for w in ws])
     segments = []
-    for seg in raw:
-        text = tokenizer.decode(seg.tokens)
-        if not text.strip():
-            continue
+    for (seg, text), seg_words in zip(kept, words):
+        start, end = seg.start, seg.end
+        if seg_words is not None:
+            seg_words, start, end = tidy_words(seg_words, start, end, median)
         segments.append(
             Segment(
                 id=len(segments),
-                start=round(seg.start, 3),
-                end=round(seg.end, 3),
+                start=round(start, 3),
+                end=round(end, 3),
                 text=text,
                 tokens=tuple(seg.tokens),
                 avg_logprob=seg.avg_logprob,
                 compression_ratio=seg.compression_ratio,
                 no_speech_prob=seg.no_speech_prob,
                 temperature=seg.temperature,
+                words=None if seg_words is None else tuple(seg_words),
             )
         )
     return segments

@@ -154,13 +154,70 @@ class SpeechMap:
             self.original_time(e / SAMPLE_RATE, is_end=True),
         )
 
+    def word_times(self, start: float, end: float) -> tuple[float, float]:
+        """A word's compacted ``(start, end)`` in the original file. A word whose time
+        crosses a join where silence was cut out keeps the side it spends longer on (the
+        attention path lingers on a word next to a pause)."""
+        if not self.chunks:
+            return 0.0, 0.0
+        s, e = start * SAMPLE_RATE, end * SAMPLE_RATE
+        i, j = self._index(s, False), self._index(e, True)
+        if i < j and any(self._apart(k) for k in range(i, j)):
+            end_i = self._offsets[i] + self.chunks[i][1] - self.chunks[i][0]
+            if end_i - s >= e - self._offsets[j]:
+                e = end_i
+            else:
+                s = self._offsets[j]
+        return (
+            self.original_time(s / SAMPLE_RATE),
+            self.original_time(e / SAMPLE_RATE, is_end=True),
+        )
+
+    def _stretch(self, seconds: float) -> int:
+        """Index of the kept stretch that compacted time ``seconds`` lies in."""
+        return self._index(seconds * SAMPLE_RATE, False)
+
+    def _restore_words(self, seg) -> list:
+        """A segment with words re-timed word by word, and split where silence was cut out
+        between two of its words: no segment spans a pause VAD removed."""
+        stretches = [self._stretch((w.start + w.end) / 2) for w in seg.words]
+        words = []
+        for w in seg.words:
+            start, end = self.word_times(w.start, w.end)
+            words.append(replace(w, start=round(start, 3), end=round(end, 3)))
+        parts, first = [], 0
+        for k in range(1, len(words) + 1):
+            cut = k == len(words) or any(
+                self._apart(n) for n in range(stretches[k - 1], stretches[k])
+            )
+            if not cut:
+                continue
+            part = words[first:k]
+            whole = first == 0 and k == len(words)
+            parts.append(
+                replace(
+                    seg,
+                    start=part[0].start,
+                    end=part[-1].end,
+                    text=seg.text if whole else "".join(w.word for w in part),
+                    tokens=seg.tokens if whole else tuple(t for w in part for t in w.tokens),
+                    words=tuple(part),
+                )
+            )
+            first = k
+        return parts
+
     def restore(self, segments: list) -> list:
-        """Segments timed in the compacted audio, re-timed in the original file."""
+        """Segments timed in the compacted audio, re-timed in the original file (word by
+        word where they have words, ``segment_times`` otherwise); ids count them again."""
         restored = []
         for seg in segments:
+            if getattr(seg, "words", None):
+                restored.extend(self._restore_words(seg))
+                continue
             start, end = self.segment_times(seg.start, seg.end)
             restored.append(replace(seg, start=round(start, 3), end=round(end, 3)))
-        return restored
+        return [replace(seg, id=i) for i, seg in enumerate(restored)]
 
 
 def check_options(threshold: float, min_silence: float, speech_pad: float) -> None:

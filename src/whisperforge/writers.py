@@ -16,6 +16,7 @@ import math
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +103,8 @@ def _finite(value: Any) -> Any:
 
 
 def format_json(segments: Sequence[Segment], info: TranscriptionInfo) -> str:
-    """``{"text", "segments", "language", "info"}``; non-finite floats become ``null``.
+    """``{"text", "segments", "language", "info"}``; non-finite floats become ``null``; a
+    segment's ``words`` (start, end, word, probability) are there with word timestamps.
 
     ``text`` is the non-empty segment texts joined as decoded (they carry their own leading
     spaces, or none in languages written without spaces), then stripped; ``segments`` lists
@@ -192,25 +194,72 @@ def output_names(files: Sequence[str | os.PathLike[str]]) -> list[str]:
     return [r.as_posix() for r in below]
 
 
+def split_cues(
+    segments: Iterable[Segment], max_words: int | None = None, max_chars: int | None = None
+) -> list[Segment]:
+    """Segments cut into subtitle cues of at most ``max_words`` words and ``max_chars``
+    characters (a longer single word is a cue of its own), each timed by its words.
+
+    Needs word timestamps (``Segment.words``); a segment without words is kept whole."""
+    if max_words is not None and max_words < 1 or max_chars is not None and max_chars < 1:
+        raise ValueError("max_words and max_chars must be at least 1")
+    cues: list[Segment] = []
+
+    def add(seg: Segment, words: list) -> None:
+        text = "".join(w.word for w in words)
+        tokens = tuple(t for w in words for t in w.tokens)
+        cues.append(replace(seg, id=len(cues), start=words[0].start, end=words[-1].end,
+                            text=text, tokens=tokens, words=tuple(words)))  # fmt: skip
+
+    for seg in segments:
+        if not seg.words:
+            cues.append(replace(seg, id=len(cues)))
+            continue
+        line: list = []
+        for word in seg.words:
+            longer = "".join(w.word for w in [*line, word]).strip()
+            if line and (
+                max_words is not None
+                and len(line) >= max_words
+                or max_chars is not None
+                and len(longer) > max_chars
+            ):
+                add(seg, line)
+                line = []
+            line.append(word)
+        add(seg, line)
+    return cues
+
+
+CUE_FORMATS = ("srt", "vtt")  # the formats ``split_cues`` applies to
+
+
 def write_result(
     segments: Iterable[Segment],
     info: TranscriptionInfo,
     output_dir: str | os.PathLike[str],
     stem: str,
     formats: str | Iterable[str] = "all",
+    max_words_per_cue: int | None = None,
+    max_chars_per_cue: int | None = None,
 ) -> list[Path]:
     """Write ``<output_dir>/<stem>.<fmt>`` for each format (``"all"`` = :data:`FORMATS`).
 
     ``segments`` may be a lazy iterator; it is consumed once. ``output_dir`` (and the folders
     in a ``stem`` from ``output_names``) is created if missing. Each file is UTF-8 and
-    written atomically. Returns the paths written, in order.
+    written atomically. With ``max_words_per_cue`` or ``max_chars_per_cue`` the subtitle
+    formats (srt, vtt) hold cues of at most that many words / characters (``split_cues``,
+    for segments with word timestamps). Returns the paths written, in order.
     """
     names = resolve_formats(formats)
     segments = list(segments)
+    cues = segments
+    if max_words_per_cue is not None or max_chars_per_cue is not None:
+        cues = split_cues(segments, max_words_per_cue, max_chars_per_cue)
     paths = []
     for name in names:
         path = output_path(output_dir, stem, name)
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(path, _FORMATTERS[name](segments, info))
+        _write_atomic(path, _FORMATTERS[name](cues if name in CUE_FORMATS else segments, info))
         paths.append(path)
     return paths

@@ -30,8 +30,7 @@ from whisperforge.fileio import atomic_folder
 from whisperforge.models.convert import save_model_files, write_processor_files
 from whisperforge.models.ct2 import QUANTIZATIONS, hf_to_ct2_variables, write_ct2_model
 from whisperforge.models.loading import ModelBundle, load_model
-from whisperforge.models.student import STUDENT_FILE, is_student_folder
-from whisperforge.models.zoo import zoo_path
+from whisperforge.models.loading import remap_alignment_heads as remap_alignment_heads
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +89,7 @@ def export_model(
     bundle = load_model(model)
     if out.resolve() == bundle.path.resolve():
         raise ExportError(f"{out} is the model's own folder; export to another folder")
-    heads = alignment_heads_for(bundle, _student_layer_map(model))
+    heads = [list(pair) for pair in bundle.alignment_heads]
     writer = _write_ct2 if options.format == "ct2" else _write_hf
     with atomic_folder(out) as tmp:
         writer(bundle, heads, options.quantization, tmp)
@@ -105,54 +104,8 @@ def _check_destination(out: Path, overwrite: bool) -> None:
         raise ExportError(f"{out} is not empty; choose another folder or pass --overwrite")
 
 
-# -- alignment heads ----------------------------------------------------------------------
-
-
-def _student_layer_map(model: str | Path) -> list[int] | None:
-    """Teacher decoder layer of each student layer, when ``model`` is a student delta folder."""
-    path = zoo_path(str(model)) or Path(str(model)).expanduser()
-    if not (path.is_dir() and is_student_folder(path)):
-        return None
-    return json.loads((path / STUDENT_FILE).read_text())["layers"]["decoder"]
-
-
-def remap_alignment_heads(
-    heads: list[list[int]], n_layers: int, n_heads: int, layer_map: list[int] | None = None
-) -> list[list[int]]:
-    """``[layer, head]`` pairs of cross-attention heads that follow the audio timing (word
-    timestamps), valid for a decoder of ``n_layers`` x ``n_heads``.
-
-    With ``layer_map`` (student layer -> teacher layer) teacher heads in kept layers are
-    renumbered and the others dropped; without it heads outside the decoder are dropped. When
-    none is left: every head of the upper half of the layers (openai-whisper's default).
-    """
-    if layer_map is not None:
-        student_of = {teacher: student for student, teacher in enumerate(layer_map)}
-        kept = [[student_of[layer], head] for layer, head in heads if layer in student_of]
-    else:
-        kept = [[layer, head] for layer, head in heads if layer < n_layers]
-    kept = [[layer, head] for layer, head in kept if head < n_heads]
-    return kept or [[layer, h] for layer in range(n_layers // 2, n_layers) for h in range(n_heads)]
-
-
-def alignment_heads_for(bundle: ModelBundle, layer_map: list[int] | None) -> list[list[int]]:
-    """The model's alignment heads, fitted to its decoder (students keep fewer layers)."""
-    config = bundle.model.config
-    heads = _generation_config(bundle.path).get("alignment_heads") or []
-    if layer_map is None and _stamp(bundle.path).get("student_of"):
-        heads = []  # a rebuilt student whose layer map is not at hand: the teacher's don't fit
-    return remap_alignment_heads(
-        heads, config.decoder_layers, config.decoder_attention_heads, layer_map
-    )
-
-
 def _generation_config(folder: Path) -> dict:
     path = folder / "generation_config.json"
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def _stamp(folder: Path) -> dict:
-    path = folder / "whisperforge.json"
     return json.loads(path.read_text()) if path.exists() else {}
 
 

@@ -287,6 +287,42 @@ class InferenceSession:
         out = torch.mm(self.embed, rows.t())[:, :n].t()
         return out.float().contiguous().reshape(*lead, -1)
 
+    @torch.inference_mode()
+    def cross_attention(
+        self, audio_features: Tensor, tokens: Tensor, heads: list[tuple[int, int]]
+    ) -> tuple[Tensor, Tensor]:
+        """One teacher-forced (causal) pass over ``tokens`` ``(rows, n)`` without a cache:
+        the cross-attention weights of ``heads`` (``(layer, head)`` pairs) ``(rows,
+        len(heads), n, n_audio_ctx)``, softmax over ``audio_features``' frames, and the
+        logits ``(rows, n, vocab)``. Word timestamps read the weights (``timing``)."""
+        n = tokens.shape[1]
+        x = F.embedding(tokens, self.embed) + self.positions[:n]
+        wanted: dict[int, list[int]] = {}
+        for layer, head in heads:
+            wanted.setdefault(layer, []).append(head)
+        found: dict[tuple[int, int], Tensor] = {}
+        for i, layer in enumerate(self.layers):
+            h = F.layer_norm(x, (self.d_model,), *layer.ln1)
+            q, k, v = map(self._heads, F.linear(h, layer.qkv_w, layer.qkv_b).chunk(3, dim=-1))
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            x = x + F.linear(self._merge(a), layer.out_w, layer.out_b)
+            h = F.layer_norm(x, (self.d_model,), *layer.ln2)
+            q = self._heads(F.linear(h, layer.cq_w, layer.cq_b))
+            k, v = map(self._heads, F.linear(audio_features, layer.ckv_w, layer.ckv_b).chunk(2, -1))
+            if i in wanted:
+                weights = (q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5).softmax(-1)
+                a = weights @ v
+                found.update({(i, hd): weights[:, hd] for hd in wanted[i]})
+            else:
+                a = F.scaled_dot_product_attention(q, k, v)
+            x = x + F.linear(self._merge(a), layer.cout_w, layer.cout_b)
+            h = F.layer_norm(x, (self.d_model,), *layer.ln3)
+            x = x + F.linear(
+                F.gelu(F.linear(h, layer.fc1_w, layer.fc1_b)), layer.fc2_w, layer.fc2_b
+            )
+        logits = self.logits(F.layer_norm(x, (self.d_model,), *self.final_ln))
+        return torch.stack([found[tuple(pair)] for pair in heads], dim=1), logits
+
     def _run(self, state: DecoderState, tokens: Tensor, pos: Tensor, allowed: Tensor) -> Tensor:
         t = tokens.shape[1]
         lo, hi = state.length, state.length + t

@@ -171,6 +171,29 @@ class ModelBundle:
         return bool(getattr(self.model.config, "vad", False))
 
     @property
+    def alignment_heads(self) -> list[tuple[int, int]]:
+        """``(layer, head)`` cross-attention heads that follow the audio's timing (word
+        timestamps; exports write them for faster-whisper): ``alignment_heads`` of the
+        folder's ``generation_config.json`` fitted to this decoder. A student rebuilt from a
+        delta carries its teacher's, renumbered to the layers it kept
+        (``materialize_student``); where none fit, every head of the upper half of the
+        decoder layers (openai-whisper's default)."""
+        config = self.model.config
+        generation = self.path / "generation_config.json"
+        heads = None
+        if generation.exists():
+            heads = json.loads(generation.read_text()).get("alignment_heads")
+        stamp = self.path / "whisperforge.json"
+        if stamp.exists():
+            meta = json.loads(stamp.read_text())
+            if meta.get("student_of") and "decoder_layers" not in meta:
+                heads = None  # the teacher's heads, not fitted to the student's layers
+        pairs = remap_alignment_heads(
+            heads or [], config.decoder_layers, config.decoder_attention_heads
+        )
+        return [(layer, head) for layer, head in pairs]
+
+    @property
     def n_mels(self) -> int:
         return self.model.config.num_mel_bins
 
@@ -184,6 +207,25 @@ class ModelBundle:
         ``tokenizer``'s vocabulary; ``path`` is where its tokenizer files live."""
         suppress = list(model.config.suppress_tokens or []) + tokenizer.non_speech_suppression()
         return cls(name, Path(path), model, tokenizer, sorted(set(suppress)))
+
+
+def remap_alignment_heads(
+    heads: list[list[int]], n_layers: int, n_heads: int, layer_map: list[int] | None = None
+) -> list[list[int]]:
+    """``[layer, head]`` pairs of cross-attention heads that follow the audio timing (word
+    timestamps), valid for a decoder of ``n_layers`` x ``n_heads``.
+
+    With ``layer_map`` (student layer -> teacher layer) teacher heads in kept layers are
+    renumbered and the others dropped; without it heads outside the decoder are dropped. When
+    none is left: every head of the upper half of the layers (openai-whisper's default).
+    """
+    if layer_map is not None:
+        student_of = {teacher: student for student, teacher in enumerate(layer_map)}
+        kept = [[student_of[layer], head] for layer, head in heads if layer in student_of]
+    else:
+        kept = [[layer, head] for layer, head in heads if layer < n_layers]
+    kept = [[layer, head] for layer, head in kept if head < n_heads]
+    return kept or [[layer, h] for layer in range(n_layers // 2, n_layers) for h in range(n_heads)]
 
 
 def _is_multilingual(folder: Path, config) -> bool:

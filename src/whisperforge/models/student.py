@@ -156,12 +156,35 @@ def student_from_delta(folder: Path, teacher: torch.nn.Module) -> tuple[torch.nn
     return student, layer_map
 
 
+# what a rebuilt folder holds beside the weights; a change rebuilds cached students
+_LAYOUT = b"generation_config with the student's alignment heads"
+
+
+def _write_generation_config(teacher: Path, decoder_layers: list[int], config, out: Path) -> None:
+    """The teacher's ``generation_config.json`` with its alignment heads renumbered to the
+    decoder layers the student kept (word timestamps read them)."""
+    from whisperforge.models.loading import remap_alignment_heads
+
+    path = teacher / "generation_config.json"
+    if not path.exists():
+        return
+    generation = json.loads(path.read_text())
+    generation["alignment_heads"] = remap_alignment_heads(
+        generation.get("alignment_heads") or [],
+        config.decoder_layers,
+        config.decoder_attention_heads,
+        decoder_layers,
+    )
+    (out / "generation_config.json").write_text(json.dumps(generation, indent=2))
+
+
 def materialize_student(folder: Path, cache_root: Path) -> Path:
     """A full Hugging Face folder for the student delta in ``folder`` (built once, cached)."""
     from whisperforge.models.loading import load_model
 
     digest = hashlib.sha256((folder / DELTA_FILE).read_bytes())
     digest.update((folder / STUDENT_FILE).read_bytes())
+    digest.update(_LAYOUT)
     dest = cache_root / f"student-{folder.name}-{digest.hexdigest()[:12]}"
     if cache_entry_ready(dest):
         return dest
@@ -170,13 +193,13 @@ def materialize_student(folder: Path, cache_root: Path) -> Path:
             return dest
         meta = read_student_meta(folder)
         teacher = load_model(meta["teacher"])
-        student, _ = student_from_delta(folder, teacher.model)
+        student, layer_map = student_from_delta(folder, teacher.model)
         with atomic_folder(dest) as tmp:
             save_model_files(student, tmp)
-            for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json",
-                         "preprocessor_config.json"):  # fmt: skip
+            for name in ("tokenizer.json", "tokenizer_config.json", "preprocessor_config.json"):
                 if (teacher.path / name).exists():
                     shutil.copy(teacher.path / name, tmp / name)
-            stamp = {"student_of": meta["teacher"]}
+            _write_generation_config(teacher.path, layer_map["decoder"], student.config, tmp)
+            stamp = {"student_of": meta["teacher"], "decoder_layers": layer_map["decoder"]}
             (tmp / "whisperforge.json").write_text(json.dumps(stamp))
     return dest

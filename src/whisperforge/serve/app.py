@@ -47,7 +47,7 @@ from whisperforge.serve.settings import OPENAI_DEFAULT_ALIAS, ServeSettings, vad
 logger = logging.getLogger(__name__)
 
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
-GRANULARITIES = ("segment",)  # word timestamps are not implemented
+GRANULARITIES = ("segment", "word")
 FORM_OVERHEAD_BYTES = 64 * 1024  # room for the form's other fields and part headers
 MEDIA_TYPES = {"text": "text/plain", "srt": "application/x-subrip", "vtt": "text/vtt"}
 
@@ -325,9 +325,11 @@ def _language_name(code: str) -> str:
     return LANGUAGES.get(code, code)
 
 
-def _verbose(segments, info, task: str) -> dict[str, Any]:
-    """OpenAI's ``verbose_json``: task, language name, duration, text, segments."""
-    return {
+def _verbose(segments, info, task: str, granularities: tuple[str, ...] = ()) -> dict[str, Any]:
+    """OpenAI's ``verbose_json``: task, language name, duration, text, segments; with the
+    ``word`` granularity ``words`` too (``word``, ``start``, ``end``: OpenAI's fields), and
+    with only that one no segments, as OpenAI answers."""
+    body = {
         "task": task,
         "language": _language_name(info.language),
         "duration": round(info.duration, 3),
@@ -351,6 +353,15 @@ def _verbose(segments, info, task: str) -> dict[str, Any]:
         **({} if info.duration_after_vad is None else
            {"duration_after_vad": round(info.duration_after_vad, 3)}),
     }  # fmt: skip
+    if "word" in granularities:
+        body["words"] = [
+            {"word": w.word.strip(), "start": w.start, "end": w.end}
+            for s in segments
+            for w in s.words or ()
+        ]
+        if "segment" not in granularities:
+            del body["segments"]
+    return body
 
 
 def _finite(value: Any) -> Any:
@@ -364,14 +375,16 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def render(segments, info, response_format: str, task: str) -> Response:
+def render(
+    segments, info, response_format: str, task: str, granularities: tuple[str, ...] = ()
+) -> Response:
     """The response body in ``response_format`` (checked already)."""
     from whisperforge.writers import format_result
 
     if response_format == "json":
         return JSONResponse({"text": "".join(s.text for s in segments).strip()})
     if response_format == "verbose_json":
-        return JSONResponse(_finite(_verbose(segments, info, task)))
+        return JSONResponse(_finite(_verbose(segments, info, task, granularities)))
     text = (
         "".join(s.text for s in segments).strip() + "\n"
         if response_format == "text"
@@ -390,6 +403,7 @@ class _Job:
     filename: str
     options: dict[str, Any]
     response_format: str
+    granularities: tuple[str, ...] = ()
 
 
 def _language_option(language: str | None) -> str | None:
@@ -421,9 +435,14 @@ def _check_form(
     for g in grans or []:
         if g not in GRANULARITIES:
             raise APIError(
-                400, f"timestamp_granularities {g!r} is not supported; use 'segment'",
+                400, f"timestamp_granularities {g!r} is not supported; use 'segment' or 'word'",
                 param="timestamp_granularities", code="invalid_value",
             )  # fmt: skip
+    if "word" in (grans or []) and fmt != "verbose_json":
+        raise APIError(
+            400, "timestamp_granularities 'word' needs response_format verbose_json",
+            param="timestamp_granularities", code="invalid_value",
+        )  # fmt: skip
     if temperature is not None and not 0 <= temperature <= 1:
         raise APIError(400, "temperature must be between 0 and 1", param="temperature")
     options: dict[str, Any] = {"task": task}
@@ -433,6 +452,8 @@ def _check_form(
         options["initial_prompt"] = prompt
     if temperature:  # OpenAI: 0 (the default) means "raise it automatically when needed"
         options["temperature"] = (temperature,)
+    if "word" in (grans or []):
+        options["word_timestamps"] = True
     vad = _vad_option(pool.settings, vad)
     if vad is not None:
         options["vad"] = vad
@@ -498,14 +519,15 @@ async def _handle(request: Request, task: str, file: UploadFile, form: dict) -> 
     pool: ModelPool = app.state.pool
     name, options, fmt = _check_form(pool, task, **form)
     data = await _read_upload(request, file)
-    job = _Job(name, data, file.filename or "upload", options, fmt)
+    grans = tuple(form.get("grans") or ())
+    job = _Job(name, data, file.filename or "upload", options, fmt, grans)
     started = time.perf_counter()
     async with app.state.admission.slot():
         segments, info = await run_in_threadpool(_run_job, pool, app.state.settings, job)
     logger.info(
         "%s %s %.1f s audio in %.2f s", task, name, info.duration, time.perf_counter() - started
     )
-    return render(segments, info, fmt, task)
+    return render(segments, info, fmt, task, job.granularities)
 
 
 # -- speech tokens -------------------------------------------------------------------------
