@@ -168,7 +168,7 @@ def run_benchmark(args: argparse.Namespace, clips: list[Clip], note: str) -> dic
                 out, wall = transcribe_words(transcriber, audio, words)
                 walls[words].append(wall)
                 found = out if words else found
-        timing.trim_to_sound = lambda starts, ends, quiet: (starts, ends)
+        timing.trim_to_sound = lambda starts, ends, *_: (starts, ends)
         try:
             raw, _ = transcribe_words(transcriber, audio, True)
         finally:

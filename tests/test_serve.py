@@ -318,8 +318,11 @@ def test_index_page_and_static_files(client):
     page = client.get("/")
     assert page.status_code == 200 and "<title>whisperforge</title>" in page.text
     assert "http" not in page.text.split("<body>")[0].replace('href="/static', "")  # no CDN
-    assert client.get("/static/app.js").status_code == 200
+    script = client.get("/static/app.js")
+    assert script.status_code == 200
     assert client.get("/static/app.css").status_code == 200
+    # the word-timing box asks for the word granularity the API answers (test_verbose_json_...)
+    assert 'id="words"' in page.text and '"timestamp_granularities[]", "word"' in script.text
 
 
 def test_settings_from_env_and_flags(monkeypatch):

@@ -100,6 +100,39 @@ def test_web_page_transcribes_an_upload_side_by_side(server_url, tmp_path):
     assert (tmp_path / "serve-demo.png").stat().st_size > 10_000
 
 
+def test_web_page_words_play_from_where_they_are_spoken(server_url):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=[*CHROMIUM_ARGS, "--autoplay-policy=no-user-gesture-required"],
+        )
+        try:
+            page = browser.new_page()
+            page.goto(server_url + "/")
+            page.fill("#api-key", "test-key")
+            page.press("#api-key", "Enter")
+            page.wait_for_selector("#models input[value='whisper-tiny.en']")
+            page.check("#words")
+            page.set_input_files("#file", str(JFK))
+            page.click("#go")
+            page.wait_for_selector(".result[data-done]", timeout=120_000)
+            words = page.eval_on_selector_all(
+                ".result .word", "els => els.map(e => [e.textContent, +e.dataset.start])"
+            )
+            text = page.text_content(".result .text")
+            country = [start for word, start in words if word.startswith("country")][0]
+            page.click(f".result .word[data-start='{country:g}']")
+            page.wait_for_selector(".result .word.now", timeout=10_000)
+            played = page.evaluate("document.getElementById('player').currentTime")
+        finally:
+            browser.close()
+    assert len(words) == len(JFK_TEXT.split())
+    assert word_errors(JFK_TEXT, text).wer < 0.15, text
+    assert all(a <= b for (_, a), (_, b) in zip(words, words[1:]))
+    assert country <= played < country + 3  # playing from the word clicked
+
+
 def test_queue_limit_over_real_http():
     """With no queue, requests that arrive while one runs get 429; the server stays healthy."""
     import asyncio

@@ -152,6 +152,7 @@ function fill(div, body, seconds) {
   div.querySelector(".meta").textContent = body.language + " · " + body.duration.toFixed(1) +
     " s audio" + speechNote(body) + " · " + seconds.toFixed(1) + " s";
   div.querySelector(".text").textContent = body.text;
+  if (body.words && body.words.length) showWords(div.querySelector(".text"), body.words);
   const list = div.querySelector(".segments");
   for (const seg of body.segments) {
     const li = document.createElement("li");
@@ -164,6 +165,32 @@ function fill(div, body, seconds) {
   }
   div.dataset.done = "1";
 }
+
+// the text as its timed words: a click plays from the word, the word being played is marked
+function showWords(p, words) {
+  p.textContent = "";
+  for (const w of words) {
+    const span = document.createElement("span");
+    span.className = "word";
+    span.textContent = w.word;
+    span.title = stamp(w.start) + " → " + stamp(w.end);
+    span.dataset.start = w.start;
+    span.dataset.end = w.end;
+    span.addEventListener("click", () => {
+      const player = $("player");
+      player.currentTime = w.start;
+      player.play();
+    });
+    p.append(span, " ");
+  }
+}
+
+$("player").addEventListener("timeupdate", () => {
+  const t = $("player").currentTime;
+  for (const span of document.querySelectorAll(".result .word")) {
+    span.classList.toggle("now", t >= +span.dataset.start && t < +span.dataset.end);
+  }
+});
 
 function fail(div, message) {
   const spinner = div.querySelector(".spinner");
@@ -232,6 +259,7 @@ async function runOne(model, div) {
   form.append("model", model);
   form.append("response_format", "verbose_json");
   form.append("timestamp_granularities[]", "segment");
+  if ($("words").checked) form.append("timestamp_granularities[]", "word");
   const language = $("language").value.trim();
   const task = $("task").value;
   if (language && task === "transcribe") form.append("language", language);
