@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from whisperforge.fileio import append_lines, atomic_folder, resume_jsonl, write_text_atomic
@@ -61,3 +63,26 @@ def test_resume_jsonl_drops_a_cut_last_line_and_appending_goes_on(tmp_path):
     path.write_text('{"a": 1}\nnot json\n')
     with pytest.raises(ValueError, match="rows.jsonl:2: not a JSON line"):
         resume_jsonl(path)
+
+
+def test_a_journal_is_resumed_and_one_damaged_inside_is_started_again(tmp_path, caplog):
+    from whisperforge.recipes.evaluate import open_journal
+
+    path = tmp_path / "r.json.partial.jsonl"
+    header = {"journal": "test", "items": "abc"}
+    assert open_journal(None, header) == ([], None)
+    lines, handle = open_journal(path, header)
+    append_lines(handle, ['{"key": "0"}', '{"key": "1"}'])
+    handle.close()
+    with open(path, "a") as cut:
+        cut.write('{"key": "2", "ro')  # killed mid-line: dropped, the rest kept
+    lines, handle = open_journal(path, header)
+    handle.close()
+    assert lines == [{"key": "0"}, {"key": "1"}]
+    assert open_journal(path, {**header, "items": "other"})[1].close() is None  # afresh
+    assert path.read_text() == json.dumps({**header, "items": "other"}) + "\n"
+    path.write_text(json.dumps(header) + '\n{"key": "0"}\nnot json\n{"key": "1"}\n')
+    lines, handle = open_journal(path, header)
+    handle.close()
+    assert lines == [] and "starting the journal again" in caplog.text
+    assert path.read_text() == json.dumps(header) + "\n"

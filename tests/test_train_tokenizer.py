@@ -277,6 +277,54 @@ def test_evaluate_reports_both_wers_bitrates_and_usage(trained, data, tmp_path, 
     assert json.loads(bf16_path.read_text())["encoder_dtype"] == "bfloat16"
 
 
+def test_a_killed_tokenizer_evaluation_resumes_from_its_journal(trained, data, tmp_path):
+    from whisperforge.recipes.evaluate import usable_items
+    from whisperforge.recipes.evaluate_tokens import evaluate_tokens
+
+    tok = SpeechTokenizer.load(trained / "tokenizer")
+    six = data["a"].parent / "six.jsonl"  # both manifests: 6 clips
+    six.write_text(data["a"].read_text() + data["b"].read_text())
+    items, _ = usable_items(six)
+    assert len(items) == 6
+    whole = evaluate_tokens(tok, items, batch_size=2)
+    journal = tmp_path / "r.json.partial.jsonl"
+    calls = []
+
+    def kill_at_the_second_batch(seconds):
+        calls.append(seconds)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_tokens(tok, items, batch_size=2, progress=kill_at_the_second_batch,
+                        journal=journal)  # fmt: skip
+    # one window an item: after two batches the first three are finished (the fourth may
+    # have more windows to come)
+    assert len(journal.read_text().splitlines()) == 1 + 3
+    resumed = evaluate_tokens(tok, items, batch_size=2, journal=journal)
+    assert resumed["resumed"] == 3 and whole["resumed"] == 0
+    for key in ("wer", "cer", "tokens", "codebook", "bitrate", "teacher"):
+        assert resumed[key] == whole[key], key
+    assert [r["hypothesis"] for r in resumed["per_utterance"]] == [
+        r["hypothesis"] for r in whole["per_utterance"]
+    ]
+    # another run (other options) starts the journal afresh
+    again = evaluate_tokens(tok, items, batch_size=3, journal=journal)
+    assert again["resumed"] == 0 and again["wer"] == whole["wer"]
+    # the command removes it once the report is written
+    report = tmp_path / "r.json"
+    args = ["tokenizer", "evaluate", "--manifest", str(six), "--model",
+            str(trained / "tokenizer"), "--batch-size", "2", "-q"]  # fmt: skip
+    journal.unlink()
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_tokens(tok, items, batch_size=2, progress=kill_at_the_second_batch,
+                        journal=journal, name=str(trained / "tokenizer"))  # fmt: skip
+    assert main([*args, "--report", str(report)]) == 0
+    written = json.loads(report.read_text())
+    assert written["resumed"] == 3 and written["wer"] == whole["wer"] and not journal.exists()
+
+
 def test_evaluate_with_vad_reads_only_the_speech(trained, data, tmp_path, capsys):
     import soundfile as sf
 

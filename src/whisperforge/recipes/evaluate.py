@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import platform
 import time
@@ -24,6 +25,8 @@ import torch
 from whisperforge.fileio import append_lines, resume_jsonl
 from whisperforge.metrics import char_errors, repeated_ngram_count, word_errors
 from whisperforge.transcribe import Transcriber
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -111,24 +114,16 @@ def evaluate(
     resumes. The caller removes the journal once the report is written.
     """
     items = list(items)
-    keys = [f"{n}:{item.id or item.audio}" for n, item in enumerate(items)]
+    keys = item_keys(items)
     header = {
         "journal": "whisperforge evaluate",
         "model": transcriber.bundle.name,
         "options": json.loads(json.dumps(options, default=str)),
         "items": hashlib.sha256("\n".join(keys).encode()).hexdigest(),
     }
-    done, earlier, handle = {}, 0.0, None
-    if journal is not None:
-        journal = Path(journal)
-        lines = resume_jsonl(journal) if journal.exists() else []
-        if lines and lines[0] == header:  # failed files are tried again
-            done = {line["key"]: line for line in lines[1:] if "row" in line}
-            earlier = max((line["wall"] for line in lines[1:]), default=0.0)
-        else:
-            journal.parent.mkdir(parents=True, exist_ok=True)
-            journal.write_text(json.dumps(header) + "\n", encoding="utf-8")
-        handle = open(journal, "a", encoding="utf-8")  # closed below
+    lines, handle = open_journal(journal, header)
+    done = {line["key"]: line for line in lines if "row" in line}  # failed: tried again
+    earlier = max((line["wall"] for line in lines), default=0.0)
     start = time.perf_counter()
     for key in keys:
         if key in done and progress:
@@ -178,6 +173,31 @@ def evaluate(
         resumed=len(items) - len(todo),
     )
     return report
+
+
+def item_keys(items: list[EvalItem]) -> list[str]:
+    """A key per item for a journal: its place and its id (or audio)."""
+    return [f"{n}:{item.id or item.audio}" for n, item in enumerate(items)]
+
+
+def open_journal(journal: str | Path | None, header: dict) -> tuple[list[dict], object]:
+    """The lines a killed run left in ``journal`` after its ``header`` (none when the
+    header differs: another model, other options or utterances, or when a line other than
+    a cut-off last one is damaged; the journal then starts again) and a handle appending
+    to it; ``([], None)`` without a journal."""
+    if journal is None:
+        return [], None
+    journal = Path(journal)
+    try:
+        lines = resume_jsonl(journal) if journal.exists() else []
+    except ValueError as error:  # damaged beyond a cut-off last line: only a cache
+        logger.warning("%s; starting the journal again", error)
+        lines = []
+    if not lines or lines[0] != header:
+        journal.parent.mkdir(parents=True, exist_ok=True)
+        journal.write_text(json.dumps(header) + "\n", encoding="utf-8")
+        lines = [header]
+    return lines[1:], open(journal, "a", encoding="utf-8")
 
 
 def rates_by(rows: list[dict], key: str) -> dict:

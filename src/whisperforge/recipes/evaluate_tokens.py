@@ -24,19 +24,25 @@ the same states), the time each stage took and the machine.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 
 from whisperforge.audio import N_SAMPLES, SAMPLE_RATE, AudioError, load_audio
 from whisperforge.decoding import DecodingOptions, detect_language
+from whisperforge.fileio import append_lines
 from whisperforge.models.vq import codebook_usage
 from whisperforge.recipes.evaluate import (
     EvalItem,
+    item_keys,
     machine_info,
+    open_journal,
     rates_by,
     score_utterance,
     summarize,
@@ -73,14 +79,17 @@ class _Outputs:
     failed: dict[int, str] = field(default_factory=dict)
 
 
-def _windows(items: list[EvalItem], outputs: _Outputs, vad: VadOptions | None
-             ) -> Iterator[_Window]:  # fmt: skip
+def _windows(items: list[EvalItem], outputs: _Outputs, vad: VadOptions | None,
+             skip: set[int] = frozenset()) -> Iterator[_Window]:  # fmt: skip
     """Consecutive 30 s windows of each item (of its speech only, with ``vad``), decoded one
     item at a time; an item that cannot be decoded is recorded in ``outputs.failed``, one in
-    which VAD finds no speech has no windows (its hypotheses are empty). Each window's
-    ``seconds`` share the item's whole duration, so that progress reaches the total."""
+    which VAD finds no speech has no windows (its hypotheses are empty), the items in
+    ``skip`` (done by an earlier run) are not read. Each window's ``seconds`` share the
+    item's whole duration, so that progress reaches the total."""
     unseen = 0.0  # seconds of items without windows, passed on to the next window
     for index, item in enumerate(items):
+        if index in skip:
+            continue
         try:
             audio = load_audio(item.audio)
         except AudioError as error:
@@ -221,6 +230,7 @@ def evaluate_tokens(
     progress: Callable[[float], None] | None = None,
     teacher: list[str] | None = None,
     vad: VadOptions | None = None,
+    journal: str | Path | None = None,
 ) -> dict:
     """Transcribe ``items`` from speech tokens and with the continuous teacher; score both.
 
@@ -228,7 +238,12 @@ def evaluate_tokens(
     for the report; ``progress`` gets the seconds of audio of each finished batch of
     windows (with ``vad``, the cut silences included); ``teacher``: each item's teacher transcript
     (``teacher_texts``) instead of decoding it again; ``vad``: both paths read only the
-    speech VAD finds. Returns the report (module docstring).
+    speech VAD finds. With ``journal`` (a JSONL path) each finished utterance's outputs are
+    appended to it, and a run that finds a journal of the same tokenizer, options and items
+    takes the utterances it holds instead of reading them again (``report["resumed"]``;
+    their time counts in the throughput; files that failed are tried again): a killed
+    evaluation resumes. The caller removes the journal once the report is written. Returns
+    the report (module docstring).
     """
     items = list(items)
     options = options or DecodingOptions(without_timestamps=True)
@@ -236,27 +251,83 @@ def evaluate_tokens(
     outputs = _Outputs([[] for _ in range(n)], [[] for _ in range(n)], [[] for _ in range(n)],
                        [0] * n, [0] * n)  # fmt: skip
     timing, languages = _Timing(), [None] * n
+    record = _options_record(options, language, batch_size, vad)
+    keys = item_keys(items)
+    header = {
+        "journal": "whisperforge tokenizer evaluate",
+        "model": name, "teacher_model": tokenizer.teacher,
+        "encoder_dtype": tokenizer.encoder_dtype, "teacher_given": teacher is not None,
+        "options": json.loads(json.dumps(record, default=str)),
+        "items": hashlib.sha256("\n".join(keys).encode()).hexdigest(),
+    }  # fmt: skip
+    lines, handle = open_journal(journal, header)
+    done = _restore(lines, keys, outputs, languages)
+    earlier = lines[-1] if lines else {"wall": 0.0, "timing": {}}
+    if progress is not None and done:
+        progress(sum(outputs.samples[i] for i in done) / SAMPLE_RATE)
     begin = time.perf_counter()
-    for batch in _batched(_windows(items, outputs, vad), batch_size):
-        work = [w for w in batch if w.item >= 0]
-        if work:
-            found = _run_batch(tokenizer, work, items, language, options, outputs, timing,
-                               teacher=teacher is None)  # fmt: skip
-            for w, lang in zip(work, found):
-                languages[w.item] = languages[w.item] or lang
-        if progress is not None:
-            progress(sum(w.seconds for w in batch))
-    wall = time.perf_counter() - begin
+    written = 0  # items before this index are in the journal, done before or failed
+    try:
+        for batch in _batched(_windows(items, outputs, vad, done), batch_size):
+            work = [w for w in batch if w.item >= 0]
+            if work:
+                found = _run_batch(tokenizer, work, items, language, options, outputs, timing,
+                                   teacher=teacher is None)  # fmt: skip
+                for w, lang in zip(work, found):
+                    languages[w.item] = languages[w.item] or lang
+            # an item is finished once a later one has started (or every item has)
+            last = max(w.item for w in work) if work else n
+            if handle is not None:
+                wall = earlier["wall"] + time.perf_counter() - begin
+                finished = [i for i in range(written, last) if i not in done]
+                append_lines(handle, [
+                    json.dumps(_journal_line(keys[i], i, outputs, languages, timing,
+                                             earlier["timing"], wall)) for i in finished
+                    if i not in outputs.failed
+                ])  # fmt: skip
+            written = max(written, last)
+            if progress is not None:
+                progress(sum(w.seconds for w in batch))
+    finally:
+        if handle is not None:
+            handle.close()
+    wall = earlier["wall"] + time.perf_counter() - begin
+    for key, value in earlier["timing"].items():
+        setattr(timing, key, getattr(timing, key) + value)
     if teacher is not None:
         outputs.teacher = [[text] for text in teacher]
-    record = _options_record(options, language, batch_size, vad)
     report = _report(tokenizer, items, outputs, languages, timing, wall, record)
+    report["resumed"] = len(done)
     if vad is not None:
         kept = sum(outputs.kept[i] for i in range(n) if i not in outputs.failed)
         report["duration_after_vad"] = round(kept / SAMPLE_RATE, 3)
     if teacher is not None:
         report["timing"]["teacher_throughput"] = None  # not decoded in this run
     return {"model": name, **report}
+
+
+def _journal_line(key, i, outputs: _Outputs, languages, timing: _Timing, earlier: dict,
+                  wall: float) -> dict:  # fmt: skip
+    """What a resumed run needs of finished item ``i``, with the time spent so far."""
+    spent = {k: v + earlier.get(k, 0.0) for k, v in asdict(timing).items()}
+    return {"key": key, "ids": outputs.ids[i], "tokens": outputs.tokens[i],
+            "teacher": outputs.teacher[i], "samples": outputs.samples[i],
+            "kept": outputs.kept[i], "language": languages[i], "timing": spent,
+            "wall": wall}  # fmt: skip
+
+
+def _restore(lines: list[dict], keys: list[str], outputs: _Outputs, languages) -> set[int]:
+    """Put the journal's finished items into ``outputs``; returns their indices."""
+    index = {key: i for i, key in enumerate(keys)}
+    done = set()
+    for line in lines:
+        i = index[line["key"]]
+        outputs.ids[i], outputs.tokens[i] = line["ids"], line["tokens"]
+        outputs.teacher[i] = line["teacher"]
+        outputs.samples[i], outputs.kept[i] = line["samples"], line["kept"]
+        languages[i] = line["language"]
+        done.add(i)
+    return done
 
 
 def _rows(items, outputs: _Outputs, languages) -> tuple[list[dict], list[dict]]:

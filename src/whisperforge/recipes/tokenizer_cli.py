@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from whisperforge.models.zoo import DEFAULT_TOKENIZER
@@ -68,17 +69,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise ValueError(f"--teacher-from {args.teacher_from}: {error}") from None
     seconds = sum(i.duration or 0.0 for i in items)
     bar = progress_bar(round(seconds, 1), unit="s", enabled=not args.quiet)
+    # with --report, finished utterances are kept next to it until the report is written,
+    # so a killed evaluation resumes where it stopped
+    journal = args.report.with_name(args.report.name + ".partial.jsonl") if args.report else None
     report = evaluate_tokens(
         tokenizer, items, language=args.language, options=options, batch_size=args.batch_size,
-        name=str(args.model), progress=bar.update, teacher=teacher, vad=vad,
+        name=str(args.model), progress=bar.update, teacher=teacher, vad=vad, journal=journal,
     )  # fmt: skip
     bar.close()
+    if report["resumed"]:
+        print(f"resumed: {report['resumed']} of {len(items)} utterances from {journal}",
+              file=sys.stderr)  # fmt: skip
     report |= {"manifest": str(args.manifest), "skipped": skipped}
     if args.teacher_from:
         report["teacher_from"] = str(args.teacher_from)
     print_report(report)
     if args.report:
         write_report(report, args.report)
+        journal.unlink(missing_ok=True)
         print(f"report written to {args.report}")
     return 1 if report["failed"] else 0
 
