@@ -97,6 +97,11 @@ def test_transcribe_cli_word_timestamps_and_subtitle_cues(capsys, tmp_path):
     code = main(["transcribe", str(JFK), "--model", "whisper-tiny.en", "--max-chars-per-cue",
                  "30", "--output-format", "srt", "--output-dir", str(tmp_path), "-q"])  # fmt: skip
     assert code == 2 and "add --word-timestamps" in capsys.readouterr().err
+    code = main(["transcribe", str(JFK), "--model", "whisper-tiny.en", "--word-timestamps",
+                 "--highlight-words", "--output-format", "vtt", "--output-dir", str(tmp_path),
+                 "-q"])  # fmt: skip
+    vtt = (tmp_path / "jfk.vtt").read_text()
+    assert code == 0 and vtt.count("<u>") == len(words) and "<u>country.</u>" in vtt
 
 
 def test_progress_in_a_log_is_plain_lines_and_quiet_hides_it():

@@ -196,3 +196,15 @@ def test_words_go_to_json_and_cue_limits_to_subtitles_only(tmp_path):
     assert [w["word"] for w in words] == [" one", " two", " three", " four", " five"]
     assert set(words[0]) == {"start", "end", "word", "probability"}
     assert "words" not in json.loads(format_result(SEGMENTS, INFO, "json"))["segments"][0]
+
+
+def test_highlighted_cues_underline_each_word_in_turn(tmp_path):
+    seg = _worded(1.0, "ask not")  # " ask" 1.0-1.4, " not" 1.5-1.9
+    cues = writers.highlight_cues([seg, SEGMENTS[0]])
+    assert [(c.start, c.end, c.text) for c in cues[:3]] == [
+        (1.0, 1.4, " <u>ask</u> not"), (1.4, 1.5, " ask not"), (1.5, 1.9, " ask <u>not</u>"),
+    ]  # fmt: skip
+    assert cues[3].text == SEGMENTS[0].text and [c.id for c in cues] == [0, 1, 2, 3]
+    write_result([seg], INFO, tmp_path, "k", ["srt", "txt"], highlight_words=True)
+    assert "00:00:01,500 --> 00:00:01,900\nask <u>not</u>" in (tmp_path / "k.srt").read_text()
+    assert (tmp_path / "k.txt").read_text() == "ask not\n"

@@ -166,8 +166,10 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     formats = args.output_format or "txt"
     cue_limits = [f"--{name}" for name in ("max-words-per-cue", "max-chars-per-cue")
                   if getattr(args, name.replace("-", "_")) is not None]  # fmt: skip
+    cue_limits += ["--highlight-words"] if args.highlight_words else []
     if cue_limits and not args.word_timestamps:
-        raise CLIError(f"{' and '.join(cue_limits)} cut subtitles at words: add --word-timestamps")
+        raise CLIError(f"{' and '.join(cue_limits)} time subtitles by words: add "
+                       "--word-timestamps")  # fmt: skip
     if any((getattr(args, n) or 1) < 1 for n in ("max_words_per_cue", "max_chars_per_cue")):
         raise CLIError("--max-words-per-cue and --max-chars-per-cue must be at least 1")
     out_dir = Path(args.output_dir or ".")
@@ -218,7 +220,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
         if write_files:
             for written in write_result(
                 result.segments, result.info, out_dir, names[path], formats,
-                args.max_words_per_cue, args.max_chars_per_cue,
+                args.max_words_per_cue, args.max_chars_per_cue, args.highlight_words,
             ):  # fmt: skip
                 logger.info("wrote %s", written)
     bar.close()
@@ -411,6 +413,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-chars-per-cue", type=int, default=None,
         help="srt/vtt: cues of at most this many characters, cut between words (needs "
+        "--word-timestamps)",
+    )  # fmt: skip
+    p.add_argument(
+        "--highlight-words", action="store_true",
+        help="srt/vtt: a cue per word with the word underlined, karaoke style (needs "
         "--word-timestamps)",
     )  # fmt: skip
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or transcript")

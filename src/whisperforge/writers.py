@@ -231,7 +231,28 @@ def split_cues(
     return cues
 
 
-CUE_FORMATS = ("srt", "vtt")  # the formats ``split_cues`` applies to
+def highlight_cues(cues: Iterable[Segment]) -> list[Segment]:
+    """Karaoke subtitles: each cue with words becomes one cue per word, timed by it, with
+    that word underlined (``<u>``) in the cue's text, and the plain text over the gaps
+    between words (openai-whisper's ``--highlight_words``). Cues without words stay."""
+    out: list[Segment] = []
+    for cue in cues:
+        if not cue.words:
+            out.append(replace(cue, id=len(out)))
+            continue
+        last = cue.start
+        for k, word in enumerate(cue.words):
+            if word.start > last:
+                out.append(replace(cue, id=len(out), start=last, end=word.start))
+            lead = word.word[: len(word.word) - len(word.word.lstrip())]
+            marked = f"{lead}<u>{word.word.lstrip()}</u>"
+            text = "".join(marked if j == k else w.word for j, w in enumerate(cue.words))
+            out.append(replace(cue, id=len(out), start=word.start, end=word.end, text=text))
+            last = word.end
+    return out
+
+
+CUE_FORMATS = ("srt", "vtt")  # the formats ``split_cues`` and ``highlight_cues`` apply to
 
 
 def write_result(
@@ -242,6 +263,7 @@ def write_result(
     formats: str | Iterable[str] = "all",
     max_words_per_cue: int | None = None,
     max_chars_per_cue: int | None = None,
+    highlight_words: bool = False,
 ) -> list[Path]:
     """Write ``<output_dir>/<stem>.<fmt>`` for each format (``"all"`` = :data:`FORMATS`).
 
@@ -249,13 +271,16 @@ def write_result(
     in a ``stem`` from ``output_names``) is created if missing. Each file is UTF-8 and
     written atomically. With ``max_words_per_cue`` or ``max_chars_per_cue`` the subtitle
     formats (srt, vtt) hold cues of at most that many words / characters (``split_cues``,
-    for segments with word timestamps). Returns the paths written, in order.
+    for segments with word timestamps), and with ``highlight_words`` one cue per word with
+    the word underlined (``highlight_cues``). Returns the paths written, in order.
     """
     names = resolve_formats(formats)
     segments = list(segments)
     cues = segments
     if max_words_per_cue is not None or max_chars_per_cue is not None:
         cues = split_cues(segments, max_words_per_cue, max_chars_per_cue)
+    if highlight_words:
+        cues = highlight_cues(cues)
     paths = []
     for name in names:
         path = output_path(output_dir, stem, name)
