@@ -136,9 +136,9 @@ def _words_of_units(units: list[_Unit], language: str | None) -> list[_Unit]:
     for unit in units:
         starts_word = unit.text.startswith(" ") or unit.text.strip() in string.punctuation
         if starts_word or not words:
-            words.append(_Unit(unit.text, list(unit.tokens), unit.start, unit.end, 0.0))
+            words.append(_Unit(unit.text, list(unit.tokens), unit.start, unit.end,
+                               unit.probability))  # fmt: skip
             counts.append(1)
-            words[-1].probability = unit.probability
             continue
         word = words[-1]
         word.text += unit.text
