@@ -57,6 +57,22 @@ def test_faster_whisper_transcribes_the_export(tiny_ct2):
     assert normalize_text(_faster_whisper_text(tiny_ct2)) == normalize_text(JFK_TEXT)
 
 
+def test_word_times_agree_with_faster_whisper_on_the_export(tiny_ct2):
+    """An independent implementation of the same method (CTranslate2's alignment, the
+    exported heads): the same words, and the same times but where whisperforge moves a
+    word off a pause (docs/transcribe.md, *Word timestamps*)."""
+    from whisperforge.transcribe import Transcriber
+
+    model = faster_whisper.WhisperModel(str(tiny_ct2), device="cpu", cpu_threads=2)
+    theirs = [w for s in model.transcribe(str(JFK), beam_size=1, language="en",
+                                          word_timestamps=True)[0] for w in s.words]  # fmt: skip
+    ours = [w for s in Transcriber("whisper-tiny.en").transcribe(str(JFK), word_timestamps=True)[0]
+            for w in s.words]  # fmt: skip
+    assert [w.word.strip(" ,.") for w in ours] == [w.word.strip(" ,.") for w in theirs]
+    starts = np.abs([a.start - b.start for a, b in zip(ours, theirs)])
+    assert np.median(starts) <= 0.04 and np.mean(starts <= 0.1) >= 0.75, starts
+
+
 def test_ctranslate2_greedy_ids_equal_the_original_checkpoints(tiny_ct2, tiny_en):
     _, meta = preset_files(PRESETS["whisper-tiny.en"])
     jfk = load_audio(JFK)
