@@ -97,6 +97,8 @@ def test_transcribe_cli_word_timestamps_and_subtitle_cues(capsys, tmp_path):
     code = main(["transcribe", str(JFK), "--model", "whisper-tiny.en", "--max-chars-per-cue",
                  "30", "--output-format", "srt", "--output-dir", str(tmp_path), "-q"])  # fmt: skip
     assert code == 2 and "add --word-timestamps" in capsys.readouterr().err
+    assert main(["transcribe", str(JFK), "--word-timestamps", "--max-words-per-cue", "0"]) == 2
+    assert "must be at least 1" in capsys.readouterr().err
     code = main(["transcribe", str(JFK), "--model", "whisper-tiny.en", "--word-timestamps",
                  "--highlight-words", "--output-format", "vtt", "--output-dir", str(tmp_path),
                  "-q"])  # fmt: skip

@@ -170,7 +170,8 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     if cue_limits and not args.word_timestamps:
         raise CLIError(f"{' and '.join(cue_limits)} time subtitles by words: add "
                        "--word-timestamps")  # fmt: skip
-    if any((getattr(args, n) or 1) < 1 for n in ("max_words_per_cue", "max_chars_per_cue")):
+    limits = (args.max_words_per_cue, args.max_chars_per_cue)
+    if any(limit is not None and limit < 1 for limit in limits):
         raise CLIError("--max-words-per-cue and --max-chars-per-cue must be at least 1")
     out_dir = Path(args.output_dir or ".")
     inputs = audio_files(args.files)

@@ -715,10 +715,13 @@ def _to_segments(raw: list[RawSegment], tokenizer, language: str | None = None) 
     ]
     median = median_word_duration([w for ws in words if ws for w in ws])
     segments = []
+    last_end = 0.0  # words never overlap, not even across a join of two windows
     for (seg, text), seg_words in zip(kept, words):
         start, end = seg.start, seg.end
-        if seg_words is not None:
+        if seg_words:
             seg_words, start, end = tidy_words(seg_words, start, end, median)
+            seg_words, last_end = _in_order(seg_words, last_end)
+            start, end = seg_words[0].start, seg_words[-1].end
         segments.append(
             Segment(
                 id=len(segments),
@@ -734,6 +737,16 @@ def _to_segments(raw: list[RawSegment], tokenizer, language: str | None = None) 
             )
         )
     return segments
+
+
+def _in_order(words: list, after: float) -> tuple[list, float]:
+    """``words`` starting no earlier than ``after`` and than the word before ends."""
+    out = []
+    for w in words:
+        start = max(w.start, after)
+        after = max(w.end, start)
+        out.append(replace(w, start=start, end=after))
+    return out, after
 
 
 @lru_cache(maxsize=2)
