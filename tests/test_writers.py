@@ -208,3 +208,12 @@ def test_highlighted_cues_underline_each_word_in_turn(tmp_path):
     write_result([seg], INFO, tmp_path, "k", ["srt", "txt"], highlight_words=True)
     assert "00:00:01,500 --> 00:00:01,900\nask <u>not</u>" in (tmp_path / "k.srt").read_text()
     assert (tmp_path / "k.txt").read_text() == "ask not\n"
+
+
+def test_vtt_escapes_what_the_format_reads_as_markup_and_keeps_highlights():
+    seg = Segment(id=0, start=0.0, end=1.0, text=" AT&T <3 x>y")
+    vtt = format_result([seg], INFO, "vtt")
+    assert "AT&amp;T &lt;3 x>y" in vtt
+    assert "AT&T <3 x>y" in format_result([seg], INFO, "srt")  # SubRip has no escapes
+    marked = writers.highlight_cues([_worded(0.0, "R&D <now>")])
+    assert "<u>R&amp;D</u> &lt;now>" in format_result(marked, INFO, "vtt")

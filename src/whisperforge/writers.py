@@ -3,6 +3,7 @@
 Differences from openai-whisper's ``utils.py`` writers, on purpose:
 
 - WebVTT timestamps always carry hours (``00:00:01.500``), like SRT; every player accepts it.
+- WebVTT cue text is escaped (``AT&amp;T``, ``&lt;``), as the format requires.
 - Segments whose text is empty after stripping are left out of txt/srt/vtt/tsv (an empty cue
   is malformed SRT); srt indices count the cues written, from 1. JSON keeps every segment.
 - Files are written atomically (temp file in the same folder, then ``os.replace``), so a
@@ -63,12 +64,26 @@ def format_txt(segments: Sequence[Segment], info: TranscriptionInfo) -> str:
     return "".join(f"{s.text.strip()}\n" for s in _spoken(segments))
 
 
-def _format_cues(segments: Sequence[Segment], marker: str, numbered: bool) -> list[str]:
+HIGHLIGHT_TAGS = ("<u>", "</u>")  # what ``highlight_cues`` marks a word with
+
+
+def _vtt_escaped(text: str) -> str:
+    """WebVTT cue text: ``&`` and ``<`` as character references (a bare ``<`` opens a tag
+    there, a bare ``&`` a reference), the highlight tags kept."""
+    text = text.replace("&", "&amp;").replace("<", "&lt;")
+    for tag in HIGHLIGHT_TAGS:
+        text = text.replace(tag.replace("<", "&lt;"), tag)
+    return text
+
+
+def _format_cues(
+    segments: Sequence[Segment], marker: str, numbered: bool, escape=lambda text: text
+) -> list[str]:
     cues = []
     for index, s in enumerate(_spoken(segments), start=1):
         timing = f"{format_timestamp(s.start, marker)} --> {format_timestamp(s.end, marker)}"
         number = f"{index}\n" if numbered else ""
-        cues.append(f"{number}{timing}\n{_cue_text(s.text)}\n\n")
+        cues.append(f"{number}{timing}\n{escape(_cue_text(s.text))}\n\n")
     return cues
 
 
@@ -78,8 +93,9 @@ def format_srt(segments: Sequence[Segment], info: TranscriptionInfo) -> str:
 
 
 def format_vtt(segments: Sequence[Segment], info: TranscriptionInfo) -> str:
-    """WebVTT: ``WEBVTT`` header, then ``HH:MM:SS.mmm --> HH:MM:SS.mmm`` cues."""
-    return "WEBVTT\n\n" + "".join(_format_cues(segments, ".", numbered=False))
+    """WebVTT: ``WEBVTT`` header, then ``HH:MM:SS.mmm --> HH:MM:SS.mmm`` cues, their text
+    escaped (``&amp;``, ``&lt;``)."""
+    return "WEBVTT\n\n" + "".join(_format_cues(segments, ".", False, _vtt_escaped))
 
 
 def format_tsv(segments: Sequence[Segment], info: TranscriptionInfo) -> str:
@@ -245,7 +261,7 @@ def highlight_cues(cues: Iterable[Segment]) -> list[Segment]:
             if word.start > last:
                 out.append(replace(cue, id=len(out), start=last, end=word.start))
             lead = word.word[: len(word.word) - len(word.word.lstrip())]
-            marked = f"{lead}<u>{word.word.lstrip()}</u>"
+            marked = f"{lead}{HIGHLIGHT_TAGS[0]}{word.word.lstrip()}{HIGHLIGHT_TAGS[1]}"
             text = "".join(marked if j == k else w.word for j, w in enumerate(cue.words))
             out.append(replace(cue, id=len(out), start=word.start, end=word.end, text=text))
             last = word.end
