@@ -51,12 +51,11 @@ MODELS = ("whisper-base", "distil-whisper-base.en")
 
 
 def sound_span(audio: np.ndarray) -> tuple[float, float]:
-    """Seconds where a clip's sound starts and ends (20 ms frames within ``SOUND_RANGE_DB``
-    of its loudest)."""
-    hop = 320
-    n = len(audio) // hop
-    frames = audio[: n * hop].reshape(n, hop).astype(np.float64)
-    level = 10 * np.log10((frames**2).mean(axis=1) + 1e-12)
+    """Seconds where a clip's sound starts and ends (20 ms frames, each measured alone,
+    within ``SOUND_RANGE_DB`` of its loudest)."""
+    from whisperforge.timing import frame_levels
+
+    level = frame_levels(audio, smooth=1)
     loud = np.flatnonzero(level > level.max() - SOUND_RANGE_DB)
     return loud[0] * 0.02, (loud[-1] + 1) * 0.02
 
@@ -82,8 +81,13 @@ def recordings(clips: list[Clip]) -> list[dict]:
     return out
 
 
+def normalised(word: str) -> str:
+    """A word as the scoring compares it: lower case, letters, digits and apostrophes."""
+    return re.sub(r"[^a-z0-9']", "", word.lower())
+
+
 def words_of(text: str) -> list[str]:
-    return [w for w in (re.sub(r"[^a-z0-9']", "", t.lower()) for t in text.split()) if w]
+    return [w for w in map(normalised, text.split()) if w]
 
 
 def score(recording: dict, words: list) -> dict:
@@ -92,7 +96,7 @@ def score(recording: dict, words: list) -> dict:
     for k, sentence in enumerate(recording["sentences"]):
         ref += sentence["words"]
         owner += [k] * len(sentence["words"])
-    hyp = [re.sub(r"[^a-z0-9']", "", w.word.lower()) for w in words]
+    hyp = [normalised(w.word) for w in words]
     match = {}
     for block in difflib.SequenceMatcher(None, ref, hyp, autojunk=False).get_matching_blocks():
         for n in range(block.size):

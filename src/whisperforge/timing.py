@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from whisperforge.audio import TIME_PRECISION
+from whisperforge.audio import N_SAMPLES_PER_TOKEN, TIME_PRECISION
 from whisperforge.segments import Word
 
 MEDIAN_FILTER_WIDTH = 7  # frames (openai-whisper's)
@@ -244,7 +244,7 @@ MIN_PAUSE = 0.25  # s: quiet this long inside a token is a pause the token is on
 def frame_levels(audio: np.ndarray, smooth: int = LEVEL_FRAMES) -> np.ndarray:
     """Level in dB of each 20 ms frame (``TIME_PRECISION``) of 16 kHz ``audio``: the RMS
     over the ``smooth`` frames centred on it (100 ms: a click in a pause stays a pause)."""
-    hop = round(TIME_PRECISION * 16000)
+    hop = N_SAMPLES_PER_TOKEN  # samples of one 20 ms frame
     n = len(audio) // hop
     if n == 0:
         return np.zeros(0)
@@ -352,22 +352,18 @@ def align_window(
     prompts = [
         tokenizer.sot_sequence(language, task) + [tokenizer.no_timestamps] for language in languages
     ]
-    sequences = [p + list(t) + [tokenizer.eot] for p, t in zip(prompts, texts)]
-    width = max(len(s) for s in sequences)
-    tokens = torch.full((len(sequences), width), tokenizer.eot, dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        tokens[row, : len(seq)] = torch.tensor(seq)
-    tokens = tokens.to(audio_features.device)
     out = []
     # one row at a time: the attention of a long window's tokens over its frames is large
-    for row, (seq, prompt, text) in enumerate(zip(sequences, prompts, texts)):
+    for row, (prompt, text) in enumerate(zip(prompts, texts)):
         if not text:
             out.append((np.zeros(0), np.zeros(0), np.zeros(0)))
             continue
+        seq = prompt + list(text) + [tokenizer.eot]
+        tokens = torch.tensor([seq], dtype=torch.long, device=audio_features.device)
         audio = windows[row]
-        frames = max(1, min(-(-len(audio) // 320), audio_features.shape[1]))
+        frames = max(1, min(-(-len(audio) // N_SAMPLES_PER_TOKEN), audio_features.shape[1]))
         weights, logits = session.cross_attention(
-            audio_features[row : row + 1, :frames], tokens[row : row + 1, : len(seq)], heads
+            audio_features[row : row + 1, :frames], tokens, heads
         )
         # rows: the query of <|notimestamps|> (it predicts the first text token) .. the last
         # text token's (it predicts <|endoftext|>): one row per text token and one for the end

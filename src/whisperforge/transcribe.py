@@ -291,7 +291,6 @@ class Transcriber:
             own = None if self.assistant_shares_encoder else encoder_dtype
             self.assistant = InferenceSession(helper.model, own)
         self.speculative_stats = SpeculativeStats()
-        self._alignment_heads: list[tuple[int, int]] | None = None
 
     @property
     def tokenizer(self):
@@ -577,15 +576,13 @@ class Transcriber:
     def _time_words(self, enc, segments, offsets, windows, languages, opts) -> None:
         """Time each token of each row's segments (``RawSegment.timing``) from the
         cross-attention over the row's window (``timing.align_window``)."""
-        if self._alignment_heads is None:
-            self._alignment_heads = self.bundle.alignment_heads
         rows = [i for i, segs in enumerate(segments) if any(s.tokens for s in segs)]
         if not rows:
             return
         timed = align_window(
             self.session,
             self.tokenizer,
-            self._alignment_heads,
+            self.bundle.alignment_heads,
             enc[rows],
             [[t for s in segments[i] for t in s.tokens] for i in rows],
             [windows[i] for i in rows],

@@ -130,6 +130,10 @@ class SpeechMap:
         limit = end if i < len(self.chunks) - 1 else self.total
         return min(start + x - self._offsets[i], limit) / SAMPLE_RATE
 
+    def _compact_end(self, i: int) -> int:
+        """Where stretch ``i`` ends in the compacted audio, in samples."""
+        return self._offsets[i] + self.chunks[i][1] - self.chunks[i][0]
+
     def _apart(self, i: int) -> bool:
         """True when silence was cut out between stretch ``i`` and ``i + 1``."""
         return self.chunks[i + 1][0] > self.chunks[i][1]
@@ -144,7 +148,7 @@ class SpeechMap:
         s, e = start * SAMPLE_RATE, end * SAMPLE_RATE
         i, j = self._index(s, False), self._index(e, True)
         if i < j and self._apart(i):
-            end_i = self._offsets[i] + self.chunks[i][1] - self.chunks[i][0]
+            end_i = self._compact_end(i)
             if s >= end_i - self.pad:
                 s, i = end_i, i + 1
         if i < j and self._apart(j - 1) and e <= self._offsets[j] + self.pad:
@@ -163,7 +167,7 @@ class SpeechMap:
         s, e = start * SAMPLE_RATE, end * SAMPLE_RATE
         i, j = self._index(s, False), self._index(e, True)
         if i < j and any(self._apart(k) for k in range(i, j)):
-            end_i = self._offsets[i] + self.chunks[i][1] - self.chunks[i][0]
+            end_i = self._compact_end(i)
             if end_i - s >= e - self._offsets[j]:
                 e = end_i
             else:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -170,14 +171,14 @@ class ModelBundle:
         on clips that start on their first word (docs/distill.md, *Speech after silence*)."""
         return bool(getattr(self.model.config, "vad", False))
 
-    @property
+    @cached_property
     def alignment_heads(self) -> list[tuple[int, int]]:
         """``(layer, head)`` cross-attention heads that follow the audio's timing (word
         timestamps; exports write them for faster-whisper): ``alignment_heads`` of the
         folder's ``generation_config.json`` fitted to this decoder. A student rebuilt from a
         delta carries its teacher's, renumbered to the layers it kept
         (``materialize_student``); where none fit, every head of the upper half of the
-        decoder layers (openai-whisper's default)."""
+        decoder layers (openai-whisper's default). Read from the folder once."""
         config = self.model.config
         generation = self.path / "generation_config.json"
         heads = None
