@@ -201,3 +201,52 @@ def test_conversion_on_a_nonzero_distributed_rank_writes_the_weights(tmp_path, t
     got, want = (load_file(str(f / "model.safetensors")) for f in (folder, tiny_en.path))
     assert sorted(got) == sorted(want)
     assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def _ask_not_loop() -> np.ndarray:
+    """jfk's "ask not" (3.2-4.4 s) said 24 times: whisper-tiny.en reads it greedily as a
+    repetition loop ("S-0-S-0-...") that runs to the token limit."""
+    piece = load_audio(JFK)[int(3.2 * 16000) : int(4.4 * 16000)]
+    return np.tile(piece, 24)
+
+
+def test_a_looping_greedy_row_is_cut_and_the_rest_of_its_batch_is_not(tiny_en):
+    from whisperforge.decoding import LOOP_EVERY, LOOP_MIN_TOKENS
+
+    session, tok = InferenceSession(tiny_en.model), tiny_en.tokenizer
+    windows = [load_audio(JFK), _ask_not_loop()]
+    mel = log_mel_spectrogram(np.stack([np.pad(w, (0, 480000 - len(w))) for w in windows]))
+    enc = session.encode(mel)
+    run = lambda **kw: decode(session, tok, tiny_en.suppress_tokens, enc, DecodingOptions(**kw))  # noqa: E731
+    whole, cut = run(), run(stop_compression_ratio=2.4)
+    assert len(whole[1].tokens) == 224 and whole[1].compression_ratio > 2.4
+    n = len(cut[1].tokens)
+    assert LOOP_MIN_TOKENS <= n < LOOP_MIN_TOKENS + LOOP_EVERY
+    assert cut[1].tokens == whole[1].tokens[:n]  # the same greedy path, stopped early
+    assert cut[1].compression_ratio > 2.4  # so a caller's fallback rule still fires
+    assert cut[0].tokens == whole[0].tokens and cut[0].text == whole[0].text
+    sampled = []
+    for stop in (None, 2.4):
+        options = DecodingOptions(temperature=0.5, stop_compression_ratio=stop)
+        seeded = torch.Generator().manual_seed(0)
+        suppress = tiny_en.suppress_tokens
+        sampled.append(decode(session, tok, suppress, enc, options, generator=seeded))
+    assert [r.tokens for r in sampled[0]] == [r.tokens for r in sampled[1]]  # greedy rows only
+
+
+def test_cutting_loops_changes_no_transcription(tiny_en, monkeypatch):
+    """The transcriber cuts loops only where a higher temperature will decode the window
+    again, so its results are the ones it gives without the cut; at the last temperature the
+    loop is kept whole."""
+    from whisperforge import decoding
+    from whisperforge.transcribe import Transcriber
+
+    transcriber = Transcriber("whisper-tiny.en")
+    windows = [load_audio(JFK), _ask_not_loop()]
+    last_only = transcriber.decode_windows(windows[1:], temperature=0.0)[0]
+    assert len(last_only.tokens) == 224
+    cut = transcriber.decode_windows(windows)
+    assert cut[1].temperature > 0  # fell back, as without the cut
+    monkeypatch.setattr(decoding, "LOOP_MIN_TOKENS", 10**6)
+    whole = transcriber.decode_windows(windows)
+    assert [(r.tokens, r.temperature) for r in cut] == [(r.tokens, r.temperature) for r in whole]

@@ -21,6 +21,9 @@ from whisperforge.models.inference import InferenceSession
 from whisperforge.tokenizer import TASKS, Tokenizer, normalize_language
 
 NEG_INF = float("-inf")
+# a greedy row's text is judged for repetition from this many tokens on, every LOOP_EVERY
+LOOP_MIN_TOKENS = 64
+LOOP_EVERY = 8
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,9 @@ class DecodingOptions:
     suppress_tokens: bool = True  # Whisper's non-speech symbol list and special tokens
     without_timestamps: bool = False
     max_initial_timestamp: float | None = 1.0
+    # greedy: stop a row whose text so far compresses better than this (a repetition loop;
+    # see ``_sample``); None: every row runs to its end token or ``sample_len``
+    stop_compression_ratio: float | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -57,6 +63,8 @@ class DecodingOptions:
             raise ValueError("patience needs beam_size and must be > 0")
         if self.length_penalty is not None and not 0 <= self.length_penalty <= 1:
             raise ValueError("length_penalty must be between 0 and 1")
+        if self.stop_compression_ratio is not None and self.stop_compression_ratio <= 1:
+            raise ValueError("stop_compression_ratio must be > 1")
 
 
 @dataclass
@@ -275,6 +283,12 @@ def _sample(session, tok, rules, audio_features, batch, options, sample_len, gro
 
     Finished rows are pruned from the caches once a quarter of the live rows have ended;
     until then they ride along and their outputs are ignored.
+
+    Greedy rows caught in a repetition loop hold the whole batch until ``sample_len``. With
+    ``options.stop_compression_ratio``, a greedy row whose text after ``LOOP_MIN_TOKENS``
+    tokens (judged every ``LOOP_EVERY``) compresses better than that ratio ends there: its
+    result is over the threshold either way, and the transcriber only sets it where a
+    higher temperature will decode the window again.
     """
     state, hidden, _ = _prefill(session, audio_features, batch, group, sample_len)
     no_speech = _no_speech_probs(session, hidden[::group], batch, tok)
@@ -282,6 +296,7 @@ def _sample(session, tok, rules, audio_features, batch, options, sample_len, gro
     sampled: list[list[int]] = [[] for _ in range(n)]
     sum_lp, done = [0.0] * n, [False] * n
     active = list(range(n))  # state row j decodes candidate active[j]
+    loop_ratio = options.stop_compression_ratio if options.temperature == 0 else None
     logits = session.logits(hidden[:, -1])
     for step in range(sample_len):
         logits = rules(logits, [sampled[r] for r in active], first=step == 0)
@@ -299,6 +314,12 @@ def _sample(session, tok, rules, audio_features, batch, options, sample_len, gro
                 done[r] = True
             else:
                 sampled[r].append(token)
+        if loop_ratio is not None and step % LOOP_EVERY == 0:
+            for r in active:
+                if done[r] or len(sampled[r]) < LOOP_MIN_TOKENS:
+                    continue
+                if compression_ratio(tok.decode(sampled[r])) > loop_ratio:
+                    done[r] = True
         live = [j for j, r in enumerate(active) if not done[r]]
         if not live:
             break

@@ -370,9 +370,10 @@ class Transcriber:
         """Decode windows of at most 30 s (16 kHz float32) as one batch, one raw result each.
 
         The windows go through the same padding and decoding as ``transcribe`` (temperature
-        fallback included); a result's ``tokens`` are the model's output ids, text and
-        timestamps, without the prompt and the end token. ``languages`` sets each window's
-        language (None: ``options['language']``, then detection on multilingual models).
+        fallback included, its sampling seeded by ``seed`` on each call); a result's
+        ``tokens`` are the model's output ids, text and timestamps, without the prompt and
+        the end token. ``languages`` sets each window's language (None:
+        ``options['language']``, then detection on multilingual models).
         """
         opts = TranscribeOptions.from_kwargs(**options)
         too_long = [i for i, w in enumerate(windows) if len(w) > N_SAMPLES]
@@ -390,6 +391,7 @@ class Transcriber:
         if need and self.bundle.multilingual:
             self._detect([files[i] for i in need], enc[need])
         contexts = [self._initial_context(opts)] * len(windows)
+        torch.manual_seed(opts.seed)  # fallback samples: the same windows give the same result
         return self._decode_with_fallback(enc, mel, [f.language for f in files], contexts, opts)
 
     def _load_all(self, sources, opts, done: dict[int, FileResult]) -> Iterator[_File]:
@@ -477,9 +479,11 @@ class Transcriber:
         results: list[DecodingResult | None] = [None] * enc.shape[0]
         pending = list(range(enc.shape[0]))
         base = opts.decoding()
-        for temperature in opts.temperature:
+        for n, temperature in enumerate(opts.temperature):
             index = torch.tensor(pending)
             options = with_temperature(base, temperature)
+            if n + 1 < len(opts.temperature):  # a looping row will be decoded again: cut it
+                options = replace(options, stop_compression_ratio=opts.compression_ratio_threshold)
             if self.assistant is not None and temperature == 0 and options.beam_size is None:
                 decoded = self._speculative(enc, mel, pending, languages, contexts, options)
             else:
