@@ -181,7 +181,7 @@ def time_case(name: str, module, loss, batches, args) -> dict:
 
 
 def run_benchmark(args) -> dict:
-    from whisperforge.training.runtime import cpu_has_bf16_matmul
+    from whisperforge.models.inference import cpu_has_bf16_matmul
 
     load_start = os.getloadavg()
     torch.set_num_threads(args.threads)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -55,7 +56,7 @@ def test_converted_tiny_en_reproduces_ctranslate2_greedy_ids(tiny_en, timestamps
 
 
 def test_incremental_decoder_matches_transformers_forward(tiny_en):
-    session = InferenceSession(tiny_en.model)
+    session = InferenceSession(tiny_en.model, vocab_screen=False)
     features = log_mel_spectrogram(load_audio(JFK))[None]
     tokens = [tiny_en.tokenizer.sot, tiny_en.tokenizer.no_timestamps, 843, 523, 616, 5891]
     with torch.inference_mode():
@@ -86,11 +87,66 @@ def test_bfloat16_encoder_runs_on_a_copy_and_hands_back_float32_states(tiny_en):
 
 @pytest.mark.parametrize("shape", [(1, 384), (1, 1, 384), (5, 1, 384), (2, 3, 384)])
 def test_vocabulary_projection_matches_linear_for_any_row_count(tiny_en, shape):
-    session = InferenceSession(tiny_en.model)
+    session = InferenceSession(tiny_en.model, vocab_screen=False)
     hidden = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
     got = session.logits(hidden)
     assert got.shape == (*shape[:-1], session.embed.shape[0]) and got.is_contiguous()
     torch.testing.assert_close(got, torch.nn.functional.linear(hidden, session.embed))
+
+
+def _jfk_hidden(session, tok) -> torch.Tensor:
+    """The decoder's final states at every position of jfk's transcript, teacher-forced."""
+    features = log_mel_spectrogram(load_audio(JFK))[None]
+    tokens = [tok.sot, tok.no_timestamps, *tok.encode(" And so my fellow Americans, ask not.")]
+    with torch.inference_mode():
+        state = session.start(session.encode(features), [len(tokens)], 1)
+        return session.prompt(state, [tokens])[0]
+
+
+@pytest.mark.parametrize("rows", [1, 3, 12])
+def test_vocabulary_screen_keeps_what_decoding_reads_exact(tiny_en, rows):
+    from whisperforge.models.inference import SCREEN_EXACT
+
+    exact = InferenceSession(tiny_en.model, vocab_screen=False)
+    screened = InferenceSession(tiny_en.model, vocab_screen=True)
+    assert screened.screen.dtype == torch.bfloat16 and exact.screen is None
+    hidden = _jfk_hidden(exact, tiny_en.tokenizer)[:rows]
+    want, got = exact.logits(hidden), screened.logits(hidden)
+    assert got.shape == want.shape and got.is_contiguous()
+    eot = tiny_en.tokenizer.eot
+    torch.testing.assert_close(got[:, eot:], want[:, eot:])  # specials, timestamps
+    best = want[:, :eot].topk(SCREEN_EXACT // 2, dim=-1).indices
+    torch.testing.assert_close(got.gather(1, best), want.gather(1, best))
+    assert torch.equal(got.argmax(-1), want.argmax(-1))
+    rest = (got - want).abs().max().item()
+    assert 0 < rest < 0.25, rest  # the others keep bfloat16 values
+
+
+def test_vocabulary_screen_decodes_the_same_tokens(tiny_en):
+    exact = InferenceSession(tiny_en.model, vocab_screen=False)
+    screened = InferenceSession(tiny_en.model, vocab_screen=True)
+    tok = tiny_en.tokenizer
+    mel = log_mel_spectrogram(np.stack([np.pad(w, (0, 480000 - len(w))) for w in _windows()]))
+    enc = exact.encode(mel)
+    for options in (DecodingOptions(), DecodingOptions(beam_size=3)):
+        want = decode(exact, tok, tiny_en.suppress_tokens, enc, options)
+        got = decode(screened, tok, tiny_en.suppress_tokens, enc, options)
+        assert [r.tokens for r in got] == [r.tokens for r in want]
+        for a, b in zip(got, want):
+            assert a.avg_logprob == pytest.approx(b.avg_logprob, abs=1e-3)
+            assert a.no_speech_prob == pytest.approx(b.no_speech_prob, abs=1e-3)
+
+
+def test_vocabulary_screen_is_on_by_default_only_where_bfloat16_is_fast(tiny_en, monkeypatch):
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, probe, lambda: False, raising=False)
+    assert InferenceSession(tiny_en.model).screen is None
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert InferenceSession(tiny_en.model).screen is not None
+    half = copy.deepcopy(tiny_en.model).half()
+    assert InferenceSession(half).screen is None
+    with pytest.raises(ValueError, match="float32 model"):
+        InferenceSession(half, vocab_screen=True)
 
 
 def test_variable_length_prompts_in_one_batch_match_single_rows(tiny_en):

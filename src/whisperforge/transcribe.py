@@ -266,7 +266,10 @@ class Transcriber:
 
     ``encoder_dtype`` (``"float32"``, ``"bfloat16"``, ``"float16"``; default: the model's
     own, float32) runs the encoder, and an assistant's, in that precision; decoding stays in
-    the model's (``InferenceSession``)."""
+    the model's (``InferenceSession``). ``vocab_screen`` (default: where the CPU multiplies
+    bfloat16 in hardware) screens each step's vocabulary projection in bfloat16 and keeps
+    what decoding decides from in float32 (``InferenceSession.logits``); False: float32
+    throughout."""
 
     def __init__(
         self,
@@ -274,10 +277,11 @@ class Transcriber:
         device: str = "cpu",
         assistant: str | ModelBundle | None = None,
         encoder_dtype: str | torch.dtype | None = None,
+        vocab_screen: bool | None = None,
     ):
         encoder_dtype = encoder_dtype_of(encoder_dtype)  # a bad name fails before loading
         self.bundle = model if isinstance(model, ModelBundle) else load_model(model, device)
-        self.session = InferenceSession(self.bundle.model, encoder_dtype)
+        self.session = InferenceSession(self.bundle.model, encoder_dtype, vocab_screen)
         self.assistant: InferenceSession | None = None
         self.assistant_shares_encoder = False
         if assistant is not None:
@@ -289,7 +293,7 @@ class Transcriber:
             self.assistant_shares_encoder = _same_encoder(self.bundle.model, helper.model)
             # an assistant that shares the encoder reuses the model's states: no copy for it
             own = None if self.assistant_shares_encoder else encoder_dtype
-            self.assistant = InferenceSession(helper.model, own)
+            self.assistant = InferenceSession(helper.model, own, vocab_screen)
         self.speculative_stats = SpeculativeStats()
 
     @property

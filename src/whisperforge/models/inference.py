@@ -150,6 +150,19 @@ def encoder_dtype_of(name: str | torch.dtype | None) -> torch.dtype | None:
     raise ValueError(f"encoder dtype must be one of {', '.join(ENCODER_DTYPES)}, not {name!r}")
 
 
+# exact (float32) logits for each row's this many best text tokens of the bfloat16 screen
+SCREEN_EXACT = 32
+
+
+def cpu_has_bf16_matmul() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices in hardware: AVX512-BF16 (AMD Zen 4 and
+    later, Intel Cooper Lake) or AMX tiles (Intel Sapphire Rapids and later). There bf16
+    matrix products run faster than float32 (training autocast, the vocabulary screen); on
+    other CPUs bf16 is emulated and slower than float32."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
 class InferenceSession:
     """Encoder + incremental decoder over a ``WhisperForConditionalGeneration``'s weights.
 
@@ -158,9 +171,21 @@ class InferenceSession:
     model's dtype. On CPUs with bfloat16 matrix instructions (AVX512-BF16, AMX) a bfloat16
     encoder is the one large speed-up for long audio, where the encoder's 30 s windows
     dominate; the decoder's few-row steps stay in the model's precision, where bfloat16 makes
-    them slower on CPU (docs/transcribe.md, "Encoder precision")."""
+    them slower on CPU (docs/transcribe.md, "Encoder precision").
 
-    def __init__(self, hf_model: torch.nn.Module, encoder_dtype: str | torch.dtype | None = None):
+    ``vocab_screen`` computes the vocabulary projection of decoding steps through a
+    bfloat16 copy of the token embedding, then exactly (float32) for each row's
+    ``SCREEN_EXACT`` best text tokens and for every special and timestamp token (``logits``).
+    None (default): on for a float32 model on a CPU with bfloat16 matrix instructions
+    (``cpu_has_bf16_matmul``), where it reads half the bytes of the largest product of a step.
+    """
+
+    def __init__(
+        self,
+        hf_model: torch.nn.Module,
+        encoder_dtype: str | torch.dtype | None = None,
+        vocab_screen: bool | None = None,
+    ):
         self.hf_model = hf_model
         decoder = hf_model.model.decoder
         self.encoder = hf_model.model.encoder
@@ -176,6 +201,22 @@ class InferenceSession:
         self.n_text_ctx = hf_model.config.max_target_positions
         with torch.no_grad():
             self.layers = [_fuse_layer(layer) for layer in decoder.layers]
+        # ids from the end token on are specials and timestamps, never screened
+        self.text_vocab = hf_model.config.eos_token_id
+        self.screen = self._screen(vocab_screen)
+
+    def _screen(self, wanted: bool | None) -> Tensor | None:
+        """The bfloat16 copy of the embedding ``logits`` screens with, or None."""
+        usable = (
+            isinstance(self.text_vocab, int)
+            and SCREEN_EXACT < self.text_vocab < self.embed.shape[0]
+            and self.embed.dtype == torch.float32
+        )
+        if wanted is None:
+            wanted = usable and self.embed.device.type == "cpu" and cpu_has_bf16_matmul()
+        elif wanted and not usable:
+            raise ValueError("the vocabulary screen needs a float32 model with an end token")
+        return self.embed.detach().to(torch.bfloat16) if wanted else None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -278,14 +319,29 @@ class InferenceSession:
         ``F.linear``'s ``hidden @ embed.T`` on CPU BLAS for the 1-16 rows of a decoding step
         (``benchmarks/bench_head.py``), with no transposed copy of the weight. A single row is
         doubled: the matrix-vector path is the slow one.
+
+        With the vocabulary screen (``vocab_screen``) the product runs on the bfloat16 copy
+        (half the bytes to read; logits within about 0.1 of float32's), and then each row's
+        ``SCREEN_EXACT`` best text tokens and every token from the end token on (language,
+        task, no-speech, timestamps) are computed again in float32. What decoding decides
+        from (the best tokens, timestamps against text, language and no-speech scores) is
+        float32's unless a row's best text token is not among its screen's 32 best; the
+        rest of the vocabulary, which only adds to softmax normalisers, keeps bfloat16 values.
         """
         lead, d = hidden.shape[:-1], hidden.shape[-1]
         rows = hidden.reshape(-1, d)
         n = rows.shape[0]
-        if n == 1:
-            rows = rows.repeat(2, 1)  # a real copy: a stride-0 view takes the slow path too
-        out = torch.mm(self.embed, rows.t())[:, :n].t()
-        return out.float().contiguous().reshape(*lead, -1)
+        # a real copy: a stride-0 view takes the slow path too
+        both = rows.repeat(2, 1) if n == 1 else rows
+        if self.screen is None:
+            out = torch.mm(self.embed, both.t())[:, :n].t()
+            return out.float().contiguous().reshape(*lead, -1)
+        text = self.text_vocab
+        out = torch.mm(self.screen, both.to(torch.bfloat16).t())[:, :n].t().float().contiguous()
+        best = out[:, :text].topk(SCREEN_EXACT, dim=-1).indices
+        out.scatter_(1, best, torch.einsum("nkd,nd->nk", self.embed[best], rows))
+        out[:, text:] = torch.mm(self.embed[text:], both.t())[:, :n].t()
+        return out.reshape(*lead, -1)
 
     @torch.inference_mode()
     def cross_attention(

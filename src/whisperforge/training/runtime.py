@@ -7,16 +7,8 @@ import math
 
 import torch
 
+from whisperforge.models.inference import cpu_has_bf16_matmul
 from whisperforge.training.config import TrainingConfig
-
-
-def cpu_has_bf16_matmul() -> bool:
-    """Whether this CPU multiplies bfloat16 matrices in hardware: AVX512-BF16 (AMD Zen 4 and
-    later, Intel Cooper Lake) or AMX tiles (Intel Sapphire Rapids and later). There bf16
-    autocast trains faster than float32 (figures in docs/tokens.md); on other CPUs bf16 is
-    emulated and slower than float32."""
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
 
 
 def resolve_precision(mixed_precision: str) -> str:
