@@ -290,6 +290,26 @@ def test_a_looping_greedy_row_is_cut_and_the_rest_of_its_batch_is_not(tiny_en):
     assert [r.tokens for r in sampled[0]] == [r.tokens for r in sampled[1]]  # greedy rows only
 
 
+def test_beam_search_rows_leave_the_batch_and_give_what_they_give_alone(tiny_en):
+    session, tok = InferenceSession(tiny_en.model), tiny_en.tokenizer
+    windows = [*_windows(), _ask_not_loop()]
+    mel = log_mel_spectrogram(np.stack([np.pad(w, (0, 480000 - len(w))) for w in windows]))
+    enc = session.encode(mel)
+    options = DecodingOptions(beam_size=3)
+    batched = decode(session, tok, tiny_en.suppress_tokens, enc, options)
+    alone = [decode(session, tok, tiny_en.suppress_tokens, enc[i : i + 1], options)[0]
+             for i in range(len(windows))]  # fmt: skip
+    assert [r.tokens for r in batched] == [r.tokens for r in alone]
+    sums = [r.sum_logprob for r in alone]
+    assert [r.sum_logprob for r in batched] == pytest.approx(sums, abs=1e-4)
+    assert len({len(r.tokens) for r in batched}) == len(windows)  # rows end at different steps
+    assert len(batched[3].tokens) > 100 and batched[3].compression_ratio > 2.4
+    cut = decode(session, tok, tiny_en.suppress_tokens, enc,
+                 DecodingOptions(beam_size=3, stop_compression_ratio=2.4))  # fmt: skip
+    assert len(cut[3].tokens) < 80 and cut[3].compression_ratio > 2.4
+    assert [r.tokens for r in cut[:3]] == [r.tokens for r in batched[:3]]
+
+
 def test_cutting_loops_changes_no_transcription(tiny_en, monkeypatch):
     """The transcriber cuts loops only where a higher temperature will decode the window
     again, so its results are the ones it gives without the cut; at the last temperature the
@@ -303,6 +323,9 @@ def test_cutting_loops_changes_no_transcription(tiny_en, monkeypatch):
     assert len(last_only.tokens) == 224
     cut = transcriber.decode_windows(windows)
     assert cut[1].temperature > 0  # fell back, as without the cut
+    beam = transcriber.decode_windows(windows, beam_size=2)
     monkeypatch.setattr(decoding, "LOOP_MIN_TOKENS", 10**6)
     whole = transcriber.decode_windows(windows)
     assert [(r.tokens, r.temperature) for r in cut] == [(r.tokens, r.temperature) for r in whole]
+    whole = transcriber.decode_windows(windows, beam_size=2)
+    assert [(r.tokens, r.temperature) for r in beam] == [(r.tokens, r.temperature) for r in whole]

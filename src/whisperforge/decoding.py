@@ -354,7 +354,13 @@ def _choose(tok, sampled, sum_lp, no_speech, batch, options, group) -> list[Deco
 
 def _beam_search(session, tok, rules, audio_features, batch, options, sample_len, beams, generator):
     """Beam search as in openai/whisper: ``beams`` live hypotheses per row, finished ones kept
-    until ``beams * patience`` have ended; ranked by length-normalised log-probability."""
+    until ``beams * patience`` have ended; ranked by length-normalised log-probability.
+
+    A row whose finished hypotheses are all in leaves the batch (its live ones can no longer
+    be chosen); with ``options.stop_compression_ratio``, so does a row with none finished
+    whose live hypotheses all compress better than that after ``LOOP_MIN_TOKENS`` tokens (a
+    repetition loop, as in ``_sample``): its best live one is its result.
+    """
     state, hidden, _ = _prefill(session, audio_features, batch, beams, sample_len)
     no_speech = _no_speech_probs(session, hidden[::beams], batch, tok)
     n_audio = len(batch.prompts)
@@ -362,47 +368,65 @@ def _beam_search(session, tok, rules, audio_features, batch, options, sample_len
     seqs: list[list[int]] = [[] for _ in range(n_audio * beams)]
     scores = [0.0] * (n_audio * beams)
     finished: list[dict[tuple[int, ...], float]] = [{} for _ in range(n_audio)]
+    last: dict[int, dict[tuple[int, ...], float]] = {}  # live hypotheses of rows that left
+    live = list(range(n_audio))  # state rows j * beams ... (j + 1) * beams hold row live[j]
     logits = session.logits(hidden[:, -1])
     for step in range(sample_len):
         logits = rules(logits, seqs, first=step == 0)
         logprobs = F.log_softmax(logits, dim=-1)
         top_lp, top_ids = logprobs.topk(beams + 1, dim=-1)
         top_lp, top_ids = top_lp.tolist(), top_ids.tolist()
-        new_seqs, new_scores, source, next_tokens = [], [], [], []
-        for a in range(n_audio):
+        new_seqs, new_scores, source, next_tokens, still = [], [], [], [], []
+        for j, a in enumerate(live):
             cands = {}
-            for r in range(a * beams, (a + 1) * beams):
+            for r in range(j * beams, (j + 1) * beams):
                 for lp, t in zip(top_lp[r], top_ids[r]):
                     key = (*seqs[r], t)
                     cands[key] = (scores[r] + lp, r)
             ranked = sorted(cands.items(), key=lambda kv: -kv[1][0])
-            kept = 0
+            kept = []
             for key, (score, r) in ranked:
                 if key[-1] == tok.eot:
                     if len(finished[a]) < max_finished:
                         finished[a][key[:-1]] = score
                     continue
+                kept.append((key, score, r))
+                if len(kept) == beams:
+                    break
+            if len(finished[a]) >= max_finished or _looping(tok, kept, finished[a], options, step):
+                last[a] = {key: score for key, score, _ in kept}
+                continue
+            still.append(a)
+            for key, score, r in kept:
                 new_seqs.append(list(key))
                 new_scores.append(score)
                 source.append(r)
                 next_tokens.append(key[-1])
-                kept += 1
-                if kept == beams:
-                    break
-        seqs, scores = new_seqs, new_scores
-        if all(len(f) >= max_finished for f in finished):
+        seqs, scores, live = new_seqs, new_scores, still
+        if not live:
             break
         state = state.select(torch.tensor(source))
         logits = session.logits(session.step(state, torch.tensor(next_tokens))[:, -1])
+    for j, a in enumerate(live):
+        last[a] = {tuple(seqs[r]): scores[r] for r in range(j * beams, (j + 1) * beams)}
     results = []
     for a in range(n_audio):
-        cands = finished[a] or {
-            tuple(seqs[r]): scores[r] for r in range(a * beams, (a + 1) * beams)
-        }
+        cands = finished[a] or last[a]
         keys = list(cands)
         best = keys[_rank([cands[k] for k in keys], [len(k) for k in keys], options.length_penalty)]
         results.append(_finish(tok, list(best), cands[best], no_speech[a], 0.0, batch.languages[a]))
     return results
+
+
+def _looping(tok, kept, finished, options, step) -> bool:
+    """Whether a beam-search row with nothing finished has every live hypothesis in a
+    repetition loop (``options.stop_compression_ratio``, judged as ``_sample`` does)."""
+    ratio = options.stop_compression_ratio
+    if ratio is None or finished or not kept or step % LOOP_EVERY:
+        return False
+    if len(kept[0][0]) < LOOP_MIN_TOKENS:
+        return False
+    return all(compression_ratio(tok.decode(list(key))) > ratio for key, _, _ in kept)
 
 
 def with_temperature(options: DecodingOptions, temperature: float) -> DecodingOptions:
