@@ -59,11 +59,13 @@ FORWARDS = ("prompt", "step", "extend")  # one decoder forward pass each
 START_MARK, END_MARK = "<!-- distil:start -->", "<!-- distil:end -->"
 
 
-def marks(encoder_dtype: str) -> tuple[str, str]:
-    """BENCHMARKS.md markers of a run's section: one section per encoder precision."""
-    if encoder_dtype == "float32":
+def marks(encoder_dtype: str, name: str | None = None) -> tuple[str, str]:
+    """BENCHMARKS.md markers of a run's section: one section per encoder precision, or the
+    one ``--section`` names."""
+    if name is None and encoder_dtype == "float32":
         return START_MARK, END_MARK
-    return f"<!-- distil-{encoder_dtype}:start -->", f"<!-- distil-{encoder_dtype}:end -->"
+    name = name or encoder_dtype
+    return f"<!-- distil-{name}:start -->", f"<!-- distil-{name}:end -->"
 
 
 # -- probes -------------------------------------------------------------------------------
@@ -344,8 +346,14 @@ def _chunks(model: dict) -> str:
 def section(report: dict) -> str:
     decoding = "greedy with temperature fallback" if report["fallback"] else "greedy, no fallback"
     dtype = report.get("encoder_dtype", "float32")
-    start, end = marks(dtype)
+    start, end = marks(dtype, report.get("section"))
     precision = "" if dtype == "float32" else f", {dtype} encoder"
+    projection = (
+        "; each step's vocabulary projection screened in bfloat16 (docs/transcribe.md, "
+        "*Vocabulary screen*)"
+        if report.get("vocab_screen")
+        else ""
+    )
     return "\n\n".join(
         [
             start,
@@ -355,7 +363,7 @@ def section(report: dict) -> str:
             f"Command:\n\n```\n{report['command']}\n```",
             f"Machine: {machine_line(report)}.",
             f"Models: {models_line(report)}. Decoding: {decoding}, English. Encoder "
-            f"precision: {dtype} for every system; decoding in float32.",
+            f"precision: {dtype} for every system; decoding in float32{projection}.",
             f"Audio: {report['audio']}. Short clips: {report['short_clips']} files, "
             f"{report['short_seconds']:.1f} s in all, one window each. Long-form: one file of "
             f"{report['long_seconds']:.1f} s.",
@@ -391,7 +399,7 @@ and with the teacher at the dynamic one, which it was not trained for (see its W
 
 
 def write_markdown(path: Path, report: dict) -> None:
-    start, end = marks(report.get("encoder_dtype", "float32"))
+    start, end = marks(report.get("encoder_dtype", "float32"), report.get("section"))
     text = path.read_text(encoding="utf-8") if path.exists() else ""
     if start not in text and END_MARK in text:  # a first run at another precision: after
         head, tail = text.split(END_MARK, 1)  # the float32 section, without a second intro
@@ -438,6 +446,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="write the JSON report here")
     parser.add_argument("--markdown", type=Path, help="update this file's distil section")
     parser.add_argument(
+        "--section", default=None,
+        help="BENCHMARKS.md section of its own (distil-SECTION) instead of the precision's",
+    )  # fmt: skip
+    parser.add_argument(
         "--render", type=Path, help="no run: print and write --markdown from this saved report"
     )
     parser.add_argument(
@@ -452,6 +464,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run_benchmark(args: argparse.Namespace, workloads: list[Workload], note: str) -> dict:
     import torch
+
+    from whisperforge.models.inference import cpu_has_bf16_matmul
 
     teacher_ref = args.teacher or teacher_of(args.student)
     if teacher_ref is None:
@@ -472,6 +486,8 @@ def run_benchmark(args: argparse.Namespace, workloads: list[Workload], note: str
         "assistant_shares_encoder": shares_encoder,
         "threads": args.threads,
         "encoder_dtype": args.encoder_dtype,
+        "vocab_screen": cpu_has_bf16_matmul(),  # every session here is float32 on the CPU
+        "section": args.section,
         "batch_size": args.batch_size,
         "repeats": args.repeats,
         "fallback": args.fallback,
