@@ -60,6 +60,8 @@ def test_options_are_validated_in_one_place():
         TranscribeOptions(language="klingon")
     with pytest.raises(TypeError, match="unknown transcribe option"):
         TranscribeOptions.from_kwargs(beamsize=3)
+    with pytest.raises(ValueError, match="compression_ratio_threshold must be > 0"):
+        TranscribeOptions(compression_ratio_threshold=0)
     assert TranscribeOptions(language="English").language == "en"
 
 

@@ -63,8 +63,8 @@ class DecodingOptions:
             raise ValueError("patience needs beam_size and must be > 0")
         if self.length_penalty is not None and not 0 <= self.length_penalty <= 1:
             raise ValueError("length_penalty must be between 0 and 1")
-        if self.stop_compression_ratio is not None and self.stop_compression_ratio <= 1:
-            raise ValueError("stop_compression_ratio must be > 1")
+        if self.stop_compression_ratio is not None and self.stop_compression_ratio <= 0:
+            raise ValueError("stop_compression_ratio must be > 0")
 
 
 @dataclass

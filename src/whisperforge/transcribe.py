@@ -135,6 +135,8 @@ class TranscribeOptions:
             raise ValueError(f"long_form must be one of {LONG_FORM_MODES}, not {self.long_form!r}")
         if self.beam_size < 1 or self.best_of < 1 or self.batch_size < 1:
             raise ValueError("beam_size, best_of and batch_size must be >= 1")
+        if self.compression_ratio_threshold is not None and self.compression_ratio_threshold <= 0:
+            raise ValueError("compression_ratio_threshold must be > 0 (or None: no check)")
         if self.audio_context not in (None, *AUDIO_CONTEXTS):
             raise ValueError(
                 f"audio_context must be one of {AUDIO_CONTEXTS}, not {self.audio_context!r}"

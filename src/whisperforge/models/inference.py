@@ -321,7 +321,7 @@ class InferenceSession:
         doubled: the matrix-vector path is the slow one.
 
         With the vocabulary screen (``vocab_screen``) the product runs on the bfloat16 copy
-        (half the bytes to read; logits within about 0.1 of float32's), and then each row's
+        (half the bytes to read; logits within a few hundredths of float32's), and then each row's
         ``SCREEN_EXACT`` best text tokens and every token from the end token on (language,
         task, no-speech, timestamps) are computed again in float32. What decoding decides
         from (the best tokens, timestamps against text, language and no-speech scores) is
