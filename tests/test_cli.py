@@ -175,6 +175,9 @@ def test_evaluate_reports_wer_per_speaker(speech_clips, tmp_path, capsys):
     assert report["wer"] < 0.15 and report["throughput"] > 0
     assert set(report["by_speaker"]) == {"slt", "kal"}
     assert report["chunking"] == {"chunk_length": 30.0, "stride_length": 5.0}  # whisper-base's
+    from whisperforge.models.inference import cpu_has_bf16_matmul
+
+    assert report["vocab_screen"] is cpu_has_bf16_matmul()  # the default: where bf16 is fast
     assert {
         "substitution_rate",
         "deletion_rate",

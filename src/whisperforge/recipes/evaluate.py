@@ -168,6 +168,7 @@ def evaluate(
             )
         ),
         encoder_dtype=transcriber.session.encoder_dtype_name,
+        vocab_screen=transcriber.session.screen is not None,
         machine=machine_info(),
         per_utterance=rows,
         resumed=len(items) - len(todo),
