@@ -117,6 +117,9 @@ def test_models_list_and_health(client):
     health = client.get("/health").json()
     assert health["status"] == "ok" and health["default_model"] == "whisper-tiny.en"
     assert set(health["models"]) == {"whisper-tiny.en", "whisper-base"}
+    from whisperforge.models.inference import cpu_has_bf16_matmul
+
+    assert health["vocab_screen"] is cpu_has_bf16_matmul()  # the CPU default
 
 
 def test_unknown_model_404(client):

@@ -267,6 +267,9 @@ def test_evaluate_reports_both_wers_bitrates_and_usage(trained, data, tmp_path, 
     assert main(["tokenizer", "evaluate", *args[:4], *reuse[:2], "--limit", "4"]) == 2
     assert "is not in the report" in capsys.readouterr().err
     assert report["encoder_dtype"] == "float32"
+    from whisperforge.models.inference import cpu_has_bf16_matmul
+
+    assert report["vocab_screen"] is cpu_has_bf16_matmul()
     bf16 = ["--encoder-dtype", "bfloat16"]
     assert main(["tokenizer", "evaluate", *args[:4], *reuse, *bf16]) == 2
     assert "encoder ran in float32, this one runs in bfloat16" in capsys.readouterr().err

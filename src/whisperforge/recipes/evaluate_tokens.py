@@ -19,7 +19,8 @@ Besides the error rates the report gives the ratio of the two WERs, the nominal 
 (``tokens_per_second * log2(codes)``), the entropy bitrate (``tokens_per_second`` times the
 empirical unigram entropy of the ids, in bits), codebook utilisation / perplexity / dead codes
 over the whole set, the precision the encoder ran in (``encoder_dtype``: both paths read
-the same states), the time each stage took and the machine.
+the same states), whether decoding screened its vocabulary projection in bfloat16
+(``vocab_screen``), the time each stage took and the machine.
 """
 
 from __future__ import annotations
@@ -358,6 +359,7 @@ def _report(tok, items, outputs, languages, timing: _Timing, wall, options: dict
 
     report.update(
         teacher_model=tok.teacher, encoder_dtype=tok.encoder_dtype,
+        vocab_screen=tok.session.screen is not None,
         teacher={k: teacher[k] for k in ("wer", "cer", "substitution_rate", "deletion_rate",
                                          "insertion_rate", "repeated_5grams")},
         wer_ratio=_ratio(report["wer"], teacher["wer"]),

@@ -42,6 +42,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from whisperforge.audio import FRAMES_PER_SECOND, SAMPLE_RATE, AudioError, load_audio
+from whisperforge.models.inference import cpu_has_bf16_matmul
 from whisperforge.serve.settings import OPENAI_DEFAULT_ALIAS, ServeSettings, vad_available
 
 logger = logging.getLogger(__name__)
@@ -734,6 +735,8 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
             "max_audio_seconds": settings.max_audio_seconds,
             "vad": {"available": vad_available(), "default": settings.vad},
             "encoder_dtype": settings.encoder_dtype or "float32",
+            # decoding's vocabulary projection screened in bfloat16 (InferenceSession)
+            "vocab_screen": settings.device == "cpu" and cpu_has_bf16_matmul(),
         }
 
     static = resources.files("whisperforge.serve") / "static"
