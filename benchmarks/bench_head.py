@@ -54,16 +54,23 @@ def per_call_ms(fn, calls: int) -> float:
     return (time.perf_counter() - start) / calls * 1000
 
 
-def measure(model: str, batches: list[int], rounds: int, calls: int) -> list[dict]:
+def load_both(model: str) -> tuple:
+    """A ``Transcriber`` of ``model`` and two sessions over its weights: ``exact``
+    (float32 projection) and ``screen`` (the bfloat16 vocabulary screen)."""
     from whisperforge.models.inference import InferenceSession
     from whisperforge.transcribe import Transcriber
 
     transcriber = Transcriber(model)
-    tok = transcriber.tokenizer
-    sessions = {
-        "exact": InferenceSession(transcriber.bundle.model, vocab_screen=False),
-        "screen": InferenceSession(transcriber.bundle.model, vocab_screen=True),
+    weights = transcriber.bundle.model
+    return transcriber, {
+        "exact": InferenceSession(weights, vocab_screen=False),
+        "screen": InferenceSession(weights, vocab_screen=True),
     }
+
+
+def measure(model: str, batches: list[int], rounds: int, calls: int) -> list[dict]:
+    transcriber, sessions = load_both(model)
+    tok = transcriber.tokenizer
     exact = sessions["exact"]
     language = "en" if tok.multilingual else None
     prompt = [*tok.sot_sequence(language), tok.no_timestamps]
@@ -127,14 +134,7 @@ def transcribe_both(model: str, repeats: int) -> dict:
     projection (median wall of ``repeats``, alternating), and whether the texts agree."""
     from bench_common import load_workloads
 
-    from whisperforge.models.inference import InferenceSession
-    from whisperforge.transcribe import Transcriber
-
-    transcriber = Transcriber(model)
-    sessions = {
-        "exact": InferenceSession(transcriber.bundle.model, vocab_screen=False),
-        "screen": InferenceSession(transcriber.bundle.model, vocab_screen=True),
-    }
+    transcriber, sessions = load_both(model)
     (short, _), _ = load_workloads(False)
     options = {"language": "en", "temperature": (0.0,), "batch_size": 1}
     walls, texts = {name: [] for name in sessions}, {}

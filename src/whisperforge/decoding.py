@@ -316,9 +316,7 @@ def _sample(session, tok, rules, audio_features, batch, options, sample_len, gro
                 sampled[r].append(token)
         if loop_ratio is not None and step % LOOP_EVERY == 0:
             for r in active:
-                if done[r] or len(sampled[r]) < LOOP_MIN_TOKENS:
-                    continue
-                if compression_ratio(tok.decode(sampled[r])) > loop_ratio:
+                if not done[r] and _in_loop(tok, sampled[r], loop_ratio):
                     done[r] = True
         live = [j for j, r in enumerate(active) if not done[r]]
         if not live:
@@ -418,15 +416,19 @@ def _beam_search(session, tok, rules, audio_features, batch, options, sample_len
     return results
 
 
+def _in_loop(tok, tokens, ratio: float) -> bool:
+    """Whether ``tokens`` are at least ``LOOP_MIN_TOKENS`` long and their text compresses
+    better than ``ratio``: a repetition loop."""
+    return len(tokens) >= LOOP_MIN_TOKENS and compression_ratio(tok.decode(list(tokens))) > ratio
+
+
 def _looping(tok, kept, finished, options, step) -> bool:
     """Whether a beam-search row with nothing finished has every live hypothesis in a
     repetition loop (``options.stop_compression_ratio``, judged as ``_sample`` does)."""
     ratio = options.stop_compression_ratio
     if ratio is None or finished or not kept or step % LOOP_EVERY:
         return False
-    if len(kept[0][0]) < LOOP_MIN_TOKENS:
-        return False
-    return all(compression_ratio(tok.decode(list(key))) > ratio for key, _, _ in kept)
+    return all(_in_loop(tok, key, ratio) for key, _, _ in kept)
 
 
 def with_temperature(options: DecodingOptions, temperature: float) -> DecodingOptions:
