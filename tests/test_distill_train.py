@@ -216,3 +216,41 @@ def test_audio_context_option_is_checked(tmp_path, teacher_dir, data):
         load_config(DistillConfig, path, ["audio_context=dynamic", "freeze_encoder=false"])
     with pytest.raises(ConfigError, match="stride_length must be in"):
         load_config(DistillConfig, path, ["chunk_length=20", "stride_length=12"])
+
+
+def test_reference_manifests_train_on_the_transcripts(tmp_path, teacher_dir, data,
+                                                      tiny_en_tokenizer):  # fmt: skip
+    """Rows of a plain manifest: the reference text is the target (no timestamps, no WER
+    filter), the row before gives the prompt, and a run needs no labels.jsonl at all."""
+    from whisperforge.recipes.distill import reference_examples
+
+    manifest = tmp_path / "plain.jsonl"
+    rows = [json.loads(line) for line in Path(data["labels"]).read_text().splitlines()]
+    plain = [{"audio": str(Path(data["labels"]).parent / r["audio"]), "text": r["text"] + "  ",
+              "language": "en"} for r in rows[:4]]  # fmt: skip
+    plain.append({"audio": str(tmp_path / "missing.wav"), "text": "Gone.", "language": "en"})
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in plain))
+    examples, report = reference_examples((str(manifest),), tiny_en_tokenizer)
+    assert report["rows"] == 5 and report["kept"] == 4 and sum(report["dropped"].values()) == 1
+    assert [e.tokens for e in examples] == [tiny_en_tokenizer.encode(" " + r["text"])
+                                            for r in rows[:4]]  # fmt: skip
+    assert [e.prev_text for e in examples] == [None, *(r["text"] for r in rows[:3])]
+    sequence, _ = build_sequence(examples[1], tiny_en_tokenizer, np.random.default_rng(0),
+                                 1.0, 0.0, 448)  # fmt: skip
+    assert tiny_en_tokenizer.no_timestamps in sequence  # no timestamps to give it
+    assert not [t for t in sequence if t >= tiny_en_tokenizer.timestamp_begin]
+
+    timed, _ = reference_examples((str(manifest),), tiny_en_tokenizer, timestamps=True)
+    first = tiny_en_tokenizer.timestamp_begin
+    import soundfile as sf
+
+    end = first + round(sf.info(plain[0]["audio"]).duration / 0.02)  # from the file header
+    assert timed[0].tokens == [first, *examples[0].tokens, end]
+
+    path = _config(tmp_path, teacher_dir, data, "ref", max_steps=2, save_every=2)
+    config = load_config(DistillConfig, path, ["train_manifests=[]",
+                                               f"reference_manifests=[{manifest}]"])  # fmt: skip
+    result = train(config, progress=False)
+    assert result.data["kept"] == 4 and len(_losses(tmp_path / "ref")) == 2
+    with pytest.raises(Exception, match="reference_manifests"):
+        load_config(DistillConfig, path, ["train_manifests=[]"])

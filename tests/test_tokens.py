@@ -366,8 +366,29 @@ def test_vad_tokenizes_only_the_speech(speech_tokenizer, tmp_path, capsys):
     code, _, _ = _run(capsys, *argv, "--vad")
     row = json.loads(output.read_text())
     assert code == 0 and row["tokens"] == ids and row["duration_after_vad"] > 0
-    code, _, err = _run(capsys, *argv)
-    assert code == 2 and "written with --vad" in err
+    code, _, err = _run(capsys, *argv, "--no-vad")
+    assert code == 2 and "written with VAD" in err
+
+    # a tokenizer whose config says "vad": true uses it unless told otherwise
+    from whisperforge.tokens import default_vad
+
+    flagged = SpeechTokenizer(speech_tokenizer.bottleneck, speech_tokenizer.whisper,
+                              "whisper-tiny.en", {"vad": True})  # fmt: skip
+    assert flagged.vad and not speech_tokenizer.vad
+    assert flagged.tokenize(audio) == ids
+    assert flagged.tokenize(audio, vad=False) == speech_tokenizer.tokenize(audio)
+    on = flagged.save(tmp_path / "tok-vad")
+    assert default_vad(on) and not default_vad(folder)
+    code, out, _ = _run(capsys, "tokens", "encode", str(padded), "--model", str(on), "-q")
+    assert code == 0 and [int(i) for i in out.split()] == ids
+    code, out, _ = _run(capsys, "tokens", "encode", str(padded), "--model", str(on), "--no-vad",
+                        "-q")  # fmt: skip
+    assert code == 0 and [int(i) for i in out.split()] == speech_tokenizer.tokenize(audio)
+    code, _, _ = _run(capsys, "tokens", "save", str(on), "--out", str(tmp_path / "off"),
+                      "--no-vad")  # fmt: skip
+    assert code == 0 and not default_vad(tmp_path / "off")
+    assert _run(capsys, "tokens", "save", str(on), "--out", str(tmp_path / "kept"))[0] == 0
+    assert default_vad(tmp_path / "kept")  # a copy keeps the source's default
 
 
 def test_cli_encodes_a_folder_and_a_file_piped_in(tmp_path, capsys, monkeypatch):

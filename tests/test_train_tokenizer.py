@@ -364,6 +364,12 @@ def test_evaluate_with_vad_reads_only_the_speech(trained, data, tmp_path, capsys
     assert main([*args, "--teacher-from", str(report_path)]) == 2
     assert "other options (vad)" in capsys.readouterr().err
     assert main([*args, "--vad", "--teacher-from", str(report_path)]) == 0
+    # a tokenizer whose config asks for VAD is evaluated with it unless told otherwise
+    flagged = str(tmp_path / "flagged")
+    assert main(["tokens", "save", str(trained / "tokenizer"), "--out", flagged, "--vad"]) == 0
+    on = [a if a != str(trained / "tokenizer") else flagged for a in args]
+    assert main([*on, "--teacher-from", str(report_path)]) == 0
+    assert main([*on, "--no-vad", "--teacher-from", str(report_path)]) == 2
 
 
 def test_clear_errors(tmp_path, trained, data, capsys):

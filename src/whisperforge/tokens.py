@@ -42,7 +42,8 @@ from whisperforge.models.vq import (
     tokens_for_samples,
 )
 from whisperforge.models.zoo import zoo_models, zoo_path
-from whisperforge.vad import VadOptions, speech_only
+from whisperforge.vad import VadOptions, speech_only, warn_default_unavailable
+from whisperforge.vad import is_available as vad_available
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "speech_tokenizer.json"
@@ -132,10 +133,12 @@ def save_bottleneck(
     preset: str | None = None,
     merged_from: str | None = None,
     dtype: torch.dtype | None = None,
+    vad: bool = False,
 ) -> Path:
     """Write ``bottleneck`` (weights + codebook state, float32 or ``dtype``: float16 halves
     the folder, for a tokenizer that ships) and its metadata into ``folder`` atomically;
-    ``teacher`` is the Whisper model reference it sits in. Loading casts back to float32."""
+    ``teacher`` is the Whisper model reference it sits in. Loading casts back to float32.
+    ``vad``: the tokenizer tokenizes only speech unless told otherwise (``"vad": true``)."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -150,6 +153,8 @@ def save_bottleneck(
         "codebook": codebook_layout(bottleneck.config, merged_from),
         "tokens_per_second": bottleneck.config.tokens_per_second,
     }
+    if vad:
+        meta["vad"] = True
     with atomic_folder(folder) as tmp:
         save_file(state, str(tmp / WEIGHTS_FILE))
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
@@ -167,6 +172,13 @@ def resolve_tokenizer(ref: str | Path) -> Path:
             + (f"; shipped: {', '.join(shipped)}" if shipped else "")
         )
     return folder
+
+
+def default_vad(ref: str | Path) -> bool:
+    """Whether the tokenizer ``ref`` (folder or name) tokenizes only speech by default (its
+    ``speech_tokenizer.json``'s ``"vad"``), read without loading its weights."""
+    meta = json.loads((resolve_tokenizer(ref) / CONFIG_FILE).read_text())
+    return bool(meta.get("vad", False))
 
 
 def load_bottleneck(ref: str | Path) -> tuple[WhisperVQ, dict]:
@@ -248,13 +260,30 @@ class SpeechTokenizer:
         """Write the bottleneck and its metadata (atomically); returns ``folder``."""
         parts = self.meta.get("codebook", {}).get("parts", [])
         merged_from = next((p.get("source") for p in parts if p["name"] == "merged"), None)
-        return save_bottleneck(
-            self.bottleneck, folder, self.teacher, self.meta.get("preset"), merged_from
-        )
+        return save_bottleneck(self.bottleneck, folder, self.teacher, self.meta.get("preset"),
+                               merged_from, vad=self.vad)  # fmt: skip
 
     @property
     def config(self) -> VQConfig:
         return self.bottleneck.config
+
+    @property
+    def vad(self) -> bool:
+        """Whether this tokenizer tokenizes only the speech VAD finds unless told otherwise
+        (its config's ``"vad"``; the shipped ``whisper-vq-base`` does)."""
+        return bool(self.meta.get("vad", False))
+
+    def uses_vad(self, vad: VadOptions | bool | None) -> VadOptions | bool:
+        """``vad`` as asked; None: the tokenizer's default (``vad``), skipped with a warning
+        once where silero-vad is not installed (``vad=True`` then fails naming it)."""
+        if vad is not None:
+            return vad
+        if not self.vad:
+            return False
+        if not vad_available():
+            warn_default_unavailable("this speech tokenizer", "tokeniz")
+            return False
+        return True
 
     def tokenize(self, audio: AudioSource, vad: VadOptions | bool | None = None) -> list[int]:
         """Speech ids of one recording (any ``load_audio`` source), 25 per second; ``vad``
@@ -274,11 +303,14 @@ class SpeechTokenizer:
         encoder call; ``progress`` gets the seconds of audio of each finished batch.
 
         ``vad`` (True, or ``whisperforge.vad.VadOptions``) tokenizes only the speech Silero
-        VAD finds, its stretches joined (``whisperforge.vad.speech_only``): silence before,
-        after and between stretches gives no ids, and a recording without speech gives
-        none. The shipped tokenizers were trained on clips that start on their first word;
-        seconds of silence before speech derail their decoding (docs/tokens.md). An empty
-        array (e.g. what VAD keeps of a silent file) gives no ids."""
+        VAD finds, its stretches joined (``whisperforge.vad.speech_only``): silence of 2 s or
+        more before, after and between stretches gives no ids (0.4 s is kept on each side of
+        speech), and a recording without speech gives none; False tokenizes every sample;
+        None (the default) does what the tokenizer's config says (``uses_vad``). The shipped
+        tokenizer was trained on clips that start on their first word; seconds of silence
+        before speech derail its decoding, so it uses VAD by default (docs/tokens.md). An
+        empty array (e.g. what VAD keeps of a silent file) gives no ids."""
+        vad = self.uses_vad(vad)
         samples = [
             a.astype(np.float32) if isinstance(a, np.ndarray) and a.size == 0
             else speech_only(load_audio(a), vad)

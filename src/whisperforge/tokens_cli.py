@@ -45,7 +45,6 @@ def _load(args):
 
 def cmd_encode(args: argparse.Namespace) -> int:
     from whisperforge.audio import SAMPLE_RATE, AudioError, audio_files, input_source, load_audio
-    from whisperforge.cli import vad_options
     from whisperforge.progress import progress_bar
     from whisperforge.vad import speech_only
 
@@ -55,7 +54,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
         return _encode_manifest(args)
     if not args.files:
         raise ValueError("give audio files to encode, or --manifest with --output")
-    vad = vad_options(args)
+    vad = resolve_vad(args)
     tokenizer = _load(args)
     decoded, failures = [], 0
     files = audio_files(args.files)
@@ -68,9 +67,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
             print(f"error: {error}", file=sys.stderr)
     seconds = sum(len(kept) for *_, kept in decoded) / SAMPLE_RATE
     bar = progress_bar(round(seconds, 1), unit="s", enabled=not args.quiet)
-    ids = tokenizer.tokenize_batch(
-        [kept for *_, kept in decoded], batch_size=args.batch_size, progress=bar.update
-    )
+    ids = tokenizer.tokenize_batch([kept for *_, kept in decoded], batch_size=args.batch_size,
+                                   progress=bar.update, vad=False)  # VAD ran above  # fmt: skip
     bar.close()
     lines = [
         _format_line(path, row, n / SAMPLE_RATE, args.format, _kept_seconds(kept, vad))
@@ -80,6 +78,21 @@ def cmd_encode(args: argparse.Namespace) -> int:
     if failures:
         print(f"{failures} of {len(files)} file(s) failed", file=sys.stderr)
     return 1 if failures else 0
+
+
+def resolve_vad(args: argparse.Namespace):
+    """The ``VadOptions`` of ``--vad``/``--no-vad``, or None; neither flag: the tokenizer's
+    default (``"vad"`` in its config), skipped with a warning where silero-vad is missing."""
+    from whisperforge.cli import vad_options
+    from whisperforge.tokens import default_vad
+    from whisperforge.vad import is_available, warn_default_unavailable
+
+    if args.vad is None:
+        args.vad = default_vad(args.model)
+        if args.vad and not is_available():
+            warn_default_unavailable(str(args.model), "tokeniz")
+            args.vad = False
+    return vad_options(args)
 
 
 def _kept_seconds(kept, vad) -> float | None:
@@ -111,7 +124,6 @@ def _encode_manifest(args: argparse.Namespace) -> int:
     ``--vad`` each row records ``duration_after_vad``; a file written with it is resumed only
     with it, one written without only without."""
     from whisperforge.audio import SAMPLE_RATE, AudioError, load_audio
-    from whisperforge.cli import vad_options
     from whisperforge.fileio import append_lines, resume_jsonl
     from whisperforge.progress import progress_bar
     from whisperforge.recipes.evaluate import usable_items
@@ -120,7 +132,7 @@ def _encode_manifest(args: argparse.Namespace) -> int:
     if args.output is None:
         raise ValueError("--manifest needs --output (a JSON-lines file; running the same "
                          "command again resumes it)")  # fmt: skip
-    vad = vad_options(args)
+    vad = resolve_vad(args)
     items, _ = usable_items(args.manifest, split=args.split)
     done = resume_jsonl(args.output)
     for row in done:
@@ -132,8 +144,8 @@ def _encode_manifest(args: argparse.Namespace) -> int:
             )
         if ("duration_after_vad" in row) != (vad is not None):
             written = "with" if "duration_after_vad" in row else "without"
-            raise ValueError(f"{args.output} was written {written} --vad; run it the same "
-                             "way, or write to a new --output")  # fmt: skip
+            raise ValueError(f"{args.output} was written {written} VAD; run it the same "
+                             "way (--vad or --no-vad), or write to a new --output")  # fmt: skip
     finished = {row["index"] for row in done}
     todo = [i for i in range(len(items)) if i not in finished]
     if finished:
@@ -154,7 +166,8 @@ def _encode_manifest(args: argparse.Namespace) -> int:
                 except AudioError as error:
                     failures += 1
                     print(f"error: row {index} ({items[index].id}): {error}", file=sys.stderr)
-            ids = tokenizer.tokenize_batch([k for *_, k in batch], batch_size=args.batch_size)
+            ids = tokenizer.tokenize_batch([k for *_, k in batch], batch_size=args.batch_size,
+                                           vad=False)  # VAD ran above  # fmt: skip
             lines = [
                 _manifest_row(i, items[i], row, args.format, _kept_seconds(kept, vad))
                 for (i, _, kept), row in zip(batch, ids)
@@ -282,8 +295,10 @@ def cmd_save(args: argparse.Namespace) -> int:
     bottleneck, meta = load_bottleneck(args.source)
     parts = meta.get("codebook", {}).get("parts", [])
     merged_from = next((p.get("source") for p in parts if p["name"] == "merged"), None)
+    vad = bool(meta.get("vad", False)) if args.vad is None else args.vad
     out = save_bottleneck(bottleneck, args.out, args.teacher or meta["teacher"],
-                          meta.get("preset"), merged_from, getattr(torch, args.dtype))  # fmt: skip
+                          meta.get("preset"), merged_from, getattr(torch, args.dtype),
+                          vad=vad)  # fmt: skip
     before = (resolve_tokenizer(args.source) / "speech_tokenizer.safetensors").stat().st_size
     after = (out / "speech_tokenizer.safetensors").stat().st_size
     print(f"{args.source} -> {out} ({args.dtype}, {before / 1e6:.1f} -> {after / 1e6:.1f} MB)")
@@ -343,8 +358,10 @@ def add_parser(subparsers) -> None:
     add_encoder_dtype(p)
     add_vad_arguments(
         p, "tokenize only the speech voice activity detection (Silero VAD) finds, its "
-        "stretches joined: no ids for silence before, after or between them (the shipped "
-        "tokenizer misreads speech that starts seconds into a recording; docs/tokens.md)",
+        "stretches joined: no ids for 2 s or more of silence before, after or between them "
+        "(default: the tokenizer's; whisper-vq-base uses it, as it misreads speech that "
+        "starts seconds into a window; docs/tokens.md); --no-vad tokenizes every sample",
+        model_default=True,
     )  # fmt: skip
     _common(p)
     p.set_defaults(func=cmd_encode)
@@ -387,4 +404,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16")
     p.add_argument("--teacher", default=None, help="Whisper reference to store instead")
+    p.add_argument(
+        "--vad", action=argparse.BooleanOptionalAction, default=None,
+        help="the copy tokenizes only the speech Silero VAD finds unless told otherwise "
+        "(\"vad\": true in its config); default: as the source",
+    )  # fmt: skip
     p.set_defaults(func=cmd_save)

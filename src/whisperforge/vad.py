@@ -50,13 +50,14 @@ def is_available() -> bool:
 
 
 @cache
-def warn_default_unavailable(model: str) -> None:
-    """Say once per model that its default VAD is skipped because silero-vad is missing."""
+def warn_default_unavailable(model: str, work: str = "transcrib") -> None:
+    """Say once per model that its default VAD is skipped because silero-vad is missing
+    (``work``: the stem of what it does, "transcrib" or "tokeniz")."""
     logger.warning(
-        "%s transcribes with voice activity detection by default, but the silero-vad package "
-        "is not installed: transcribing without it (speech after long silences may be "
+        "%s %ses with voice activity detection by default, but the silero-vad package "
+        "is not installed: %sing without it (speech after long silences may be "
         "misread); pip install 'whisperforge[vad]', or pass vad=False (--no-vad) to silence "
-        "this", model,
+        "this", model, work, work,
     )  # fmt: skip
 
 

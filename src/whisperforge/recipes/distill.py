@@ -55,6 +55,12 @@ class DistillConfig:
     student: str | None = None  # a folder from `distill init`; None: create one from the teacher
     decoder_layers: int = 2  # used when ``student`` is None
     train_manifests: tuple[str, ...] = ()  # labels.jsonl files from `distill label`
+    # plain manifests whose reference ``text`` is the target (no timestamps, no WER filter):
+    # for corpora with exact transcripts, e.g. synthetic speech
+    reference_manifests: tuple[str, ...] = ()
+    # true: a reference row is one tight utterance (speech from its first to its last
+    # sample, as synthetic clips are) and also gets ``<|0.00|> text <|duration|>``
+    reference_timestamps: bool = False
     dev_manifest: str | None = None  # any manifest; None: no dev WER
     max_wer: float | None = 10.0  # drop rows whose teacher WER (%) is not below this
     ce_weight: float = 0.8
@@ -81,8 +87,11 @@ class DistillConfig:
     training: TrainingConfig = field(default_factory=lambda: TrainingConfig("runs/distill"))
 
     def __post_init__(self) -> None:
-        if not self.train_manifests:
-            raise ValueError("train_manifests is required: labels.jsonl files (distill label)")
+        if not self.train_manifests and not self.reference_manifests:
+            raise ValueError(
+                "train_manifests (labels.jsonl files from distill label) or "
+                "reference_manifests (manifests with exact transcripts) is required"
+            )
         if self.decoder_layers < 1 or self.eval_batch_size < 1:
             raise ValueError("decoder_layers and eval_batch_size must be >= 1")
         if self.max_wer is not None and self.max_wer <= 0:
@@ -112,6 +121,36 @@ class Example:
     tokens: list[int]  # pseudo_tokens: text + timestamps, no prompt, no end token
     language: str | None
     prev_text: str | None
+
+
+def reference_examples(
+    manifests: tuple[str, ...], tokenizer, timestamps: bool = False
+) -> tuple[list[Example], dict]:
+    """Rows of plain manifests with their reference text as the target (tokenized as
+    Whisper writes text: a leading space), each with the text of the row before it; and a
+    report as ``load_examples`` gives. With ``timestamps`` each row is taken to be speech
+    from start to end: ``<|0.00|> text <|duration|>``, which ``build_sequence`` uses for its
+    ``timestamp_probability`` share (a row of unknown duration gets none)."""
+    from whisperforge.audio import CHUNK_LENGTH, TIME_PRECISION
+
+    examples: list[Example] = []
+    dropped: Counter = Counter()
+    total = 0
+    for path in manifests:
+        report = load_manifest(path, max_duration=CHUNK_LENGTH)  # one window each
+        total += len(report.kept) + len(report.skipped)
+        dropped.update(report.reasons())
+        before = None
+        for u in report.kept:
+            text = " ".join(u.text.split())  # validation drops rows with no text
+            tokens = tokenizer.encode(" " + text)
+            if timestamps and u.duration:
+                end = round(min(u.duration, CHUNK_LENGTH) / TIME_PRECISION)
+                tokens = [tokenizer.timestamp_begin, *tokens, tokenizer.timestamp_begin + end]
+            examples.append(Example(u.audio, tokens, u.language, before))
+            before = text
+    counts = {reason: n for reason, n in dropped.items() if n}
+    return examples, {"rows": total, "kept": len(examples), "dropped": counts}
 
 
 def load_examples(manifests: tuple[str, ...], max_wer: float | None) -> tuple[list[Example], dict]:
@@ -260,6 +299,14 @@ def freeze(student: torch.nn.Module, teacher: torch.nn.Module, config: DistillCo
 
 def _load_data(config: DistillConfig, tokenizer, max_length: int):
     examples, report = load_examples(config.train_manifests, config.max_wer)
+    if config.reference_manifests:
+        more, extra = reference_examples(config.reference_manifests, tokenizer,
+                                         config.reference_timestamps)  # fmt: skip
+        examples += more
+        report["rows"] += extra["rows"]
+        report["kept"] += extra["kept"]
+        for reason, n in extra["dropped"].items():
+            report["dropped"][reason] = report["dropped"].get(reason, 0) + n
     long = set(too_long(examples, tokenizer, max_length))
     if long:
         report["dropped"]["longer than the decoder context"] = len(long)
@@ -462,7 +509,9 @@ def train_step(run: DistillRun, batch: Batch) -> tuple[torch.Tensor, bool]:
 
 
 def _transcribe_dev(run: DistillRun, items: list) -> list[tuple[str, str, str]]:
-    """``(reference, hypothesis, language)`` of ``items``: greedy, no fallback, no timestamps."""
+    """``(reference, hypothesis, language)`` of ``items``: greedy with ``whisperforge
+    evaluate``'s temperature fallback (seeded, so the same weights give the same text), no
+    timestamps. Without the fallback one repetition loop in a small dev set can swamp it."""
     from whisperforge.models.loading import ModelBundle
     from whisperforge.transcribe import Transcriber
 
@@ -473,8 +522,8 @@ def _transcribe_dev(run: DistillRun, items: list) -> list[tuple[str, str, str]]:
     for language in sorted({i.language or "en" for i in items}):
         group = [i for i in items if (i.language or "en") == language]
         results = transcriber.transcribe_batch(
-            [i.audio for i in group], language=language, temperature=0.0,
-            without_timestamps=True, batch_size=run.config.eval_batch_size,
+            [i.audio for i in group], language=language, without_timestamps=True,
+            batch_size=run.config.eval_batch_size,
         )  # fmt: skip
         for item, result in zip(group, results):
             if result.error is not None:

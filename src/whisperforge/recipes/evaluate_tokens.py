@@ -239,12 +239,13 @@ def evaluate_tokens(
     for the report; ``progress`` gets the seconds of audio of each finished batch of
     windows (with ``vad``, the cut silences included); ``teacher``: each item's teacher transcript
     (``teacher_texts``) instead of decoding it again; ``vad``: both paths read only the
-    speech VAD finds. With ``journal`` (a JSONL path) each finished utterance's outputs are
-    appended to it, and a run that finds a journal of the same tokenizer, options and items
-    takes the utterances it holds instead of reading them again (``report["resumed"]``;
-    their time counts in the throughput; files that failed are tried again): a killed
-    evaluation resumes. The caller removes the journal once the report is written. Returns
-    the report (module docstring).
+    speech VAD finds (None: every sample, whatever the tokenizer's default; the CLI passes
+    ``VadOptions()`` for a tokenizer whose config asks for VAD). With ``journal`` (a JSONL
+    path) each finished utterance's outputs are appended to it, and a run that finds a
+    journal of the same tokenizer, options and items takes the utterances it holds instead
+    of reading them again (``report["resumed"]``; their time counts in the throughput; files
+    that failed are tried again): a killed evaluation resumes. The caller removes the
+    journal once the report is written. Returns the report (module docstring).
     """
     items = list(items)
     options = options or DecodingOptions(without_timestamps=True)

@@ -49,13 +49,13 @@ def _load_tokenizer(args: argparse.Namespace):
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from whisperforge.cli import vad_options
     from whisperforge.decoding import DecodingOptions
     from whisperforge.progress import progress_bar
     from whisperforge.recipes.evaluate import usable_items, write_report
     from whisperforge.recipes.evaluate_tokens import evaluate_tokens, teacher_texts
+    from whisperforge.tokens_cli import resolve_vad
 
-    vad = vad_options(args)
+    vad = resolve_vad(args)
     items, skipped = usable_items(args.manifest, split=args.split, limit=args.limit)
     tokenizer = _load_tokenizer(args)
     options = DecodingOptions(beam_size=args.beam_size if args.beam_size > 1 else None,
@@ -155,7 +155,8 @@ def add_parser(subparsers) -> None:
     add_encoder_dtype(p)
     add_vad_arguments(
         p, "both paths read only the speech voice activity detection (Silero VAD) finds, "
-        "as `tokens encode --vad` tokenizes it",
+        "as `tokens encode --vad` tokenizes it (default: the tokenizer's, as `tokens "
+        "encode`; --no-vad: every sample)", model_default=True,
     )  # fmt: skip
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")

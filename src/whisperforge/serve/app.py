@@ -538,17 +538,18 @@ TOKEN_FORMATS = ("json", "llm", "ids")
 
 def _tokens_job(
     tokenizers: TokenizerPool, settings: ServeSettings, name: str, data: bytes, filename: str,
-    transcribe: bool, language: str | None, vad: bool,
+    transcribe: bool, language: str | None, vad: bool | None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Decode, tokenize (only the speech, with ``vad``) and (if asked) read the tokens back;
-    blocking, in a worker thread."""
+    """Decode, tokenize (only the speech, with ``vad``; None: as the tokenizer's config
+    says) and (if asked) read the tokens back; blocking, in a worker thread."""
     from whisperforge.tokens import to_llm_text
     from whisperforge.vad import speech_only
 
     audio = _decode_upload(settings, data, filename)
     speech = tokenizers.get(name)
+    vad = bool(speech.uses_vad(vad))
     kept = speech_only(audio, vad)
-    ids = speech.tokenize(kept)  # no speech kept: no ids
+    ids = speech.tokenize(kept, vad=False)  # no speech kept: no ids
     body: dict[str, Any] = {
         "model": name, "duration": round(len(audio) / SAMPLE_RATE, 3),
         "tokens_per_second": speech.config.tokens_per_second, "n_tokens": len(ids),
@@ -674,7 +675,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         name = tokenizers.resolve(model)
         fmt = _response_format(response_format, TOKEN_FORMATS)
         lang = _language_option(language)
-        use_vad = bool(_vad_option(settings, vad))  # tokenizers: off unless asked
+        use_vad = _vad_option(settings, vad)  # None: the tokenizer's default
         data = await _read_upload(request, file)
         started = time.perf_counter()
         async with app.state.admission.slot():
