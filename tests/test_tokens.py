@@ -82,9 +82,13 @@ def test_load_errors_are_clear(tmp_path, speech_tokenizer, tiny_en):
 def test_transcribe_tokens_batched_and_checked(speech_tokenizer, jfk_ids):
     feats = speech_tokenizer.features([jfk_ids, jfk_ids[:10]])
     assert feats.shape == (2, 1500, 384)
-    texts = speech_tokenizer.transcribe_tokens([jfk_ids, jfk_ids[:100], jfk_ids * 3], batch_size=2)
+    three = [jfk_ids, jfk_ids[:100], jfk_ids * 3]
+    texts = speech_tokenizer.transcribe_tokens(three, batch_size=2)
     assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
+    # a window's text does not depend on its batch, fallback sampling included
     assert speech_tokenizer.detokenize(jfk_ids) == texts[0]
+    greedy = speech_tokenizer.transcribe_tokens(three, batch_size=2, fallback=False)
+    assert speech_tokenizer.detokenize(jfk_ids, fallback=False) == greedy[0]
     with pytest.raises(ValueError, match=r"sequence 1: token id 999 is outside 0\.\.256"):
         speech_tokenizer.transcribe_tokens([jfk_ids, [1, 999]])
 
@@ -409,3 +413,27 @@ def test_cli_encodes_a_folder_and_a_file_piped_in(tmp_path, capsys, monkeypatch)
     rows = [json.loads(line) for line in out.splitlines()]
     assert code == 0 and [r["audio"] for r in rows] == [str(folder / "sub" / "jfk.wav"), "-"]
     assert rows[0]["tokens"] == rows[1]["tokens"] and len(rows[1]["tokens"]) == 275
+
+
+def test_decoding_falls_back_where_greedy_text_fails(speech_tokenizer):
+    """Rows whose greedy text is too repetitive or too unlikely are decoded again at rising
+    temperatures (transcribe's rule), seeded; the other rows keep their greedy text."""
+    from whisperforge.decoding import DecodingOptions, decode
+    from whisperforge.transcribe import TranscribeOptions, needs_fallback
+
+    tok = speech_tokenizer
+    rng = np.random.default_rng(0)
+    noise = tok.features([rng.integers(0, 256, 750).tolist() for _ in range(3)])
+    speech, _ = tok.encode_windows([load_audio(JFK)])  # the encoder's own states: jfk
+    feats = torch.cat([noise, speech])
+    options, languages = DecodingOptions(without_timestamps=True), ["en"] * 4
+    greedy = decode(tok.session, tok.whisper.tokenizer, tok.whisper.suppress_tokens, feats,
+                    options, languages)  # fmt: skip
+    failing = [needs_fallback(r, TranscribeOptions()) for r in greedy]
+    assert any(failing) and not failing[-1], [(r.text, r.avg_logprob) for r in greedy]
+    plain = tok.decode_features(feats, options, languages, fallback=False)
+    assert plain == [r.text.strip() for r in greedy]
+    retried = tok.decode_features(feats, options, languages)
+    assert retried == tok.decode_features(feats, options, languages)  # seeded: repeatable
+    for fails, before, after in zip(failing, plain, retried):
+        assert (before != after) if fails else (before == after)

@@ -383,13 +383,15 @@ class SpeechTokenizer:
         options: DecodingOptions | None = None,
         batch_size: int = 8,
         progress: Callable[[int], None] | None = None,
+        fallback: bool = True,
     ) -> list[str]:
         """Text of each id sequence through the frozen Whisper decoder.
 
         A sequence longer than a window (750 ids) is decoded in 750-id windows whose texts
         are joined. ``options`` default: greedy, without timestamps; ``language`` (if given)
         overrides ``options.language``; a multilingual model detects it per window otherwise.
-        ``progress`` gets the number of windows of each finished batch.
+        ``progress`` gets the number of windows of each finished batch. ``fallback``: as in
+        ``decode_features``.
         """
         options = options or DecodingOptions(without_timestamps=True)
         if language is not None:
@@ -402,7 +404,8 @@ class SpeechTokenizer:
         texts: list[list[str]] = [[] for _ in sequences]
         for batch in _batches(jobs, batch_size):
             feats = self.features([chunk for _, chunk in batch])
-            decoded = self.decode_features(feats, options, self._languages(feats, options))
+            languages = self._languages(feats, options)
+            decoded = self.decode_features(feats, options, languages, fallback=fallback)
             for (i, _), text in zip(batch, decoded):
                 texts[i].append(text)
             if progress is not None:
@@ -411,14 +414,44 @@ class SpeechTokenizer:
 
     @torch.inference_mode()
     def decode_features(
-        self, feats: torch.Tensor, options: DecodingOptions, languages: list[str | None]
+        self,
+        feats: torch.Tensor,
+        options: DecodingOptions,
+        languages: list[str | None],
+        fallback: bool = True,
     ) -> list[str]:
         """Text of each row of decoder features ``(rows, 1500, d_model)`` (the bottleneck's or
-        the encoder's own) through the frozen Whisper decoder, one language per row."""
-        results = decode(
-            self.session, self.whisper.tokenizer, self.whisper.suppress_tokens, feats,
-            options, languages,
-        )  # fmt: skip
+        the encoder's own) through the frozen Whisper decoder, one language per row.
+
+        With ``fallback`` and greedy or beam ``options`` (temperature 0), a row whose text is
+        too repetitive or too unlikely is decoded again at rising temperatures, by
+        ``transcribe``'s rule and defaults (``TranscribeOptions``: temperatures 0.2-1.0,
+        compression ratio 2.4, log-probability -1), and a looping row is cut short first.
+        Sampled rows are decoded one at a time from the same seed, so a row's text depends on
+        its features alone, not on its batch. Without the fallback, one repetition loop fills
+        the rest of its window ("She's trued. She's trued. ...")."""
+        from whisperforge.decoding import with_temperature
+        from whisperforge.transcribe import TranscribeOptions, needs_fallback
+
+        rules = TranscribeOptions()
+        temperatures = rules.temperature if fallback and options.temperature == 0 else (None,)
+
+        def run(rows: list[int], temperature: float | None, last: bool) -> list:
+            opts = options if temperature is None else with_temperature(options, temperature)
+            if not last:  # a looping row will be decoded again: cut it
+                opts = replace(opts, stop_compression_ratio=rules.compression_ratio_threshold)
+            if temperature:
+                torch.manual_seed(rules.seed)
+            picked = feats if len(rows) == feats.shape[0] else feats[rows]
+            return decode(self.session, self.whisper.tokenizer, self.whisper.suppress_tokens,
+                          picked, opts, [languages[i] for i in rows])  # fmt: skip
+
+        results = run(list(range(feats.shape[0])), temperatures[0], len(temperatures) == 1)
+        for i in range(len(results)):
+            for n, temperature in enumerate(temperatures[1:], start=2):
+                if not needs_fallback(results[i], rules):
+                    break
+                results[i] = run([i], temperature, n == len(temperatures))[0]
         return [r.text.strip() for r in results]
 
     def _languages(self, feats: torch.Tensor, options: DecodingOptions) -> list[str | None]:

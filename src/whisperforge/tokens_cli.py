@@ -227,9 +227,9 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     n = tokenizer.config.tokens_per_window
     windows = sum(max(1, -(-len(s) // n)) for s in sequences if s)
     bar = progress_bar(windows, unit="window", enabled=not args.quiet)
-    texts = tokenizer.transcribe_tokens(
-        sequences, language=args.language, batch_size=args.batch_size, progress=bar.update
-    )
+    texts = tokenizer.transcribe_tokens(sequences, language=args.language,
+                                        batch_size=args.batch_size, progress=bar.update,
+                                        fallback=args.fallback)  # fmt: skip
     bar.close()
     _write(texts, args.output)
     return 0
@@ -371,6 +371,11 @@ def add_parser(subparsers) -> None:
         "inputs", nargs="+", help="files of `tokens encode` lines (any format); - = stdin"
     )
     p.add_argument("--language", default=None, help="language code; default: detect")
+    p.add_argument(
+        "--fallback", action=argparse.BooleanOptionalAction, default=True,
+        help="decode a too repetitive or too unlikely window again at rising temperatures, "
+        "as transcribe does (default); --no-fallback: greedy only",
+    )  # fmt: skip
     _common(p)
     p.set_defaults(func=cmd_transcribe)
 

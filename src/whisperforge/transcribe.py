@@ -505,7 +505,7 @@ class Transcriber:
             retry = []
             for i, result in zip(pending, decoded):
                 results[i] = result
-                if _needs_fallback(result, opts):
+                if needs_fallback(result, opts):
                     retry.append(i)
             pending = retry
             if not pending:
@@ -689,7 +689,7 @@ def _pad(window: np.ndarray, n: int = N_SAMPLES) -> np.ndarray:
     return window if len(window) == n else np.pad(window, (0, n - len(window)))
 
 
-def _needs_fallback(result: DecodingResult, opts: TranscribeOptions) -> bool:
+def needs_fallback(result: DecodingResult, opts: TranscribeOptions) -> bool:
     """openai-whisper's rule: too repetitive or too unlikely, unless it is silence."""
     if _is_silence(result, opts):
         return False

@@ -131,7 +131,7 @@ def _languages(tok: SpeechTokenizer, states, wanted: list[str | None]) -> list[s
 
 
 def _run_batch(tok, batch, items, language, options, outputs: _Outputs, timing: _Timing,
-               teacher: bool = True):  # fmt: skip
+               teacher: bool = True, fallback: bool = True):  # fmt: skip
     """Both paths on one batch of windows (only the tokens' path without ``teacher``)."""
     start = time.perf_counter()
     pieces = [w.audio for w in batch]
@@ -143,12 +143,12 @@ def _run_batch(tok, batch, items, language, options, outputs: _Outputs, timing: 
     languages = _languages(tok, states, wanted)
     timing.add("language", start)
     start = time.perf_counter()
-    token_texts = tok.decode_features(tok.features(ids), options, languages)
+    token_texts = tok.decode_features(tok.features(ids), options, languages, fallback)
     timing.add("tokens", start)
     start = time.perf_counter()
     references = [""] * len(batch)
     if teacher:
-        references = tok.decode_features(states, options, languages)
+        references = tok.decode_features(states, options, languages, fallback)
     timing.add("teacher", start)
     for w, row, text, reference in zip(batch, ids, token_texts, references):
         outputs.ids[w.item].extend(row)
@@ -158,14 +158,14 @@ def _run_batch(tok, batch, items, language, options, outputs: _Outputs, timing: 
 
 
 def _options_record(options: DecodingOptions, language: str | None, batch_size: int,
-                    vad: VadOptions | None) -> dict:  # fmt: skip
+                    vad: VadOptions | None, fallback: bool) -> dict:  # fmt: skip
     return {**asdict(options), "language": language, "batch_size": batch_size,
-            "vad": None if vad is None else asdict(vad)}  # fmt: skip
+            "vad": None if vad is None else asdict(vad), "fallback": fallback}  # fmt: skip
 
 
 def teacher_texts(
     report: dict, items: list[EvalItem], tokenizer: SpeechTokenizer, options: DecodingOptions,
-    language: str | None, vad: VadOptions | None = None,
+    language: str | None, vad: VadOptions | None = None, fallback: bool = True,
 ) -> list[str]:  # fmt: skip
     """Each item's teacher transcript from an earlier ``evaluate_tokens`` report; ValueError
     unless that report decoded the same utterances with the same teacher, encoder precision,
@@ -177,10 +177,11 @@ def teacher_texts(
     if report.get("encoder_dtype", "float32") != tokenizer.encoder_dtype:
         raise ValueError(f"the report's encoder ran in {report.get('encoder_dtype', 'float32')}, "
                          f"this one runs in {tokenizer.encoder_dtype}")  # fmt: skip
-    # reports written before the language or VAD was recorded: the defaults (None)
-    old = {"language": None, "vad": None, **report.get("options", {})}
+    # reports written before the language, VAD or fallback was recorded: None, None and no
+    # fallback (what they ran)
+    old = {"language": None, "vad": None, "fallback": False, **report.get("options", {})}
     old.pop("batch_size", None)
-    new = _options_record(options, language, 0, vad)
+    new = _options_record(options, language, 0, vad, fallback)
     new.pop("batch_size")
     if old != new:
         changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
@@ -232,6 +233,7 @@ def evaluate_tokens(
     teacher: list[str] | None = None,
     vad: VadOptions | None = None,
     journal: str | Path | None = None,
+    fallback: bool = True,
 ) -> dict:
     """Transcribe ``items`` from speech tokens and with the continuous teacher; score both.
 
@@ -240,7 +242,8 @@ def evaluate_tokens(
     windows (with ``vad``, the cut silences included); ``teacher``: each item's teacher transcript
     (``teacher_texts``) instead of decoding it again; ``vad``: both paths read only the
     speech VAD finds (None: every sample, whatever the tokenizer's default; the CLI passes
-    ``VadOptions()`` for a tokenizer whose config asks for VAD). With ``journal`` (a JSONL
+    ``VadOptions()`` for a tokenizer whose config asks for VAD); ``fallback``: both paths
+    decode with ``SpeechTokenizer.decode_features``' temperature fallback. With ``journal`` (a JSONL
     path) each finished utterance's outputs are appended to it, and a run that finds a
     journal of the same tokenizer, options and items takes the utterances it holds instead
     of reading them again (``report["resumed"]``; their time counts in the throughput; files
@@ -253,7 +256,7 @@ def evaluate_tokens(
     outputs = _Outputs([[] for _ in range(n)], [[] for _ in range(n)], [[] for _ in range(n)],
                        [0] * n, [0] * n)  # fmt: skip
     timing, languages = _Timing(), [None] * n
-    record = _options_record(options, language, batch_size, vad)
+    record = _options_record(options, language, batch_size, vad, fallback)
     keys = item_keys(items)
     header = {
         "journal": "whisperforge tokenizer evaluate",
@@ -274,7 +277,7 @@ def evaluate_tokens(
             work = [w for w in batch if w.item >= 0]
             if work:
                 found = _run_batch(tokenizer, work, items, language, options, outputs, timing,
-                                   teacher=teacher is None)  # fmt: skip
+                                   teacher=teacher is None, fallback=fallback)  # fmt: skip
                 for w, lang in zip(work, found):
                     languages[w.item] = languages[w.item] or lang
             # an item is finished once a later one has started (or every item has)

@@ -64,7 +64,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.teacher_from:
         previous = json.loads(args.teacher_from.read_text(encoding="utf-8"))
         try:
-            teacher = teacher_texts(previous, items, tokenizer, options, args.language, vad)
+            teacher = teacher_texts(previous, items, tokenizer, options, args.language, vad,
+                                    args.fallback)  # fmt: skip
         except ValueError as error:
             raise ValueError(f"--teacher-from {args.teacher_from}: {error}") from None
     seconds = sum(i.duration or 0.0 for i in items)
@@ -75,6 +76,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     report = evaluate_tokens(
         tokenizer, items, language=args.language, options=options, batch_size=args.batch_size,
         name=str(args.model), progress=bar.update, teacher=teacher, vad=vad, journal=journal,
+        fallback=args.fallback,
     )  # fmt: skip
     bar.close()
     if report["resumed"]:
@@ -152,6 +154,11 @@ def add_parser(subparsers) -> None:
         "utterances (same teacher and decoding) instead of decoding them again",
     )  # fmt: skip
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N utterances")
+    p.add_argument(
+        "--fallback", action=argparse.BooleanOptionalAction, default=True,
+        help="decode a too repetitive or too unlikely window again at rising temperatures, "
+        "on both paths, as transcribe does (default); --no-fallback: greedy only",
+    )  # fmt: skip
     add_encoder_dtype(p)
     add_vad_arguments(
         p, "both paths read only the speech voice activity detection (Silero VAD) finds, "
