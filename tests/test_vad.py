@@ -201,7 +201,6 @@ def test_transcribe_with_vad_skips_silence_and_keeps_file_times(tiny_en, speech_
 
 
 def test_a_model_can_make_vad_its_default(tiny_en, monkeypatch, caplog, capsys):
-    import whisperforge.transcribe as transcribe_module
     from whisperforge.cli import build_parser, main
 
     audio = np.concatenate([seconds(6), load_audio(JFK)])
@@ -217,7 +216,7 @@ def test_a_model_can_make_vad_its_default(tiny_en, monkeypatch, caplog, capsys):
     _, info = transcriber.transcribe(audio, language="en", vad=False)  # asked: off
     assert info.duration_after_vad is None and info.options["vad"] is False
     # without silero-vad a model's default is skipped with a warning, once
-    monkeypatch.setattr(transcribe_module, "vad_available", lambda: False)
+    monkeypatch.setattr("whisperforge.vad.is_available", lambda: False)
     with caplog.at_level("WARNING", logger="whisperforge.vad"):
         _, info = transcriber.transcribe(audio, language="en")
         transcriber.transcribe(audio, language="en")

@@ -42,8 +42,7 @@ from whisperforge.models.vq import (
     tokens_for_samples,
 )
 from whisperforge.models.zoo import zoo_models, zoo_path
-from whisperforge.vad import VadOptions, speech_only, warn_default_unavailable
-from whisperforge.vad import is_available as vad_available
+from whisperforge.vad import VadOptions, default_on, speech_only
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "speech_tokenizer.json"
@@ -276,14 +275,7 @@ class SpeechTokenizer:
     def uses_vad(self, vad: VadOptions | bool | None) -> VadOptions | bool:
         """``vad`` as asked; None: the tokenizer's default (``vad``), skipped with a warning
         once where silero-vad is not installed (``vad=True`` then fails naming it)."""
-        if vad is not None:
-            return vad
-        if not self.vad:
-            return False
-        if not vad_available():
-            warn_default_unavailable("this speech tokenizer", "tokeniz")
-            return False
-        return True
+        return default_on(self.vad, "this speech tokenizer", "tokeniz") if vad is None else vad
 
     def tokenize(self, audio: AudioSource, vad: VadOptions | bool | None = None) -> list[int]:
         """Speech ids of one recording (any ``load_audio`` source), 25 per second; ``vad``

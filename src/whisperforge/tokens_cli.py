@@ -85,13 +85,10 @@ def resolve_vad(args: argparse.Namespace):
     default (``"vad"`` in its config), skipped with a warning where silero-vad is missing."""
     from whisperforge.cli import vad_options
     from whisperforge.tokens import default_vad
-    from whisperforge.vad import is_available, warn_default_unavailable
+    from whisperforge.vad import default_on
 
     if args.vad is None:
-        args.vad = default_vad(args.model)
-        if args.vad and not is_available():
-            warn_default_unavailable(str(args.model), "tokeniz")
-            args.vad = False
+        args.vad = default_on(default_vad(args.model), str(args.model), "tokeniz")
     return vad_options(args)
 
 

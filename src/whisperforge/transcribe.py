@@ -55,11 +55,10 @@ from whisperforge.vad import (
     DEFAULT_SPEECH_PAD,
     DEFAULT_THRESHOLD,
     SpeechMap,
+    default_on,
     speech_map,
-    warn_default_unavailable,
 )
 from whisperforge.vad import check_options as check_vad_options
-from whisperforge.vad import is_available as vad_available
 
 logger = logging.getLogger(__name__)
 LONG_FORM_MODES = ("chunked", "sequential")
@@ -418,14 +417,7 @@ class Transcriber:
         """Whether a transcription with ``TranscribeOptions.vad=vad`` runs VAD: as asked, else
         as the model says (``ModelBundle.vad``). A model's default is skipped, with a warning
         once, where silero-vad is not installed; ``vad=True`` then fails with what to install."""
-        if vad is not None:
-            return vad
-        if not self.bundle.vad:
-            return False
-        if not vad_available():
-            warn_default_unavailable(self.bundle.name)
-            return False
-        return True
+        return default_on(self.bundle.vad, self.bundle.name) if vad is None else vad
 
     def _file(self, index: int, source, audio: np.ndarray, opts: TranscribeOptions) -> _File:
         """A file's state; with ``opts.vad`` (decided by ``_options``) its audio is only the

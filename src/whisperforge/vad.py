@@ -61,6 +61,17 @@ def warn_default_unavailable(model: str, work: str = "transcrib") -> None:
     )  # fmt: skip
 
 
+def default_on(default: bool, model: str, work: str = "transcrib") -> bool:
+    """Whether a model whose config asks for VAD by default (``default``) gets it: not
+    where silero-vad is missing, which ``warn_default_unavailable`` says once."""
+    if not default:
+        return False
+    if not is_available():
+        warn_default_unavailable(model, work)
+        return False
+    return True
+
+
 @lru_cache(maxsize=1)
 def _model():
     import torch
