@@ -254,3 +254,14 @@ def test_reference_manifests_train_on_the_transcripts(tmp_path, teacher_dir, dat
     assert result.data["kept"] == 4 and len(_losses(tmp_path / "ref")) == 2
     with pytest.raises(Exception, match="reference_manifests"):
         load_config(DistillConfig, path, ["train_manifests=[]"])
+    # an empty manifest, or one in another format, leaves nothing to train on: said so
+    from whisperforge.recipes.distill import _load_data
+
+    empty, wrong = tmp_path / "empty.jsonl", tmp_path / "wrong.jsonl"
+    empty.write_text("")
+    wrong.write_text("audio,text\nfile.wav,hello\n")
+    for bad in (empty, wrong):
+        config = load_config(DistillConfig, path, ["train_manifests=[]",
+                                                   f"reference_manifests=[{bad}]"])  # fmt: skip
+        with pytest.raises(ValueError, match="no training rows left"):
+            _load_data(config, tiny_en_tokenizer, 448)
