@@ -163,7 +163,8 @@ def test_two_cpu_processes_with_torchrun(tmp_path, teacher_dir, data, audio_cont
     command = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "whisperforge.cli",
                "distill", "train", str(path), f"dev_manifest={data['dev']}",
                f"audio_context={audio_context}", f"vad={str(audio_context == 'dynamic').lower()}",
-               *(["chunk_length=20", "stride_length=2"] if audio_context == "dynamic" else []),
+               *(["chunk_length=20", "stride_length=2", "condition_on_previous_text=true"]
+                 if audio_context == "dynamic" else []),
                "-q"]  # fmt: skip
     done = subprocess.run(command, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -179,6 +180,8 @@ def test_two_cpu_processes_with_torchrun(tmp_path, teacher_dir, data, audio_cont
     chunking = (meta["config"].get("chunk_length"), meta["config"].get("stride_length"))
     assert chunking == ((20.0, 2.0) if audio_context == "dynamic" else (None, None))
     assert meta["config"]["languages"] == ["en"]  # the languages of its training rows
+    # sequential long-form's prompt: off unless the config turns it on
+    assert meta["config"]["condition_on_previous_text"] is (audio_context == "dynamic")
 
 
 def test_dynamic_context_rows_read_states_of_their_own_length(teacher_dir, data):

@@ -21,6 +21,7 @@ def test_jfk_whisper_base_exact(base_transcriber):
     assert text == JFK_TEXT
     assert info.language == "en" and info.language_probability > 0.9
     assert info.options["beam_size"] == 1 and info.duration == pytest.approx(11.0, abs=0.01)
+    assert info.options["condition_on_previous_text"] is True  # Whisper's own default
     assert segments[0].start == 0.0 and 10.0 <= segments[-1].end <= 11.0
 
 

@@ -35,8 +35,9 @@ def _add_decoding_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--condition-on-previous-text",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="sequential mode: prompt each window with the previous text",
+        default=None,
+        help="sequential mode: prompt each window with the previous text (default: the "
+        "model's; on, off for distilled students)",
     )
     p.add_argument("--initial-prompt", default=None)
     p.add_argument("--without-timestamps", action="store_true")

@@ -97,7 +97,9 @@ class TranscribeOptions:
     compression_ratio_threshold: float | None = 2.4
     log_prob_threshold: float | None = -1.0
     no_speech_threshold: float | None = 0.6
-    condition_on_previous_text: bool = True
+    # sequential mode: prompt each window with the text before it; None: the model's
+    # (ModelBundle.condition_on_previous_text: on, off for distilled students)
+    condition_on_previous_text: bool | None = None
     prompt_reset_on_temperature: float = 0.5
     initial_prompt: str | None = None
     without_timestamps: bool = False
@@ -356,11 +358,16 @@ class Transcriber:
             yield pending.pop(index)
 
     def _options(self, options: dict) -> TranscribeOptions:
-        """Checked options of one call, VAD decided once (``uses_vad``) for all its files."""
+        """Checked options of one call, the model's defaults filled in: VAD decided once
+        (``uses_vad``) for all its files, chunking and the previous-text prompt."""
         opts = TranscribeOptions.from_kwargs(**options)
         self.check(opts)
         chunk, stride = self.chunking(opts.chunk_length, opts.stride_length)
-        return replace(opts, vad=self.uses_vad(opts.vad), chunk_length=chunk, stride_length=stride)
+        condition = opts.condition_on_previous_text
+        if condition is None:
+            condition = self.bundle.condition_on_previous_text
+        return replace(opts, vad=self.uses_vad(opts.vad), chunk_length=chunk,
+                       stride_length=stride, condition_on_previous_text=condition)  # fmt: skip
 
     def chunking(
         self, chunk_length: float | None, stride_length: float | None

@@ -171,6 +171,15 @@ class ModelBundle:
         on clips that start on their first word (docs/distill.md, *Speech after silence*)."""
         return bool(getattr(self.model.config, "vad", False))
 
+    @property
+    def condition_on_previous_text(self) -> bool:
+        """Whether sequential long-form prompts each window with the text before it unless
+        told otherwise (``TranscribeOptions.condition_on_previous_text=None``): the model's
+        ``config.condition_on_previous_text``, else on, as Whisper. Distilled students turn
+        it off: a 2-layer decoder prompted with its own text skips speech (docs/distill.md)."""
+        condition = getattr(self.model.config, "condition_on_previous_text", None)
+        return True if condition is None else bool(condition)
+
     @cached_property
     def alignment_heads(self) -> list[tuple[int, int]]:
         """``(layer, head)`` cross-attention heads that follow the audio's timing (word

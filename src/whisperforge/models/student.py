@@ -131,9 +131,10 @@ def read_student_meta(folder: Path) -> dict:
 
 # config keys a student's ``student.json`` may carry beside its architecture: its
 # transcription defaults (``ModelBundle.audio_context``, ``vad``, ``chunk_length``,
-# ``stride_length``), set on students distilled for them, and the languages it was trained
-# on (``ModelBundle.languages``)
-TRANSCRIBE_DEFAULTS = ("audio_context", "vad", "chunk_length", "stride_length", "languages")
+# ``stride_length``, ``condition_on_previous_text``), set on students distilled for them,
+# and the languages it was trained on (``ModelBundle.languages``)
+TRANSCRIBE_DEFAULTS = ("audio_context", "vad", "chunk_length", "stride_length",
+                       "condition_on_previous_text", "languages")  # fmt: skip
 
 
 def student_from_delta(folder: Path, teacher: torch.nn.Module) -> tuple[torch.nn.Module, dict]:

@@ -79,6 +79,10 @@ class DistillConfig:
     # true: the saved student transcribes with Silero VAD unless told otherwise (its config's
     # ``vad``), for students trained on clips that start on speech (docs/distill.md)
     vad: bool = False
+    # the saved student's sequential long-form prompt (its config's
+    # ``condition_on_previous_text``): off, as Distil-Whisper's sequential recipe; a 2-layer
+    # decoder prompted with its own text skips speech (docs/distill.md)
+    condition_on_previous_text: bool = False
     # the saved student's chunked long-form windows (its config's ``chunk_length`` and
     # ``stride_length``, s); null: Whisper's 30 s and a sixth of it (docs/transcribe.md)
     chunk_length: float | None = None
@@ -348,6 +352,7 @@ def setup(config: DistillConfig) -> DistillRun:
         student.config.audio_context = "dynamic"  # saved with the student; transcribe reads it
     if config.vad:
         student.config.vad = True  # saved with the student: its transcription default
+    student.config.condition_on_previous_text = bool(config.condition_on_previous_text)
     for key in ("chunk_length", "stride_length"):  # and its long-form windows
         if getattr(config, key) is not None:
             setattr(student.config, key, float(getattr(config, key)))
