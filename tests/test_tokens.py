@@ -93,6 +93,22 @@ def test_transcribe_tokens_batched_and_checked(speech_tokenizer, jfk_ids):
         speech_tokenizer.transcribe_tokens([jfk_ids, [1, 999]])
 
 
+def test_long_sequences_are_decoded_in_overlapping_windows(speech_tokenizer):
+    assert speech_tokenizer.token_windows(750) == [(0, 750)]  # one window: decoded whole
+    assert speech_tokenizer.token_windows(0) == [(0, 0)]
+    windows = speech_tokenizer.token_windows(1625)  # 65 s
+    assert windows[0][0] == 0 and windows[-1][1] == 1625
+    assert all(b - a <= 500 for a, b in windows)  # 20 s each
+    # neighbours share 6 s (150 ids): 3 s of context on each side of every cut
+    assert all(b1 - a2 == 150 for (_, b1), (a2, _) in zip(windows, windows[1:]))
+    ids = list(range(256)) * 4  # 1024 ids, 41 s
+    counted = []
+    texts = speech_tokenizer.transcribe_tokens([ids, ids[:100]], batch_size=2,
+                                               progress=counted.append, fallback=False)  # fmt: skip
+    assert sum(counted) == len(speech_tokenizer.token_windows(1024)) + 1
+    assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+
+
 def test_ids_from_both_parts_of_a_merged_codebook_decode(tiny_en):
     torch.manual_seed(0)
     small = whisper_vq_tiny(codebook_size=64)

@@ -372,6 +372,53 @@ def test_evaluate_with_vad_reads_only_the_speech(trained, data, tmp_path, capsys
     assert main([*on, "--no-vad", "--teacher-from", str(report_path)]) == 2
 
 
+def test_evaluate_reads_a_long_recording_as_a_user_would(trained, data, tmp_path):
+    """Over 30 s: the tokens through ``transcribe_tokens``' overlapping windows, the teacher
+    through Whisper's own chunked long-form, not 30 s windows cut anywhere."""
+    import soundfile as sf
+
+    from whisperforge.audio import SAMPLE_RATE, load_audio
+    from whisperforge.decoding import DecodingOptions
+    from whisperforge.recipes.evaluate import usable_items
+    from whisperforge.recipes.evaluate_tokens import evaluate_tokens, teacher_texts
+    from whisperforge.transcribe import Transcriber
+
+    lines = data["a"].read_text().splitlines() + data["b"].read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    pause = np.zeros(SAMPLE_RATE // 2, np.float32)
+    clips = [load_audio(data["a"].parent / r["audio"]) for r in rows * 2]
+    audio = np.concatenate([x for clip in clips for x in (clip, pause)])
+    assert len(audio) > 31 * SAMPLE_RATE
+    sf.write(tmp_path / "long.wav", audio, SAMPLE_RATE)
+    manifest = tmp_path / "m.jsonl"
+    text = " ".join(r["text"] for r in rows * 2)
+    manifest.write_text(
+        json.dumps({"audio": str(tmp_path / "long.wav"), "text": text, "id": "long"}) + "\n"
+        + json.dumps({**rows[0], "audio": str(data["a"].parent / rows[0]["audio"])}) + "\n"
+    )  # fmt: skip
+    items, _ = usable_items(manifest)
+    tok = SpeechTokenizer.load(trained / "tokenizer")
+    seen = []
+    report = evaluate_tokens(tok, items, language="en", progress=seen.append)
+    seconds = (len(audio) + len(load_audio(data["a"].parent / rows[0]["audio"]))) / SAMPLE_RATE
+    assert sum(seen) == pytest.approx(seconds, abs=1e-3)
+    assert report["options"]["long_form"] == "chunked"
+    long_row, clip_row = report["per_utterance"]
+    ids = tok.tokenize(audio, vad=False)
+    assert long_row["n_tokens"] == len(ids) and len(tok.token_windows(len(ids))) == 4  # 56 s
+    assert long_row["hypothesis"] == tok.transcribe_tokens([ids], language="en")[0]
+    whisper = next(iter(Transcriber(tok.whisper).transcribe_batch([audio], language="en",
+                                                                  vad=False)))  # fmt: skip
+    assert long_row["teacher_hypothesis"] == whisper.text  # (a random teacher: any text)
+    # a clip of one window is still decoded from the same encoder states on both paths
+    assert clip_row["n_tokens"] == len(tok.tokenize(data["a"].parent / rows[0]["audio"]))
+    # a report from before long recordings were read this way cannot stand in for one now
+    old = {**report, "options": {k: v for k, v in report["options"].items() if k != "long_form"}}
+    with pytest.raises(ValueError, match=r"other options \(long_form\)"):
+        teacher_texts(old, items, tok, DecodingOptions(without_timestamps=True), "en")
+    assert teacher_texts(report, items, tok, DecodingOptions(without_timestamps=True), "en")
+
+
 def test_clear_errors(tmp_path, trained, data, capsys):
     broken = tmp_path / "broken.jsonl"
     broken.write_text("{not json\n")

@@ -42,9 +42,16 @@ from whisperforge.models.vq import (
     tokens_for_samples,
 )
 from whisperforge.models.zoo import zoo_models, zoo_path
+from whisperforge.stitch import merge_windows, parse_window
+from whisperforge.transcribe import plan_windows
 from whisperforge.vad import VadOptions, default_on, speech_only
 
 FORMAT_VERSION = 1
+# ids of more than one window (30 s) are decoded in overlapping windows of this many seconds
+# sharing this much with each neighbour, merged where they agree (transcribe's chunked
+# long-form; docs/tokens.md, *Long recordings*)
+LONG_FORM_CHUNK = 20.0
+LONG_FORM_STRIDE = 3.0
 CONFIG_FILE = "speech_tokenizer.json"
 WEIGHTS_FILE = "speech_tokenizer.safetensors"
 SOUND_START = "<|sound_start|>"
@@ -366,6 +373,16 @@ class SpeechTokenizer:
         feats = self.bottleneck.dequantize(rows.to(self.whisper.device))
         return feats.to(self.session.dtype)
 
+    def token_windows(self, n_ids: int) -> list[tuple[int, int]]:
+        """The ``[start, end)`` id ranges ``transcribe_tokens`` decodes a sequence of
+        ``n_ids`` ids in: the whole sequence where it fits one window (750 ids, 30 s), else
+        windows of ``LONG_FORM_CHUNK`` seconds overlapping by ``2 * LONG_FORM_STRIDE``."""
+        if n_ids <= self.config.tokens_per_window:
+            return [(0, n_ids)]
+        rate = self.config.tokens_per_second
+        spans = plan_windows(n_ids / rate, LONG_FORM_STRIDE, LONG_FORM_CHUNK)
+        return [(round(s * rate), min(round(e * rate), n_ids)) for s, e in spans]
+
     @torch.inference_mode()
     def transcribe_tokens(
         self,
@@ -379,30 +396,55 @@ class SpeechTokenizer:
     ) -> list[str]:
         """Text of each id sequence through the frozen Whisper decoder.
 
-        A sequence longer than a window (750 ids) is decoded in 750-id windows whose texts
-        are joined. ``options`` default: greedy, without timestamps; ``language`` (if given)
-        overrides ``options.language``; a multilingual model detects it per window otherwise.
-        ``progress`` gets the number of windows of each finished batch. ``fallback``: as in
-        ``decode_features``.
+        A sequence of up to one window (750 ids, 30 s) is decoded whole. A longer one is
+        decoded in overlapping windows (``token_windows``: 20 s sharing 3 s with each
+        neighbour) with timestamps, merged where their texts agree, as chunked long-form
+        does (``whisperforge.stitch``): each word is read in a window where it sits away
+        from an edge, and no window runs to its 30 s end, where this decoder loops.
+        ``options`` default: greedy, without timestamps; ``language`` (if given) overrides
+        ``options.language``; a multilingual model detects it per window otherwise.
+        ``progress`` gets the number of windows (``token_windows``) of each finished batch.
+        ``fallback``: as in ``decode_features``.
         """
         options = options or DecodingOptions(without_timestamps=True)
         if language is not None:
             options = replace(options, language=language)
         sequences = self._check_ids(sequences)
-        n = self.config.tokens_per_window
-        jobs = [
-            (i, seq[s : s + n]) for i, seq in enumerate(sequences) for s in range(0, len(seq), n)
-        ]
-        texts: list[list[str]] = [[] for _ in sequences]
-        for batch in _batches(jobs, batch_size):
-            feats = self.features([chunk for _, chunk in batch])
-            languages = self._languages(feats, options)
-            decoded = self.decode_features(feats, options, languages, fallback=fallback)
-            for (i, _), text in zip(batch, decoded):
-                texts[i].append(text)
+        rate = self.config.tokens_per_second
+        whole, parts = [], []  # (sequence, window, ids): decoded as asked / with timestamps
+        spans: list[list[tuple[float, float]]] = [[] for _ in sequences]
+        for i, seq in enumerate(sequences):
+            windows = self.token_windows(len(seq))
+            for w, (a, b) in enumerate(windows):
+                (whole if len(windows) == 1 else parts).append((i, w, seq[a:b]))
+                spans[i].append((a / rate, b / rate))
+        texts = [""] * len(sequences)
+        for batch in _batches(whole, batch_size):
+            for (i, _, _), result in zip(batch, self._decode_ids(batch, options, fallback)):
+                texts[i] = result.text.strip()
             if progress is not None:
                 progress(len(batch))
-        return [" ".join(t for t in parts if t) for parts in texts]
+        timed = replace(options, without_timestamps=False)
+        decoded: list[dict[int, list]] = [{} for _ in sequences]
+        timestamp_begin = self.whisper.tokenizer.timestamp_begin
+        for batch in _batches(parts, batch_size):
+            for (i, w, _), result in zip(batch, self._decode_ids(batch, timed, fallback)):
+                start, end = spans[i][w]
+                decoded[i][w] = parse_window(result.tokens, timestamp_begin, start, end, result,
+                                             window_id=w)[0]  # fmt: skip
+            if progress is not None:
+                progress(len(batch))
+        for i, windows in enumerate(decoded):
+            if windows:
+                merged = merge_windows([windows[w] for w in range(len(spans[i]))], spans[i])
+                text = "".join(self.whisper.tokenizer.decode(s.tokens) for s in merged)
+                texts[i] = text.strip()
+        return texts
+
+    def _decode_ids(self, batch: list[tuple], options: DecodingOptions, fallback: bool) -> list:
+        """``DecodingResult`` of each ``(sequence, window, ids)`` of ``batch``."""
+        feats = self.features([ids for _, _, ids in batch])
+        return self.decode_results(feats, options, self._languages(feats, options), fallback)
 
     @torch.inference_mode()
     def decode_features(
@@ -413,7 +455,20 @@ class SpeechTokenizer:
         fallback: bool = True,
     ) -> list[str]:
         """Text of each row of decoder features ``(rows, 1500, d_model)`` (the bottleneck's or
-        the encoder's own) through the frozen Whisper decoder, one language per row.
+        the encoder's own) through the frozen Whisper decoder, one language per row
+        (``decode_results``' texts)."""
+        return [r.text.strip() for r in self.decode_results(feats, options, languages, fallback)]
+
+    @torch.inference_mode()
+    def decode_results(
+        self,
+        feats: torch.Tensor,
+        options: DecodingOptions,
+        languages: list[str | None],
+        fallback: bool = True,
+    ) -> list:
+        """``DecodingResult`` of each row of decoder features ``(rows, 1500, d_model)``
+        through the frozen Whisper decoder, one language per row.
 
         With ``fallback`` and greedy or beam ``options`` (temperature 0), a row whose text is
         too repetitive or too unlikely is decoded again at rising temperatures, by
@@ -444,7 +499,7 @@ class SpeechTokenizer:
                 if not needs_fallback(results[i], rules):
                     break
                 results[i] = run([i], temperature, n == len(temperatures))[0]
-        return [r.text.strip() for r in results]
+        return results
 
     def _languages(self, feats: torch.Tensor, options: DecodingOptions) -> list[str | None]:
         if options.language is not None or not self.whisper.multilingual:

@@ -221,8 +221,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
         text = sys.stdin.read() if name == "-" else Path(name).read_text()
         sequences.extend(parse_token_lines(text, name))
     tokenizer = _load(args)
-    n = tokenizer.config.tokens_per_window
-    windows = sum(max(1, -(-len(s) // n)) for s in sequences if s)
+    windows = sum(len(tokenizer.token_windows(len(s))) for s in sequences if s)
     bar = progress_bar(windows, unit="window", enabled=not args.quiet)
     texts = tokenizer.transcribe_tokens(sequences, language=args.language,
                                         batch_size=args.batch_size, progress=bar.update,

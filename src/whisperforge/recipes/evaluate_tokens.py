@@ -1,14 +1,20 @@
 """Evaluate a speech tokenizer: the WER of text decoded from its tokens next to the WER of
-the continuous Whisper model it sits in, on the same windows with the same decoding.
+the continuous Whisper model it sits in, with the same decoding.
 
 Each recording is cut into consecutive 30 s windows (the tokenizer's own convention); the
-Whisper encoder runs once per window and feeds both paths: the encoder states go to the
-decoder directly (the teacher) and through the bottleneck's ids and back (the tokens). Both
-decode greedily without timestamps (or with the options given) in the same language: the one
-asked for, else the row's, else the one the teacher detects. Window texts are joined per
-recording and scored like ``whisperforge evaluate`` (``recipes.evaluate``). With ``vad``
-(``whisperforge.vad.VadOptions``) each recording is first cut down to the speech Silero VAD
-finds, as ``SpeechTokenizer.tokenize(..., vad=...)`` does, and both paths read that.
+Whisper encoder runs once per window and its states feed the bottleneck, whose ids are the
+recording's tokens. A recording of at most 30 s is one window, and both paths decode that
+window: the encoder states go to the decoder directly (the teacher) and through the ids and
+back (the tokens), greedily without timestamps (or with the options given). A longer one is
+read as a user reads it: its ids by ``SpeechTokenizer.transcribe_tokens`` (overlapping
+windows merged where they agree), and the teacher by Whisper's own chunked long-form
+(``Transcriber``, 30 s windows sharing 5 s with each neighbour, with the same beam and
+fallback), not by decoding 30 s windows cut anywhere, which loses words at every cut. Both
+paths use the same language: the one asked for, else the row's, else the one the teacher
+detects on the first window. Texts are scored like ``whisperforge evaluate``
+(``recipes.evaluate``). With ``vad`` (``whisperforge.vad.VadOptions``) each recording is
+first cut down to the speech Silero VAD finds, as ``SpeechTokenizer.tokenize(..., vad=...)``
+does, and both paths read that.
 
 The teacher's side does not depend on the tokenizer: ``teacher_texts(report, ...)`` takes it
 from an earlier report on the same utterances (same teacher, same encoder precision, same
@@ -33,6 +39,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from whisperforge.audio import N_SAMPLES, SAMPLE_RATE, AudioError, load_audio
@@ -57,6 +64,7 @@ class _Window:
     item: int  # index into the items
     audio: object  # float32 samples, up to 30 s
     seconds: float  # of the item's audio this window accounts for (VAD's cuts included)
+    long: bool = False  # one of several windows: the item is decoded whole once read
 
 
 @dataclass
@@ -78,6 +86,8 @@ class _Outputs:
     samples: list[int]
     kept: list[int]  # samples left after VAD (all of them without it)
     failed: dict[int, str] = field(default_factory=dict)
+    # the audio (after VAD) of items longer than one window, until they are decoded
+    long_audio: dict[int, np.ndarray] = field(default_factory=dict)
 
 
 def _windows(items: list[EvalItem], outputs: _Outputs, vad: VadOptions | None,
@@ -104,8 +114,11 @@ def _windows(items: list[EvalItem], outputs: _Outputs, vad: VadOptions | None,
             unseen += seconds
             continue
         starts = range(0, max(len(kept), 1), N_SAMPLES)
+        if len(starts) > 1:
+            outputs.long_audio[index] = kept
         for start in starts:
-            yield _Window(index, kept[start : start + N_SAMPLES], seconds / len(starts) + unseen)
+            yield _Window(index, kept[start : start + N_SAMPLES], seconds / len(starts) + unseen,
+                          long=len(starts) > 1)  # fmt: skip
             unseen = 0.0
     if unseen:
         yield _Window(-1, None, unseen)  # nothing to decode; progress only
@@ -132,7 +145,9 @@ def _languages(tok: SpeechTokenizer, states, wanted: list[str | None]) -> list[s
 
 def _run_batch(tok, batch, items, language, options, outputs: _Outputs, timing: _Timing,
                teacher: bool = True, fallback: bool = True):  # fmt: skip
-    """Both paths on one batch of windows (only the tokens' path without ``teacher``)."""
+    """Ids of one batch of windows, and both paths' texts of the windows that are a whole
+    recording (only the tokens' path without ``teacher``); a longer recording's windows give
+    ids only (``_long_form`` decodes it once all are read)."""
     start = time.perf_counter()
     pieces = [w.audio for w in batch]
     states, mask = tok.encode_windows(pieces)
@@ -142,25 +157,75 @@ def _run_batch(tok, batch, items, language, options, outputs: _Outputs, timing: 
     wanted = [language or items[w.item].language for w in batch]
     languages = _languages(tok, states, wanted)
     timing.add("language", start)
+    for w, row in zip(batch, ids):
+        outputs.ids[w.item].extend(row)
+    whole = [k for k, w in enumerate(batch) if not w.long]
+    if not whole:
+        return languages
     start = time.perf_counter()
-    token_texts = tok.decode_features(tok.features(ids), options, languages, fallback)
+    feats = tok.features([ids[k] for k in whole])
+    picked = [languages[k] for k in whole]
+    token_texts = tok.decode_features(feats, options, picked, fallback)
     timing.add("tokens", start)
     start = time.perf_counter()
-    references = [""] * len(batch)
+    references = [""] * len(whole)
     if teacher:
-        references = tok.decode_features(states, options, languages, fallback)
+        references = tok.decode_features(states[whole], options, picked, fallback)
     timing.add("teacher", start)
-    for w, row, text, reference in zip(batch, ids, token_texts, references):
-        outputs.ids[w.item].extend(row)
-        outputs.tokens[w.item].append(text)
-        outputs.teacher[w.item].append(reference)
+    for k, text, reference in zip(whole, token_texts, references):
+        outputs.tokens[batch[k].item].append(text)
+        outputs.teacher[batch[k].item].append(reference)
     return languages
+
+
+class _LongForm:
+    """Decodes recordings longer than one window: their ids with
+    ``SpeechTokenizer.transcribe_tokens``, their audio with Whisper's chunked long-form."""
+
+    def __init__(self, tok: SpeechTokenizer, options: DecodingOptions, batch_size: int,
+                 teacher: bool, fallback: bool):  # fmt: skip
+        from whisperforge.transcribe import TranscribeOptions, Transcriber
+
+        self.tok, self.options, self.teacher, self.fallback = tok, options, teacher, fallback
+        beam = options.beam_size or 1
+        self.transcribe = dict(
+            beam_size=beam, best_of=options.best_of or 5, patience=options.patience or 1.0,
+            length_penalty=options.length_penalty, long_form="chunked", vad=False,
+            temperature=TranscribeOptions().temperature if fallback else (options.temperature,),
+            batch_size=batch_size,
+        )  # fmt: skip
+        self._transcriber = None
+        self._make = lambda: Transcriber(tok.whisper, encoder_dtype=tok.encoder_dtype)
+
+    def __call__(self, i: int, language: str | None, outputs: _Outputs, timing: _Timing) -> None:
+        audio = outputs.long_audio.pop(i, None)
+        if audio is None:
+            return
+        start = time.perf_counter()
+        outputs.tokens[i] = self.tok.transcribe_tokens(
+            [outputs.ids[i]], language=language, options=self.options, fallback=self.fallback
+        )  # fmt: skip
+        timing.add("tokens", start)
+        if not self.teacher:
+            return
+        start = time.perf_counter()
+        if self._transcriber is None:
+            self._transcriber = self._make()
+        result = next(iter(self._transcriber.transcribe_batch(
+            [audio], language=language, **self.transcribe)))  # fmt: skip
+        outputs.teacher[i] = [result.text]
+        timing.add("teacher", start)
+
+
+# how recordings longer than one window are read (module docstring); reports record it
+LONG_FORM = "chunked"
 
 
 def _options_record(options: DecodingOptions, language: str | None, batch_size: int,
                     vad: VadOptions | None, fallback: bool) -> dict:  # fmt: skip
     return {**asdict(options), "language": language, "batch_size": batch_size,
-            "vad": None if vad is None else asdict(vad), "fallback": fallback}  # fmt: skip
+            "vad": None if vad is None else asdict(vad), "fallback": fallback,
+            "long_form": LONG_FORM}  # fmt: skip
 
 
 def teacher_texts(
@@ -177,9 +242,10 @@ def teacher_texts(
     if report.get("encoder_dtype", "float32") != tokenizer.encoder_dtype:
         raise ValueError(f"the report's encoder ran in {report.get('encoder_dtype', 'float32')}, "
                          f"this one runs in {tokenizer.encoder_dtype}")  # fmt: skip
-    # reports written before the language, VAD or fallback was recorded: None, None and no
-    # fallback (what they ran)
-    old = {"language": None, "vad": None, "fallback": False, **report.get("options", {})}
+    # reports written before the language, VAD, fallback or long-form reading was recorded:
+    # None, None, no fallback and 30 s windows cut anywhere (what they ran)
+    old = {"language": None, "vad": None, "fallback": False, "long_form": "windows",
+           **report.get("options", {})}  # fmt: skip
     old.pop("batch_size", None)
     new = _options_record(options, language, 0, vad, fallback)
     new.pop("batch_size")
@@ -239,7 +305,8 @@ def evaluate_tokens(
 
     ``options`` default: greedy, without timestamps; ``name`` is the tokenizer's reference
     for the report; ``progress`` gets the seconds of audio of each finished batch of
-    windows (with ``vad``, the cut silences included); ``teacher``: each item's teacher transcript
+    windows, a recording longer than one window once it is decoded (with ``vad``, the cut
+    silences included); ``teacher``: each item's teacher transcript
     (``teacher_texts``) instead of decoding it again; ``vad``: both paths read only the
     speech VAD finds (None: every sample, whatever the tokenizer's default; the CLI passes
     ``VadOptions()`` for a tokenizer whose config asks for VAD); ``fallback``: both paths
@@ -272,6 +339,8 @@ def evaluate_tokens(
         progress(sum(outputs.samples[i] for i in done) / SAMPLE_RATE)
     begin = time.perf_counter()
     written = 0  # items before this index are in the journal, done before or failed
+    long_form = _LongForm(tokenizer, options, batch_size, teacher is None, fallback)
+    held: dict[int, float] = {}  # progress seconds of long items read but not yet decoded
     try:
         for batch in _batched(_windows(items, outputs, vad, done), batch_size):
             work = [w for w in batch if w.item >= 0]
@@ -282,6 +351,14 @@ def evaluate_tokens(
                     languages[w.item] = languages[w.item] or lang
             # an item is finished once a later one has started (or every item has)
             last = max(w.item for w in work) if work else n
+            # a long item's seconds count once it is decoded
+            for w in batch:
+                if w.long:
+                    held[w.item] = held.get(w.item, 0.0) + w.seconds
+            for i in [i for i in outputs.long_audio if i < last]:
+                long_form(i, languages[i], outputs, timing)
+                if progress is not None:
+                    progress(held.pop(i))
             if handle is not None:
                 wall = earlier["wall"] + time.perf_counter() - begin
                 finished = [i for i in range(written, last) if i not in done]
@@ -292,7 +369,11 @@ def evaluate_tokens(
                 ])  # fmt: skip
             written = max(written, last)
             if progress is not None:
-                progress(sum(w.seconds for w in batch))
+                progress(sum(w.seconds for w in batch if not w.long))
+        for i in list(outputs.long_audio):
+            long_form(i, languages[i], outputs, timing)
+            if progress is not None:
+                progress(held.pop(i))
     finally:
         if handle is not None:
             handle.close()
