@@ -264,6 +264,8 @@ def test_evaluate_reports_both_wers_bitrates_and_usage(trained, data, tmp_path, 
     # ... and refused where the report cannot stand for this run
     assert main(["tokenizer", "evaluate", *args[:4], *reuse, "--beam-size", "2"]) == 2
     assert "other options (beam_size)" in capsys.readouterr().err
+    assert main(["tokenizer", "evaluate", *args[:4], *reuse, "--timestamps"]) == 2
+    assert "other options (without_timestamps)" in capsys.readouterr().err
     assert main(["tokenizer", "evaluate", *args[:4], *reuse[:2], "--limit", "4"]) == 2
     assert "is not in the report" in capsys.readouterr().err
     assert report["encoder_dtype"] == "float32"

@@ -77,6 +77,23 @@ def test_silence_and_tiny_clip_give_no_hallucinated_text(base_transcriber):
         assert len(r.text.split()) <= 2  # at most a stray word, never a made-up sentence
 
 
+def test_sampled_fallback_text_does_not_depend_on_the_batch(tiny_en, speech_clips):
+    """Every window fails greedy decoding here (a compression-ratio threshold no text meets)
+    and is sampled at 0.7: each one from the same seed, alone, so that a file's text is the
+    same in any batch and after any other file."""
+    transcriber = Transcriber(tiny_en)
+    files = [p for p, _ in speech_clips[:4]]
+    options = dict(language="en", temperature=(0.0, 0.7), compression_ratio_threshold=0.5)
+    together = list(transcriber.transcribe_batch(files, batch_size=4, **options))
+    assert all(s.temperature == 0.7 for r in together for s in r.segments)
+    backwards = list(transcriber.transcribe_batch(files[::-1], batch_size=3, **options))[::-1]
+    alone = [next(iter(transcriber.transcribe_batch([f], batch_size=1, **options))) for f in files]
+    texts = [r.text for r in together]
+    assert texts == [r.text for r in backwards] == [r.text for r in alone]
+    greedy = [r.text for r in transcriber.transcribe_batch(files, language="en", temperature=0)]
+    assert texts != greedy  # sampled: another text than greedy decoding's
+
+
 def test_batch_equals_one_by_one(base_transcriber, speech_clips):
     files = [p for p, _ in speech_clips[:6]]
     batched = [

@@ -382,7 +382,7 @@ class Transcriber:
         """Decode windows of at most 30 s (16 kHz float32) as one batch, one raw result each.
 
         The windows go through the same padding and decoding as ``transcribe`` (temperature
-        fallback included, its sampling seeded by ``seed`` on each call); a result's
+        fallback included, each sampled window seeded by ``seed``); a result's
         ``tokens`` are the model's output ids, text and timestamps, without the prompt and
         the end token. ``languages`` sets each window's language (None:
         ``options['language']``, then detection on multilingual models).
@@ -403,7 +403,6 @@ class Transcriber:
         if need and self.bundle.multilingual:
             self._detect([files[i] for i in need], enc[need])
         contexts = [self._initial_context(opts)] * len(windows)
-        torch.manual_seed(opts.seed)  # fallback samples: the same windows give the same result
         return self._decode_with_fallback(enc, mel, [f.language for f in files], contexts, opts)
 
     def _load_all(self, sources, opts, done: dict[int, FileResult]) -> Iterator[_File]:
@@ -451,7 +450,6 @@ class Transcriber:
 
     def _run(self, files: Iterable[_File], opts, progress) -> Iterator[FileResult]:
         run = self._run_chunked if opts.long_form == "chunked" else self._run_sequential
-        torch.manual_seed(opts.seed)
         for f in run(files, opts, progress):
             segments = _to_segments(f.raw, self.tokenizer, f.language)
             if f.speech is not None:
@@ -489,7 +487,11 @@ class Transcriber:
             options = with_temperature(base, temperature)
             if n + 1 < len(opts.temperature):  # a looping row will be decoded again: cut it
                 options = replace(options, stop_compression_ratio=opts.compression_ratio_threshold)
-            if self.assistant is not None and temperature == 0 and options.beam_size is None:
+            if temperature > 0:  # sampled: each row alone from the same seed, so that its
+                # text depends on its window, not on the batch it came in or the run before
+                decoded = [self._sampled(enc[i : i + 1], languages[i], contexts[i], options, opts)
+                           for i in pending]  # fmt: skip
+            elif self.assistant is not None and options.beam_size is None:
                 decoded = self._speculative(enc, mel, pending, languages, contexts, options)
             else:
                 decoded = decode(
@@ -510,6 +512,12 @@ class Transcriber:
             if not pending:
                 break
         return results
+
+    def _sampled(self, enc, language, context, options, opts) -> DecodingResult:
+        """One window decoded at a temperature above 0, its sampling seeded by ``opts.seed``."""
+        torch.manual_seed(opts.seed)
+        return decode(self.session, self.tokenizer, self.bundle.suppress_tokens, enc, options,
+                      [language], [context])[0]  # fmt: skip
 
     def _speculative(self, enc, mel, rows, languages, contexts, options) -> list[DecodingResult]:
         """Greedy rows decoded one at a time with the assistant drafting for the model."""

@@ -59,7 +59,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     items, skipped = usable_items(args.manifest, split=args.split, limit=args.limit)
     tokenizer = _load_tokenizer(args)
     options = DecodingOptions(beam_size=args.beam_size if args.beam_size > 1 else None,
-                              without_timestamps=True)  # fmt: skip
+                              without_timestamps=not args.timestamps)  # fmt: skip
     teacher = None
     if args.teacher_from:
         previous = json.loads(args.teacher_from.read_text(encoding="utf-8"))
@@ -146,6 +146,11 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--language", default=None, help="default: each row's, else detected")
     p.add_argument("--beam-size", type=int, default=1, help="1 = greedy (default)")
+    p.add_argument(
+        "--timestamps", action="store_true",
+        help="decode recordings of one window with timestamps on both paths, as transcribe "
+        "does (default: without, as the tokenizer was trained; longer ones always use them)",
+    )  # fmt: skip
     p.add_argument("--batch-size", type=int, default=8, help="30 s windows per forward pass")
     p.add_argument("--report", type=Path, default=None, help="write the JSON report here")
     p.add_argument(
