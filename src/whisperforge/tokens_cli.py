@@ -317,7 +317,7 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--model", default=DEFAULT_TOKENIZER,
         help=f"speech tokenizer folder or shipped name (default {DEFAULT_TOKENIZER})",
     )  # fmt: skip
-    p.add_argument("--batch-size", type=int, default=8, help="30 s windows per forward pass")
+    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
     p.add_argument("--output", type=Path, default=None, help="write here instead of stdout")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
@@ -362,7 +362,12 @@ def add_parser(subparsers) -> None:
     _common(p)
     p.set_defaults(func=cmd_encode)
 
-    p = sub.add_parser("transcribe", help="speech token ids -> text via the Whisper decoder")
+    p = sub.add_parser(
+        "transcribe", help="speech token ids -> text via the Whisper decoder",
+        description="Decode speech token ids to text. A sequence of up to 750 ids (30 s) is "
+        "one window; a longer one is decoded in overlapping 20 s windows merged where they "
+        "agree (docs/tokens.md, Long recordings).",
+    )  # fmt: skip
     p.add_argument(
         "inputs", nargs="+", help="files of `tokens encode` lines (any format); - = stdin"
     )
