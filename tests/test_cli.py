@@ -175,6 +175,7 @@ def test_evaluate_reports_wer_per_speaker(speech_clips, tmp_path, capsys):
     assert report["wer"] < 0.15 and report["throughput"] > 0
     assert set(report["by_speaker"]) == {"slt", "kal"}
     assert report["chunking"] == {"chunk_length": 30.0, "stride_length": 5.0}  # whisper-base's
+    assert report["condition_on_previous_text"] is True  # Whisper's own default
     from whisperforge.models.inference import cpu_has_bf16_matmul
 
     assert report["vocab_screen"] is cpu_has_bf16_matmul()  # the default: where bf16 is fast
