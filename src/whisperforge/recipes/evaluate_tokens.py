@@ -147,7 +147,7 @@ def _run_batch(tok, batch, items, language, options, outputs: _Outputs, timing: 
                teacher: bool = True, fallback: bool = True):  # fmt: skip
     """Ids of one batch of windows, and both paths' texts of the windows that are a whole
     recording (only the tokens' path without ``teacher``); a longer recording's windows give
-    ids only (``_long_form`` decodes it once all are read)."""
+    ids only (``_LongForm`` decodes it once all are read)."""
     start = time.perf_counter()
     pieces = [w.audio for w in batch]
     states, mask = tok.encode_windows(pieces)
