@@ -477,29 +477,16 @@ class SpeechTokenizer:
         Sampled rows are decoded one at a time from the same seed, so a row's text depends on
         its features alone, not on its batch. Without the fallback, one repetition loop fills
         the rest of its window ("She's trued. She's trued. ...")."""
-        from whisperforge.decoding import with_temperature
-        from whisperforge.transcribe import TranscribeOptions, needs_fallback
+        from whisperforge.transcribe import TranscribeOptions, decode_with_fallback
 
-        rules = TranscribeOptions()
-        temperatures = rules.temperature if fallback and options.temperature == 0 else (None,)
-
-        def run(rows: list[int], temperature: float | None, last: bool) -> list:
-            opts = options if temperature is None else with_temperature(options, temperature)
-            if not last:  # a looping row will be decoded again: cut it
-                opts = replace(opts, stop_compression_ratio=rules.compression_ratio_threshold)
-            if temperature:
-                torch.manual_seed(rules.seed)
-            picked = feats if len(rows) == feats.shape[0] else feats[rows]
+        def rows(picked: list[int], opts: DecodingOptions) -> list:
+            chosen = feats if len(picked) == feats.shape[0] else feats[picked]
             return decode(self.session, self.whisper.tokenizer, self.whisper.suppress_tokens,
-                          picked, opts, [languages[i] for i in rows])  # fmt: skip
+                          chosen, opts, [languages[i] for i in picked])  # fmt: skip
 
-        results = run(list(range(feats.shape[0])), temperatures[0], len(temperatures) == 1)
-        for i in range(len(results)):
-            for n, temperature in enumerate(temperatures[1:], start=2):
-                if not needs_fallback(results[i], rules):
-                    break
-                results[i] = run([i], temperature, n == len(temperatures))[0]
-        return results
+        if not fallback or options.temperature != 0:
+            return rows(list(range(feats.shape[0])), options)
+        return decode_with_fallback(rows, feats.shape[0], options, TranscribeOptions())
 
     def _languages(self, feats: torch.Tensor, options: DecodingOptions) -> list[str | None]:
         if options.language is not None or not self.whisper.multilingual:

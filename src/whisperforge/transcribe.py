@@ -363,9 +363,7 @@ class Transcriber:
         opts = TranscribeOptions.from_kwargs(**options)
         self.check(opts)
         chunk, stride = self.chunking(opts.chunk_length, opts.stride_length)
-        condition = opts.condition_on_previous_text
-        if condition is None:
-            condition = self.bundle.condition_on_previous_text
+        condition = self.prompts_previous_text(opts.condition_on_previous_text)
         return replace(opts, vad=self.uses_vad(opts.vad), chunk_length=chunk,
                        stride_length=stride, condition_on_previous_text=condition)  # fmt: skip
 
@@ -418,6 +416,12 @@ class Transcriber:
                 done[index] = FileResult(index, source, [], self._info(f, opts))
             else:
                 yield f
+
+    def prompts_previous_text(self, condition: bool | None) -> bool:
+        """Whether sequential mode prompts each window with the text before it, for
+        ``TranscribeOptions.condition_on_previous_text=condition``: as asked, else as the
+        model says (``ModelBundle.condition_on_previous_text``)."""
+        return self.bundle.condition_on_previous_text if condition is None else bool(condition)
 
     def uses_vad(self, vad: bool | None) -> bool:
         """Whether a transcription with ``TranscribeOptions.vad=vad`` runs VAD: as asked, else
@@ -478,46 +482,18 @@ class Transcriber:
             f.language = max(probs, key=probs.get)
 
     def _decode_with_fallback(self, enc, mel, languages, contexts, opts) -> list[DecodingResult]:
-        """Decode rows at rising temperatures until each passes the quality thresholds."""
-        results: list[DecodingResult | None] = [None] * enc.shape[0]
-        pending = list(range(enc.shape[0]))
-        base = opts.decoding()
-        for n, temperature in enumerate(opts.temperature):
-            index = torch.tensor(pending)
-            options = with_temperature(base, temperature)
-            if n + 1 < len(opts.temperature):  # a looping row will be decoded again: cut it
-                options = replace(options, stop_compression_ratio=opts.compression_ratio_threshold)
-            if temperature > 0:  # sampled: each row alone from the same seed, so that its
-                # text depends on its window, not on the batch it came in or the run before
-                decoded = [self._sampled(enc[i : i + 1], languages[i], contexts[i], options, opts)
-                           for i in pending]  # fmt: skip
-            elif self.assistant is not None and options.beam_size is None:
-                decoded = self._speculative(enc, mel, pending, languages, contexts, options)
-            else:
-                decoded = decode(
-                    self.session,
-                    self.tokenizer,
-                    self.bundle.suppress_tokens,
-                    enc.index_select(0, index) if len(pending) < enc.shape[0] else enc,
-                    options,
-                    [languages[i] for i in pending],
-                    [contexts[i] for i in pending],
-                )
-            retry = []
-            for i, result in zip(pending, decoded):
-                results[i] = result
-                if needs_fallback(result, opts):
-                    retry.append(i)
-            pending = retry
-            if not pending:
-                break
-        return results
+        """Decode rows at rising temperatures until each passes the quality thresholds
+        (``decode_with_fallback``); greedy rows go through the assistant where there is one."""
 
-    def _sampled(self, enc, language, context, options, opts) -> DecodingResult:
-        """One window decoded at a temperature above 0, its sampling seeded by ``opts.seed``."""
-        torch.manual_seed(opts.seed)
-        return decode(self.session, self.tokenizer, self.bundle.suppress_tokens, enc, options,
-                      [language], [context])[0]  # fmt: skip
+        def rows(pending: list[int], options: DecodingOptions) -> list[DecodingResult]:
+            if options.temperature == 0 and self.assistant is not None and not options.beam_size:
+                return self._speculative(enc, mel, pending, languages, contexts, options)
+            picked = enc if len(pending) == enc.shape[0] else enc[pending]
+            return decode(self.session, self.tokenizer, self.bundle.suppress_tokens, picked,
+                          options, [languages[i] for i in pending],
+                          [contexts[i] for i in pending])  # fmt: skip
+
+        return decode_with_fallback(rows, enc.shape[0], opts.decoding(), opts)
 
     def _speculative(self, enc, mel, rows, languages, contexts, options) -> list[DecodingResult]:
         """Greedy rows decoded one at a time with the assistant drafting for the model."""
@@ -694,6 +670,42 @@ def _same_encoder(model: torch.nn.Module, other: torch.nn.Module) -> bool:
 
 def _pad(window: np.ndarray, n: int = N_SAMPLES) -> np.ndarray:
     return window if len(window) == n else np.pad(window, (0, n - len(window)))
+
+
+def decode_with_fallback(
+    rows: Callable[[list[int], DecodingOptions], list[DecodingResult]],
+    n: int,
+    base: DecodingOptions,
+    opts: TranscribeOptions,
+) -> list[DecodingResult]:
+    """Results of ``n`` rows decoded at ``opts.temperature`` in turn (``base`` at each), a
+    row going on to the next temperature while it ``needs_fallback``; ``rows(indices,
+    options)`` decodes those rows. At every temperature but the last a looping row is cut
+    short (``stop_compression_ratio``). A row decoded at a temperature above 0 is sampled on
+    its own from ``opts.seed``, so that its text depends on the row, not on its batch or on
+    what was sampled before."""
+    results: list[DecodingResult | None] = [None] * n
+    pending = list(range(n))
+    for k, temperature in enumerate(opts.temperature):
+        options = with_temperature(base, temperature)
+        if k + 1 < len(opts.temperature):  # a looping row will be decoded again: cut it
+            options = replace(options, stop_compression_ratio=opts.compression_ratio_threshold)
+        if temperature > 0:
+            decoded = []
+            for i in pending:
+                torch.manual_seed(opts.seed)
+                decoded += rows([i], options)
+        else:
+            decoded = rows(pending, options)
+        retry = []
+        for i, result in zip(pending, decoded):
+            results[i] = result
+            if needs_fallback(result, opts):
+                retry.append(i)
+        pending = retry
+        if not pending:
+            break
+    return results
 
 
 def needs_fallback(result: DecodingResult, opts: TranscribeOptions) -> bool:

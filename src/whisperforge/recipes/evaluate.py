@@ -161,10 +161,8 @@ def evaluate(
         options=options,
         audio_context=options.get("audio_context") or transcriber.bundle.audio_context,
         vad=transcriber.uses_vad(options.get("vad")),
-        condition_on_previous_text=(  # sequential mode's prompt, the model's default filled in
-            transcriber.bundle.condition_on_previous_text
-            if options.get("condition_on_previous_text") is None
-            else bool(options["condition_on_previous_text"])
+        condition_on_previous_text=transcriber.prompts_previous_text(
+            options.get("condition_on_previous_text")
         ),
         chunking=dict(
             zip(
