@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from whisperforge.stitch import RawSegment, merge_windows
+from types import SimpleNamespace
+
+from whisperforge.stitch import RawSegment, merge_windows, parse_window
 
 
 def tokens(segments: list[RawSegment]) -> list[int]:
@@ -58,3 +60,16 @@ def test_a_sentence_both_windows_heard_stays_one_segment():
     merged = merge_windows([left, right], [(0.0, 24.0), (20.0, 44.0)])
     assert tokens(merged) == [7, 8, 1, 2, 3, 4, 5, 6, 9]
     assert [(s.start, s.end) for s in merged] == [(10.0, 21.0), (21.0, 24.0)]
+
+
+def test_timestamps_past_the_end_of_the_audio_end_with_it():
+    # a 0.9 s clip decoded as "<|0.00|> text <|2.00|>": the segment ends with the audio, and
+    # sequential decoding advances by no more than the window holds
+    ts = 1000
+    result = SimpleNamespace(avg_logprob=0.0, compression_ratio=1.0, no_speech_prob=0.0,
+                             temperature=0.0)  # fmt: skip
+    segments, advance = parse_window([ts, 5, 6, ts + 100], ts, 10.0, 10.9, result)
+    assert [(s.start, s.end, s.tokens) for s in segments] == [(10.0, 10.9, [5, 6])]
+    assert advance == 10.9 - 10.0
+    segments, _ = parse_window([ts + 10, 5, ts + 30, ts + 60, 6, ts + 80], ts, 0.0, 0.5, result)
+    assert [(s.start, s.end) for s in segments] == [(0.2, 0.5), (0.5, 0.5)]

@@ -79,8 +79,8 @@ def test_silence_and_tiny_clip_give_no_hallucinated_text(base_transcriber):
 
 def test_sampled_fallback_text_does_not_depend_on_the_batch(tiny_en, speech_clips):
     """Every window fails greedy decoding here (a compression-ratio threshold no text meets)
-    and is sampled at 0.7: each one from the same seed, alone, so that a file's text is the
-    same in any batch and after any other file."""
+    and is sampled at 0.7, each window from a generator of its own with the same seed, so that
+    a file's text is the same in any batch and after any other file."""
     transcriber = Transcriber(tiny_en)
     files = [p for p, _ in speech_clips[:4]]
     options = dict(language="en", temperature=(0.0, 0.7), compression_ratio_threshold=0.5)

@@ -241,14 +241,16 @@ def decode(
     options: DecodingOptions,
     languages: list[str | None] | None = None,
     contexts: list[list[int] | None] | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
 ) -> list[DecodingResult]:
     """Decode rows of encoder states ``(rows, n_audio_ctx, d_model)``, one result per row.
 
     ``languages`` gives each row's language (multilingual models; default
     ``options.language``), ``contexts`` each row's previous-text tokens. Beam search when
     ``options.beam_size`` is set and the temperature is 0; ``best_of`` samples otherwise when
-    the temperature is above 0.
+    the temperature is above 0, drawn from ``generator`` (torch's default one if None). With
+    one generator per row, a row's samples come from its own generator and depend on that
+    row alone: decoded in any batch, it gives what it gives decoded by itself.
     """
     rows = audio_features.shape[0]
     languages = languages or [options.language] * rows
@@ -304,7 +306,10 @@ def _sample(session, tok, rules, audio_features, batch, options, sample_len, gro
             next_tokens = logits.argmax(dim=-1)
         else:
             probs = F.softmax(logits / options.temperature, dim=-1)
-            next_tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            if generator is None or isinstance(generator, torch.Generator):
+                next_tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            else:
+                next_tokens = _draw_per_row(probs, active, done, group, generator, tok.eot)
         picked = F.log_softmax(logits, dim=-1).gather(1, next_tokens[:, None])[:, 0].tolist()
         for j, (r, token) in enumerate(zip(active, next_tokens.tolist())):
             if done[r]:
@@ -327,6 +332,22 @@ def _sample(session, tok, rules, audio_features, batch, options, sample_len, gro
             active = [active[j] for j in live]
         logits = session.logits(session.step(state, next_tokens)[:, -1])
     return _choose(tok, sampled, sum_lp, no_speech, batch, options, group)
+
+
+def _draw_per_row(probs: Tensor, active, done, group, generators, filler: int) -> Tensor:
+    """One token per state row: each row's unfinished candidates (``group`` a row, in order)
+    drawn together from that row's generator, so that what a row draws does not depend on
+    which other rows share the batch or are still in it; finished ones get ``filler``."""
+    tokens = torch.full((len(active),), filler, dtype=torch.long)
+    live: dict[int, list[int]] = {}
+    for j, candidate in enumerate(active):
+        if not done[candidate]:
+            live.setdefault(candidate // group, []).append(j)
+    for row, states in live.items():
+        index = torch.tensor(states)
+        drawn = torch.multinomial(probs[index], 1, generator=generators[row]).squeeze(-1)
+        tokens[index] = drawn
+    return tokens
 
 
 def _choose(tok, sampled, sum_lp, no_speech, batch, options, group) -> list[DecodingResult]:

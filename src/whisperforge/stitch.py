@@ -65,7 +65,8 @@ def parse_window(
     duration = window_end - offset
 
     def at(token: int) -> float:
-        return offset + (token - timestamp_begin) * TIME_PRECISION
+        # a timestamp past the audio (a short clip, the last window) ends where the audio does
+        return min(offset + (token - timestamp_begin) * TIME_PRECISION, window_end)
 
     is_ts = [t >= timestamp_begin for t in tokens]
     segments: list[RawSegment] = []

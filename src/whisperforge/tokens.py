@@ -474,15 +474,16 @@ class SpeechTokenizer:
         too repetitive or too unlikely is decoded again at rising temperatures, by
         ``transcribe``'s rule and defaults (``TranscribeOptions``: temperatures 0.2-1.0,
         compression ratio 2.4, log-probability -1), and a looping row is cut short first.
-        Sampled rows are decoded one at a time from the same seed, so a row's text depends on
-        its features alone, not on its batch. Without the fallback, one repetition loop fills
+        Sampled rows draw from generators of their own seeded alike, so a row's text depends
+        on its features alone, not on its batch. Without the fallback, one repetition loop fills
         the rest of its window ("She's trued. She's trued. ...")."""
         from whisperforge.transcribe import TranscribeOptions, decode_with_fallback
 
-        def rows(picked: list[int], opts: DecodingOptions) -> list:
+        def rows(picked: list[int], opts: DecodingOptions, generators=None) -> list:
             chosen = feats if len(picked) == feats.shape[0] else feats[picked]
             return decode(self.session, self.whisper.tokenizer, self.whisper.suppress_tokens,
-                          chosen, opts, [languages[i] for i in picked])  # fmt: skip
+                          chosen, opts, [languages[i] for i in picked],
+                          generator=generators)  # fmt: skip
 
         if not fallback or options.temperature != 0:
             return rows(list(range(feats.shape[0])), options)

@@ -485,13 +485,13 @@ class Transcriber:
         """Decode rows at rising temperatures until each passes the quality thresholds
         (``decode_with_fallback``); greedy rows go through the assistant where there is one."""
 
-        def rows(pending: list[int], options: DecodingOptions) -> list[DecodingResult]:
+        def rows(pending: list[int], options: DecodingOptions, generators) -> list[DecodingResult]:
             if options.temperature == 0 and self.assistant is not None and not options.beam_size:
                 return self._speculative(enc, mel, pending, languages, contexts, options)
             picked = enc if len(pending) == enc.shape[0] else enc[pending]
             return decode(self.session, self.tokenizer, self.bundle.suppress_tokens, picked,
                           options, [languages[i] for i in pending],
-                          [contexts[i] for i in pending])  # fmt: skip
+                          [contexts[i] for i in pending], generators)  # fmt: skip
 
         return decode_with_fallback(rows, enc.shape[0], opts.decoding(), opts)
 
@@ -672,31 +672,32 @@ def _pad(window: np.ndarray, n: int = N_SAMPLES) -> np.ndarray:
     return window if len(window) == n else np.pad(window, (0, n - len(window)))
 
 
+RowDecoder = Callable[[list[int], DecodingOptions, "list[torch.Generator] | None"], list]
+
+
 def decode_with_fallback(
-    rows: Callable[[list[int], DecodingOptions], list[DecodingResult]],
+    rows: RowDecoder,
     n: int,
     base: DecodingOptions,
     opts: TranscribeOptions,
 ) -> list[DecodingResult]:
     """Results of ``n`` rows decoded at ``opts.temperature`` in turn (``base`` at each), a
     row going on to the next temperature while it ``needs_fallback``; ``rows(indices,
-    options)`` decodes those rows. At every temperature but the last a looping row is cut
-    short (``stop_compression_ratio``). A row decoded at a temperature above 0 is sampled on
-    its own from ``opts.seed``, so that its text depends on the row, not on its batch or on
-    what was sampled before."""
+    options, generators)`` decodes those rows together (``decoding.decode``'s
+    ``generator``). At every temperature but the last a looping row is cut short
+    (``stop_compression_ratio``). A row decoded at a temperature above 0 samples from a
+    generator of its own seeded with ``opts.seed``, so that its text depends on the row, not
+    on its batch or on what was sampled before."""
     results: list[DecodingResult | None] = [None] * n
     pending = list(range(n))
     for k, temperature in enumerate(opts.temperature):
         options = with_temperature(base, temperature)
         if k + 1 < len(opts.temperature):  # a looping row will be decoded again: cut it
             options = replace(options, stop_compression_ratio=opts.compression_ratio_threshold)
+        generators = None
         if temperature > 0:
-            decoded = []
-            for i in pending:
-                torch.manual_seed(opts.seed)
-                decoded += rows([i], options)
-        else:
-            decoded = rows(pending, options)
+            generators = [torch.Generator().manual_seed(opts.seed) for _ in pending]
+        decoded = rows(pending, options, generators)
         retry = []
         for i, result in zip(pending, decoded):
             results[i] = result
