@@ -672,7 +672,7 @@ def _pad(window: np.ndarray, n: int = N_SAMPLES) -> np.ndarray:
     return window if len(window) == n else np.pad(window, (0, n - len(window)))
 
 
-RowDecoder = Callable[[list[int], DecodingOptions, "list[torch.Generator] | None"], list]
+RowDecoder = Callable[[list[int], DecodingOptions, list[torch.Generator] | None], list]
 
 
 def decode_with_fallback(
