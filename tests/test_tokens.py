@@ -453,3 +453,22 @@ def test_decoding_falls_back_where_greedy_text_fails(speech_tokenizer):
     assert retried == tok.decode_features(feats, options, languages)  # seeded: repeatable
     for fails, before, after in zip(failing, plain, retried):
         assert (before != after) if fails else (before == after)
+
+
+def test_sampled_decoding_depends_on_the_row_alone(speech_tokenizer):
+    """Asked to sample (temperature above 0), each row draws from its own seeded generator: its
+    text is the same alone or in a batch, whatever torch's global generator holds."""
+    from whisperforge.decoding import DecodingOptions
+
+    tok = speech_tokenizer
+    speech, _ = tok.encode_windows([load_audio(JFK)])
+    rng = np.random.default_rng(1)
+    noise = tok.features([rng.integers(0, 256, 750).tolist() for _ in range(2)])
+    feats = torch.cat([noise, speech])
+    options = DecodingOptions(without_timestamps=True, temperature=1.0, sample_len=40)
+    torch.manual_seed(0)
+    batched = tok.decode_features(feats, options, ["en"] * 3, fallback=False)
+    torch.manual_seed(1)
+    alone = [tok.decode_features(feats[i : i + 1], options, ["en"], fallback=False)[0]
+             for i in range(3)]  # fmt: skip
+    assert batched == alone

@@ -474,10 +474,16 @@ class SpeechTokenizer:
         too repetitive or too unlikely is decoded again at rising temperatures, by
         ``transcribe``'s rule and defaults (``TranscribeOptions``: temperatures 0.2-1.0,
         compression ratio 2.4, log-probability -1), and a looping row is cut short first.
-        Sampled rows draw from generators of their own seeded alike, so a row's text depends
-        on its features alone, not on its batch. Without the fallback, one repetition loop fills
-        the rest of its window ("She's trued. She's trued. ...")."""
-        from whisperforge.transcribe import TranscribeOptions, decode_with_fallback
+        Sampled rows (the fallback's, or all rows when ``options`` has a temperature above 0)
+        draw from generators of their own seeded alike (``TranscribeOptions.seed``), so a row's
+        text depends on its features alone, not on its batch or on torch's global generator.
+        Without the fallback, one repetition loop fills the rest of its window ("She's trued.
+        She's trued. ...")."""
+        from whisperforge.transcribe import (
+            TranscribeOptions,
+            decode_with_fallback,
+            row_generators,
+        )
 
         def rows(picked: list[int], opts: DecodingOptions, generators=None) -> list:
             chosen = feats if len(picked) == feats.shape[0] else feats[picked]
@@ -485,9 +491,12 @@ class SpeechTokenizer:
                           chosen, opts, [languages[i] for i in picked],
                           generator=generators)  # fmt: skip
 
-        if not fallback or options.temperature != 0:
-            return rows(list(range(feats.shape[0])), options)
-        return decode_with_fallback(rows, feats.shape[0], options, TranscribeOptions())
+        n, settings = feats.shape[0], TranscribeOptions()
+        if options.temperature != 0:  # sampled as asked: seeded per row, as the fallback is
+            return rows(list(range(n)), options, row_generators(n, settings.seed))
+        if not fallback:
+            return rows(list(range(n)), options)
+        return decode_with_fallback(rows, n, options, settings)
 
     def _languages(self, feats: torch.Tensor, options: DecodingOptions) -> list[str | None]:
         if options.language is not None or not self.whisper.multilingual:

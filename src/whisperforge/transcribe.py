@@ -694,9 +694,7 @@ def decode_with_fallback(
         options = with_temperature(base, temperature)
         if k + 1 < len(opts.temperature):  # a looping row will be decoded again: cut it
             options = replace(options, stop_compression_ratio=opts.compression_ratio_threshold)
-        generators = None
-        if temperature > 0:
-            generators = [torch.Generator().manual_seed(opts.seed) for _ in pending]
+        generators = row_generators(len(pending), opts.seed) if temperature > 0 else None
         decoded = rows(pending, options, generators)
         retry = []
         for i, result in zip(pending, decoded):
@@ -707,6 +705,12 @@ def decode_with_fallback(
         if not pending:
             break
     return results
+
+
+def row_generators(n: int, seed: int) -> list[torch.Generator]:
+    """One generator per row, each seeded with ``seed``: a sampled row's draws then depend on
+    the row alone (``decoding.decode``'s ``generator``)."""
+    return [torch.Generator().manual_seed(seed) for _ in range(n)]
 
 
 def needs_fallback(result: DecodingResult, opts: TranscribeOptions) -> bool:
