@@ -7,6 +7,7 @@ import subprocess
 
 import numpy as np
 import pytest
+import torch
 from tests.conftest import JFK, JFK_TEXT
 
 from whisperforge.audio import SAMPLE_RATE, load_audio
@@ -38,6 +39,15 @@ def test_jfk_with_a_bfloat16_encoder(base_transcriber):
     assert normalize_text("".join(s.text for s in segments)) == normalize_text(JFK_TEXT)
     with pytest.raises(ValueError, match="encoder dtype"):
         Transcriber(base_transcriber.bundle, encoder_dtype="half")
+    # a second transcriber can share the session (and its bfloat16 encoder copy)
+    shared = Transcriber(fast.bundle, session=fast.session)
+    assert shared.session is fast.session and shared.session.encoder_dtype == torch.bfloat16
+    again, _ = shared.transcribe(JFK, language="en")
+    assert normalize_text("".join(s.text for s in again)) == normalize_text(JFK_TEXT)
+    with pytest.raises(ValueError, match="keeps its own"):
+        Transcriber(fast.bundle, session=fast.session, encoder_dtype="bfloat16")
+    with pytest.raises(ValueError, match="ModelBundle's model"):
+        Transcriber("whisper-base", session=fast.session)
 
 
 def test_tiny_en_without_timestamps(tiny_en):

@@ -272,7 +272,10 @@ class Transcriber:
     the model's (``InferenceSession``). ``vocab_screen`` (default: where the CPU multiplies
     bfloat16 in hardware) screens each step's vocabulary projection in bfloat16 and keeps
     what decoding decides from in float32 (``InferenceSession.logits``); False: float32
-    throughout."""
+    throughout. ``session``: an ``InferenceSession`` already built over ``model``'s weights
+    (``model`` then a ``ModelBundle``) to share rather than build a second one; its own
+    encoder precision and screen apply, and ``encoder_dtype`` and ``vocab_screen`` must be
+    left unset."""
 
     def __init__(
         self,
@@ -281,10 +284,17 @@ class Transcriber:
         assistant: str | ModelBundle | None = None,
         encoder_dtype: str | torch.dtype | None = None,
         vocab_screen: bool | None = None,
+        session: InferenceSession | None = None,
     ):
         encoder_dtype = encoder_dtype_of(encoder_dtype)  # a bad name fails before loading
+        if session is not None:
+            if not isinstance(model, ModelBundle) or session.hf_model is not model.model:
+                raise ValueError("session must be one over the given ModelBundle's model")
+            if encoder_dtype is not None or vocab_screen is not None:
+                raise ValueError("a shared session keeps its own encoder_dtype and vocab_screen")
+            encoder_dtype = session.encoder_dtype
         self.bundle = model if isinstance(model, ModelBundle) else load_model(model, device)
-        self.session = InferenceSession(self.bundle.model, encoder_dtype, vocab_screen)
+        self.session = session or InferenceSession(self.bundle.model, encoder_dtype, vocab_screen)
         self.assistant: InferenceSession | None = None
         self.assistant_shares_encoder = False
         if assistant is not None:

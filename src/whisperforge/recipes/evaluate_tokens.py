@@ -195,7 +195,7 @@ class _LongForm:
             batch_size=batch_size,
         )  # fmt: skip
         self._transcriber = None
-        self._make = lambda: Transcriber(tok.whisper, encoder_dtype=tok.encoder_dtype)
+        self._make = lambda: Transcriber(tok.whisper, session=tok.session)  # one set of weights
 
     def __call__(self, i: int, language: str | None, outputs: _Outputs, timing: _Timing) -> None:
         audio = outputs.long_audio.pop(i, None)
