@@ -67,6 +67,10 @@ def test_tokens_match_the_library(client, speech, folder):
     ids = client.post(TOKENS, files=jfk(), data={"response_format": "ids"})
     assert [int(i) for i in ids.text.split()] == expected
     assert client.get("/health").json()["tokenizers"] == {str(folder): "loaded"}
+    # the tokenizer's Whisper model is served too: one copy of its weights, one session
+    loaded = client.app.state.tokenizers.get(str(folder))
+    transcriber = client.app.state.pool.get("whisper-tiny.en")
+    assert loaded.whisper is transcriber.bundle and loaded.session is transcriber.session
 
 
 def test_read_tokens_back(client, speech):

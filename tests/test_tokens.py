@@ -14,7 +14,13 @@ from whisperforge.audio import SAMPLE_RATE, load_audio
 from whisperforge.cli import main
 from whisperforge.decoding import detect_language
 from whisperforge.models import ModelNotFoundError
-from whisperforge.models.vq import grow_codebook, merge_codebooks, whisper_vq_tiny
+from whisperforge.models.vq import (
+    average_bottlenecks,
+    code_agreement,
+    grow_codebook,
+    merge_codebooks,
+    whisper_vq_tiny,
+)
 from whisperforge.tokens import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -40,6 +46,26 @@ def test_jfk_gives_25_ids_per_second_and_no_mask(speech_tokenizer, jfk_ids):
     assert len(jfk_ids) == 275  # 11.0 s
     assert all(0 <= i < 256 for i in jfk_ids)  # real codes only; the mask id is 256
     assert len(set(jfk_ids)) > 1
+
+
+def test_a_shared_session_gives_the_same_tokens(speech_tokenizer, jfk_ids, tiny_en):
+    import copy
+    import dataclasses
+
+    from whisperforge.transcribe import Transcriber
+
+    transcriber = Transcriber(tiny_en)
+    shared = SpeechTokenizer(speech_tokenizer.bottleneck, tiny_en, "whisper-tiny.en",
+                             session=transcriber.session)  # fmt: skip
+    assert shared.session is transcriber.session
+    assert shared.tokenize(JFK) == jfk_ids
+    with pytest.raises(ValueError, match="keeps its own encoder_dtype"):
+        SpeechTokenizer(speech_tokenizer.bottleneck, tiny_en, "whisper-tiny.en",
+                        encoder_dtype="bfloat16", session=transcriber.session)  # fmt: skip
+    other = dataclasses.replace(tiny_en, model=copy.deepcopy(tiny_en.model))
+    with pytest.raises(ValueError, match="session must be one over"):
+        SpeechTokenizer(speech_tokenizer.bottleneck, other, "whisper-tiny.en",
+                        session=transcriber.session)  # fmt: skip
 
 
 def test_long_audio_is_tokenized_in_30s_windows(speech_tokenizer):
@@ -118,6 +144,44 @@ def test_ids_from_both_parts_of_a_merged_codebook_decode(tiny_en):
     ids = [0, 255, 256, 257, 320] * 10
     assert isinstance(tokenizer.detokenize(ids), str)
     assert all(i != 256 for i in tokenizer.tokenize(JFK))
+
+
+def test_averaged_bottlenecks_interpolate_weights_and_codes(tiny_en, tmp_path):
+    torch.manual_seed(0)
+    base = whisper_vq_tiny(codebook_size=64)
+    tuned = grow_codebook(base, 64, noise=0.05, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        tuned.mlp[0].weight.add_(0.1 * torch.randn_like(tuned.mlp[0].weight))
+    assert float(code_agreement(base, base).min()) > 0.999
+    assert 0.5 < float(code_agreement(base, tuned).min()) < 0.999  # near, not equal
+    mean = average_bottlenecks([base, tuned], [3, 1])
+    expected = 0.75 * base.mlp[0].weight + 0.25 * tuned.mlp[0].weight
+    torch.testing.assert_close(mean.mlp[0].weight, expected)
+    mixed = 0.75 * base.vq.codebook + 0.25 * tuned.vq.codebook
+    codes = torch.nn.functional.normalize(mixed, dim=-1)
+    torch.testing.assert_close(mean.vq.codebook, codes)
+    # averaging a bottleneck with itself changes no token
+    same = SpeechTokenizer(average_bottlenecks([base, base]), tiny_en, "whisper-tiny.en")
+    original = SpeechTokenizer(base, tiny_en, "whisper-tiny.en")
+    assert same.tokenize(JFK) == original.tokenize(JFK)
+    with pytest.raises(ValueError, match="differs from bottleneck 0 in codebook_size"):
+        average_bottlenecks([base, whisper_vq_tiny(codebook_size=32)])
+    with pytest.raises(ValueError, match="weights must be positive"):
+        average_bottlenecks([base, tuned], [1, 0])
+    with pytest.raises(ValueError, match="at least two"):
+        average_bottlenecks([base])
+
+    a = SpeechTokenizer(base, tiny_en, "whisper-tiny.en").save(tmp_path / "a")
+    b = SpeechTokenizer(tuned, tiny_en, "whisper-tiny.en").save(tmp_path / "b")
+    assert main(["tokens", "average", str(a), str(b), "--out", str(tmp_path / "avg")]) == 0
+    loaded = SpeechTokenizer.load(tmp_path / "avg", whisper=tiny_en)
+    torch.testing.assert_close(loaded.bottleneck.mlp[0].weight,
+                               0.5 * base.mlp[0].weight + 0.5 * tuned.mlp[0].weight)  # fmt: skip
+    assert len(loaded.tokenize(JFK)) == 275
+    small = SpeechTokenizer(whisper_vq_tiny(codebook_size=32), tiny_en, "whisper-tiny.en")
+    c = small.save(tmp_path / "c")
+    assert main(["tokens", "average", str(a), str(c), "--out", str(tmp_path / "bad")]) != 0
+    assert not (tmp_path / "bad").exists()
 
 
 def test_llm_text_round_trip():

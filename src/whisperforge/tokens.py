@@ -33,7 +33,11 @@ import torch
 from whisperforge.audio import N_SAMPLES, SAMPLE_RATE, AudioSource, load_audio, log_mel_spectrogram
 from whisperforge.decoding import DecodingOptions, decode, detect_language
 from whisperforge.fileio import atomic_folder
-from whisperforge.models.inference import InferenceSession, encoder_dtype_of
+from whisperforge.models.inference import (
+    InferenceSession,
+    check_shared_session,
+    encoder_dtype_of,
+)
 from whisperforge.models.loading import ModelBundle, ModelNotFoundError, load_model
 from whisperforge.models.vq import (
     VQConfig,
@@ -180,11 +184,16 @@ def resolve_tokenizer(ref: str | Path) -> Path:
     return folder
 
 
+def tokenizer_meta(ref: str | Path) -> dict:
+    """The metadata (``speech_tokenizer.json``) of the tokenizer ``ref`` (folder or name),
+    read without loading its weights."""
+    return json.loads((resolve_tokenizer(ref) / CONFIG_FILE).read_text())
+
+
 def default_vad(ref: str | Path) -> bool:
     """Whether the tokenizer ``ref`` (folder or name) tokenizes only speech by default (its
     ``speech_tokenizer.json``'s ``"vad"``), read without loading its weights."""
-    meta = json.loads((resolve_tokenizer(ref) / CONFIG_FILE).read_text())
-    return bool(meta.get("vad", False))
+    return bool(tokenizer_meta(ref).get("vad", False))
 
 
 def load_bottleneck(ref: str | Path) -> tuple[WhisperVQ, dict]:
@@ -219,6 +228,9 @@ class SpeechTokenizer:
     converted copy in that precision, as ``Transcriber`` does: faster tokenization on CPUs
     with bfloat16 instructions, at the price of a few codes that flip near a tie
     (docs/tokens.md). The bottleneck and the decoder stay in the model's precision.
+    ``session``: an ``InferenceSession`` already built over ``whisper``'s weights (a
+    ``Transcriber``'s, say) to share instead of building one; it keeps its own precision, so
+    it cannot come with ``encoder_dtype``.
     """
 
     def __init__(
@@ -228,6 +240,7 @@ class SpeechTokenizer:
         teacher: str,
         meta: dict | None = None,
         encoder_dtype: str | torch.dtype | None = None,
+        session: InferenceSession | None = None,
     ):
         width = whisper.model.config.d_model
         if width != bottleneck.config.d_model:
@@ -239,7 +252,9 @@ class SpeechTokenizer:
         self.whisper = whisper
         self.teacher = teacher
         self.meta = dict(meta or {})
-        self.session = InferenceSession(whisper.model, encoder_dtype)
+        if session is not None:
+            check_shared_session(session, whisper.model, encoder_dtype)
+        self.session = session or InferenceSession(whisper.model, encoder_dtype)
 
     @classmethod
     def load(
@@ -248,14 +263,15 @@ class SpeechTokenizer:
         device: str | torch.device = "cpu",
         whisper: ModelBundle | None = None,
         encoder_dtype: str | torch.dtype | None = None,
+        session: InferenceSession | None = None,
     ) -> SpeechTokenizer:
         """Load a tokenizer folder or shipped name and the Whisper model it references
-        (or use ``whisper``, an already loaded bundle of that model); ``encoder_dtype`` as
-        in the class."""
+        (or use ``whisper``, an already loaded bundle of that model); ``encoder_dtype`` and
+        ``session`` as in the class."""
         encoder_dtype_of(encoder_dtype)  # a bad name fails before loading
         bottleneck, meta = load_bottleneck(ref)
         whisper = whisper or load_model(meta["teacher"], device=device)
-        return cls(bottleneck, whisper, meta["teacher"], meta, encoder_dtype)
+        return cls(bottleneck, whisper, meta["teacher"], meta, encoder_dtype, session)
 
     @property
     def encoder_dtype(self) -> str:

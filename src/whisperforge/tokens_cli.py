@@ -283,18 +283,47 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_save(args: argparse.Namespace) -> int:
+def cmd_average(args: argparse.Namespace) -> int:
+    from whisperforge.models.vq import average_bottlenecks, code_agreement
+    from whisperforge.tokens import load_bottleneck
+
+    loaded = [load_bottleneck(source) for source in args.sources]
+    teachers = {meta["teacher"] for _, meta in loaded}
+    if len(teachers) > 1:
+        raise ValueError(f"the tokenizers sit in different Whisper models: {sorted(teachers)}")
+    models = [model for model, _ in loaded]
+    averaged = average_bottlenecks(models, args.weights)
+    out = _save_as(averaged, loaded[0][1], args)
+    weights = args.weights or [1.0] * len(models)
+    total = sum(weights)
+    for source, model, weight in zip(args.sources, models, weights):
+        agreement = code_agreement(models[0], model)
+        drifted = int((agreement < 0.5).sum())
+        print(f"{source}: weight {weight / total:.3f}, codes against {args.sources[0]}: median "
+              f"cosine {agreement.median():.3f}, {drifted} below 0.5")  # fmt: skip
+    print(f"averaged {len(models)} tokenizers -> {out}")
+    return 0
+
+
+def _save_as(bottleneck, meta: dict, args: argparse.Namespace, teacher: str | None = None):
+    """Write ``bottleneck`` to ``args.out`` in ``args.dtype`` with the metadata of the
+    tokenizer ``meta`` describes (teacher, preset, merged parts; VAD unless ``args.vad``)."""
     import torch
 
-    from whisperforge.tokens import load_bottleneck, resolve_tokenizer, save_bottleneck
+    from whisperforge.tokens import save_bottleneck
 
-    bottleneck, meta = load_bottleneck(args.source)
     parts = meta.get("codebook", {}).get("parts", [])
     merged_from = next((p.get("source") for p in parts if p["name"] == "merged"), None)
     vad = bool(meta.get("vad", False)) if args.vad is None else args.vad
-    out = save_bottleneck(bottleneck, args.out, args.teacher or meta["teacher"],
-                          meta.get("preset"), merged_from, getattr(torch, args.dtype),
-                          vad=vad)  # fmt: skip
+    return save_bottleneck(bottleneck, args.out, teacher or meta["teacher"], meta.get("preset"),
+                           merged_from, getattr(torch, args.dtype), vad=vad)  # fmt: skip
+
+
+def cmd_save(args: argparse.Namespace) -> int:
+    from whisperforge.tokens import load_bottleneck, resolve_tokenizer
+
+    bottleneck, meta = load_bottleneck(args.source)
+    out = _save_as(bottleneck, meta, args, args.teacher)
     before = (resolve_tokenizer(args.source) / "speech_tokenizer.safetensors").stat().st_size
     after = (out / "speech_tokenizer.safetensors").stat().st_size
     print(f"{args.source} -> {out} ({args.dtype}, {before / 1e6:.1f} -> {after / 1e6:.1f} MB)")
@@ -322,6 +351,17 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def _copy_options(p: argparse.ArgumentParser, dtype: str, vad_from: str) -> None:
+    """``--out``, ``--dtype`` and ``--vad`` of the commands that write a tokenizer folder."""
+    p.add_argument("--out", type=Path, required=True, help="tokenizer folder to write")
+    p.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default=dtype)
+    p.add_argument(
+        "--vad", action=argparse.BooleanOptionalAction, default=None,
+        help="the result tokenizes only the speech Silero VAD finds unless told otherwise "
+        f"(\"vad\": true in its config); default: as {vad_from}",
+    )  # fmt: skip
 
 
 def add_parser(subparsers) -> None:
@@ -405,14 +445,21 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_merge)
 
+    p = sub.add_parser(
+        "average", help="the weighted average of tokenizers trained from one start",
+        description="Average the weights of speech tokenizers that share a start (checkpoints "
+        "of one run, or a tokenizer and a continuation of it): every weight, and the codebook "
+        "code by code. Tokenizers trained apart have unrelated codes; the command prints how "
+        "far each one's codes are from the first's (docs/tokens.md, *Averaging*).",
+    )  # fmt: skip
+    p.add_argument("sources", nargs="+", help="speech tokenizers (folders or names), 2 or more")
+    p.add_argument("--weights", type=float, nargs="+", default=None,
+                   help="one positive weight per tokenizer (default: equal)")  # fmt: skip
+    _copy_options(p, "float32", "the first source")
+    p.set_defaults(func=cmd_average)
+
     p = sub.add_parser("save", help="a copy of a tokenizer, e.g. in float16 (half the size)")
     p.add_argument("source", help="speech tokenizer (folder or name)")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16")
+    _copy_options(p, "float16", "the source")
     p.add_argument("--teacher", default=None, help="Whisper reference to store instead")
-    p.add_argument(
-        "--vad", action=argparse.BooleanOptionalAction, default=None,
-        help="the copy tokenizes only the speech Silero VAD finds unless told otherwise "
-        "(\"vad\": true in its config); default: as the source",
-    )  # fmt: skip
     p.set_defaults(func=cmd_save)

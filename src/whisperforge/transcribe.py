@@ -42,7 +42,11 @@ from whisperforge.decoding import (
     detect_language,
     with_temperature,
 )
-from whisperforge.models.inference import InferenceSession, encoder_dtype_of
+from whisperforge.models.inference import (
+    InferenceSession,
+    check_shared_session,
+    encoder_dtype_of,
+)
 from whisperforge.models.loading import ModelBundle, load_model
 from whisperforge.models.presets import DEFAULT_MODEL
 from whisperforge.segments import Segment, TranscriptionInfo
@@ -288,10 +292,9 @@ class Transcriber:
     ):
         encoder_dtype = encoder_dtype_of(encoder_dtype)  # a bad name fails before loading
         if session is not None:
-            if not isinstance(model, ModelBundle) or session.hf_model is not model.model:
+            if not isinstance(model, ModelBundle):
                 raise ValueError("session must be one over the given ModelBundle's model")
-            if encoder_dtype is not None or vocab_screen is not None:
-                raise ValueError("a shared session keeps its own encoder_dtype and vocab_screen")
+            check_shared_session(session, model.model, encoder_dtype, vocab_screen)
             encoder_dtype = session.encoder_dtype
         self.bundle = model if isinstance(model, ModelBundle) else load_model(model, device)
         self.session = session or InferenceSession(self.bundle.model, encoder_dtype, vocab_screen)

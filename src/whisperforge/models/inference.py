@@ -163,6 +163,16 @@ def cpu_has_bf16_matmul() -> bool:
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
 
 
+def check_shared_session(session: InferenceSession, hf_model: torch.nn.Module,
+                         encoder_dtype=None, vocab_screen: bool | None = None) -> None:  # fmt: skip
+    """Refuse to share ``session`` with a user of ``hf_model`` unless it runs over those very
+    weights, and unless the user leaves the session's precision settings alone."""
+    if session.hf_model is not hf_model:
+        raise ValueError("session must be one over the given ModelBundle's model")
+    if encoder_dtype is not None or vocab_screen is not None:
+        raise ValueError("a shared session keeps its own encoder_dtype and vocab_screen")
+
+
 class InferenceSession:
     """Encoder + incremental decoder over a ``WhisperForConditionalGeneration``'s weights.
 

@@ -557,6 +557,10 @@ _CODEBOOK_PREFIX = "vq._codebook."
 
 def _copy_all_but_codebook(source: WhisperVQ, target: WhisperVQ) -> None:
     state = {k: v for k, v in source.state_dict().items() if not k.startswith(_CODEBOOK_PREFIX)}
+    _load_all_but_codebook(state, target)
+
+
+def _load_all_but_codebook(state: dict[str, Tensor], target: WhisperVQ) -> None:
     result = target.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not k.startswith(_CODEBOOK_PREFIX)]
     if missing or result.unexpected_keys:
@@ -627,3 +631,56 @@ def merge_codebooks(large: WhisperVQ, small: WhisperVQ) -> WhisperVQ:
     usage = torch.cat([m.vq._codebook.cluster_size[0].detach() for m in (large, small)])
     _set_codebook(merged, codes, usage)
     return merged
+
+
+@torch.no_grad()
+def average_bottlenecks(models: list[WhisperVQ], weights: list[float] | None = None) -> WhisperVQ:
+    """The weighted average of bottlenecks trained from one start (checkpoint averaging, or
+    WiSE-FT's interpolation between a model and its fine-tuned copy): every weight is averaged,
+    codes index by index (re-normalised for cosine codebooks) with their EMA usage.
+
+    Meaningful only where the models share an origin, so that code ``i`` is the same code in
+    each: ``code_agreement`` says how far apart they drifted. ``weights`` (default equal) must
+    be positive; they are normalised to sum to 1.
+    """
+    if len(models) < 2:
+        raise ValueError("averaging needs at least two bottlenecks")
+    weights = [1.0] * len(models) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(models):
+        raise ValueError(f"{len(weights)} weights for {len(models)} bottlenecks")
+    if any(not math.isfinite(w) or w <= 0 for w in weights):
+        raise ValueError(f"weights must be positive, got {weights}")
+    first = models[0].config.to_dict()
+    for index, model in enumerate(models[1:], 1):
+        other = model.config.to_dict()
+        differ = sorted(k for k in first.keys() | other.keys() if first.get(k) != other.get(k))
+        if differ:
+            raise ValueError(
+                f"bottleneck {index} differs from bottleneck 0 in {', '.join(differ)}: only "
+                "bottlenecks of one architecture and codebook layout can be averaged"
+            )  # fmt: skip
+    total = sum(weights)
+    shares = [w / total for w in weights]
+    averaged = WhisperVQ(replace(models[0].config, kmeans_init=False))
+    states = [m.state_dict() for m in models]
+    state = {
+        key: sum(s * st[key].float() for s, st in zip(shares, states)).to(value.dtype)
+        if value.is_floating_point() else value
+        for key, value in states[0].items()
+        if not key.startswith(_CODEBOOK_PREFIX)
+    }  # fmt: skip
+    _load_all_but_codebook(state, averaged)
+    codes = sum(s * m.vq.codebook.detach().float() for s, m in zip(shares, models))
+    if models[0].config.use_cosine_sim:
+        codes = F.normalize(codes, dim=-1)
+    usage = sum(s * m.vq._codebook.cluster_size[0].detach().float() for s, m in zip(shares, models))
+    _set_codebook(averaged, codes, usage)
+    return averaged.eval()
+
+
+@torch.no_grad()
+def code_agreement(a: WhisperVQ, b: WhisperVQ) -> Tensor:
+    """``(n_searchable,)`` cosine similarity between code ``i`` of ``a`` and of ``b``: near 1
+    where both kept the code (fine-tuned copies), low where dead-code replacement or separate
+    training put different codes at an index (averaging those makes codes neither had)."""
+    return F.cosine_similarity(a.vq.codebook.float(), b.vq.codebook.float(), dim=-1)

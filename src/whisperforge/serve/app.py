@@ -157,12 +157,15 @@ class ModelPool(_WarmPool):
 
 
 class TokenizerPool(_WarmPool):
-    """One warm ``SpeechTokenizer`` per served speech tokenizer."""
+    """One warm ``SpeechTokenizer`` per served speech tokenizer. A tokenizer whose Whisper
+    model is also served for transcription (``whisper-vq-base`` in ``whisper-base``) shares
+    that model's weights and session with ``models`` instead of loading a second copy."""
 
     kind = "speech tokenizer"
 
-    def __init__(self, settings: ServeSettings):
+    def __init__(self, settings: ServeSettings, models: ModelPool | None = None):
         super().__init__(settings, settings.tokenizers)
+        self.models = models
 
     def resolve(self, requested: str | None) -> str:
         name = (requested or "").strip() or self.settings.default_tokenizer
@@ -177,8 +180,13 @@ class TokenizerPool(_WarmPool):
         return name
 
     def _load(self, name: str):
-        from whisperforge.tokens import SpeechTokenizer
+        from whisperforge.tokens import SpeechTokenizer, tokenizer_meta
 
+        teacher = tokenizer_meta(name)["teacher"]
+        if self.models is not None and teacher in self.settings.models:
+            transcriber = self.models.get(teacher)  # the same weights, loaded once
+            return SpeechTokenizer.load(name, whisper=transcriber.bundle,
+                                        session=transcriber.session)  # fmt: skip
         return SpeechTokenizer.load(
             name, device=self.settings.device, encoder_dtype=self.settings.encoder_dtype
         )
@@ -624,7 +632,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.pool = pool
-    app.state.tokenizers = tokenizers = TokenizerPool(settings)
+    app.state.tokenizers = tokenizers = TokenizerPool(settings, pool)
     app.state.admission = _Admission(settings)
     app.add_middleware(_Guard, settings=settings)
     _add_error_handlers(app)
