@@ -103,6 +103,16 @@ def test_load_errors_are_clear(tmp_path, speech_tokenizer, tiny_en):
     (folder / CONFIG_FILE).write_text(json.dumps(meta | {"format": 99}))
     with pytest.raises(ValueError, match="format 99 is not supported"):
         SpeechTokenizer.load(folder, whisper=tiny_en)
+    (folder / CONFIG_FILE).write_text("not json")
+    with pytest.raises(ValueError, match="speech_tokenizer.json: not a speech tokenizer config"):
+        SpeechTokenizer.load(folder, whisper=tiny_en)
+    (folder / CONFIG_FILE).write_text(json.dumps(meta))
+    (folder / WEIGHTS_FILE).write_bytes(b"")  # empty
+    with pytest.raises(ValueError, match="speech_tokenizer.safetensors: unreadable weights"):
+        SpeechTokenizer.load(folder, whisper=tiny_en)
+    other = speech_tokenizer.save(tmp_path / "other")
+    assert main(["tokens", "average", str(other), str(folder), "--out", str(tmp_path / "x")]) != 0
+    assert not (tmp_path / "x").exists()
 
 
 def test_transcribe_tokens_batched_and_checked(speech_tokenizer, jfk_ids):

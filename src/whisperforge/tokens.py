@@ -186,8 +186,15 @@ def resolve_tokenizer(ref: str | Path) -> Path:
 
 def tokenizer_meta(ref: str | Path) -> dict:
     """The metadata (``speech_tokenizer.json``) of the tokenizer ``ref`` (folder or name),
-    read without loading its weights."""
-    return json.loads((resolve_tokenizer(ref) / CONFIG_FILE).read_text())
+    read without loading its weights; a file that is not JSON is a clear ``ValueError``."""
+    path = resolve_tokenizer(ref) / CONFIG_FILE
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not a speech tokenizer config ({error})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: not a speech tokenizer config (expected a JSON object)")
+    return meta
 
 
 def default_vad(ref: str | Path) -> bool:
@@ -198,17 +205,22 @@ def default_vad(ref: str | Path) -> bool:
 
 def load_bottleneck(ref: str | Path) -> tuple[WhisperVQ, dict]:
     """The bottleneck (eval mode, CPU) and metadata of a speech tokenizer folder or name."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     folder = resolve_tokenizer(ref)
-    meta = json.loads((folder / CONFIG_FILE).read_text())
+    meta = tokenizer_meta(folder)
     if meta.get("format") != FORMAT_VERSION:
         raise ValueError(
             f"{folder / CONFIG_FILE}: format {meta.get('format')!r} is not supported "
             f"(this version reads format {FORMAT_VERSION}); upgrade whisperforge"
         )
     bottleneck = WhisperVQ(VQConfig.from_dict(meta["config"]))
-    bottleneck.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
+    try:
+        state = load_file(str(folder / WEIGHTS_FILE))
+    except SafetensorError as error:
+        raise ValueError(f"{folder / WEIGHTS_FILE}: unreadable weights ({error})") from None
+    bottleneck.load_state_dict(state)
     return bottleneck.eval(), meta
 
 
