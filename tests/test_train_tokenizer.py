@@ -109,6 +109,32 @@ def test_phase1_lowers_the_loss_and_writes_a_tokenizer(trained, teacher_dir):
     assert (trained / "phase1-tokenizer" / "speech_tokenizer.json").exists()
 
 
+def test_checkpoints_load_as_tokenizers(trained, tmp_path):
+    """A run's checkpoints are tokenizer sources: the last one is the final tokenizer, and
+    `tokens average` / `tokens save` read them (checkpoint averaging)."""
+    last, before = (trained / "checkpoints" / f"step-{n:08d}" for n in (16, 14))
+    final, meta = load_bottleneck(trained / "tokenizer")
+    from_checkpoint, checkpoint_meta = load_bottleneck(last)
+    assert checkpoint_meta == json.loads((trained / "tokenizer/speech_tokenizer.json").read_text())
+    for key, value in final.state_dict().items():
+        assert torch.equal(from_checkpoint.state_dict()[key], value), key
+    assert main(["tokens", "average", str(before), str(last), "--out", str(tmp_path / "mean")]) == 0
+    mean, _ = load_bottleneck(tmp_path / "mean")
+    earlier, _ = load_bottleneck(before)
+    for key in ("mlp.0.weight", "blocks.0.qkv.weight", "ln_post.bias"):
+        expected = (earlier.state_dict()[key] + final.state_dict()[key]) / 2
+        assert torch.allclose(mean.state_dict()[key], expected, atol=1e-6), key
+    assert main(["tokens", "save", str(last), "--out", str(tmp_path / "saved")]) == 0
+    assert load_bottleneck(tmp_path / "saved")[1]["teacher"] == meta["teacher"]
+    # a checkpoint without the tokenizer's metadata (another recipe's) is a one-line error
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "model.safetensors").write_bytes((last / "model.safetensors").read_bytes())
+    (foreign / "state.json").write_text(json.dumps({"step": 3}))
+    with pytest.raises(ValueError, match="without speech tokenizer metadata"):
+        load_bottleneck(foreign)
+
+
 def test_phase2_has_no_kl_term(trained):
     log = read_log(trained)
     for step in range(1, 13):

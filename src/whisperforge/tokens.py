@@ -47,6 +47,7 @@ from whisperforge.models.vq import (
 )
 from whisperforge.models.zoo import zoo_models, zoo_path
 from whisperforge.stitch import merge_windows, parse_window
+from whisperforge.training.checkpoint import MODEL_FILE, STATE_FILE
 from whisperforge.transcribe import plan_windows
 from whisperforge.vad import VadOptions, default_on, speech_only
 
@@ -136,6 +137,28 @@ def codebook_layout(config: VQConfig, merged_from: str | None = None) -> dict:
     return {"n_ids": config.n_ids, "mask_id": config.mask_id, "parts": parts}
 
 
+def bottleneck_meta(
+    bottleneck: WhisperVQ,
+    teacher: str,
+    preset: str | None = None,
+    merged_from: str | None = None,
+    vad: bool = False,
+) -> dict:
+    """The metadata (``speech_tokenizer.json``) of ``bottleneck`` in the Whisper model
+    ``teacher``; a tokenizer run's checkpoints record it too, so they load as tokenizers."""
+    meta = {
+        "format": FORMAT_VERSION,
+        "teacher": str(teacher),
+        "preset": preset,
+        "config": bottleneck.config.to_dict(),
+        "codebook": codebook_layout(bottleneck.config, merged_from),
+        "tokens_per_second": bottleneck.config.tokens_per_second,
+    }
+    if vad:
+        meta["vad"] = True
+    return meta
+
+
 def save_bottleneck(
     bottleneck: WhisperVQ,
     folder: str | Path,
@@ -155,45 +178,65 @@ def save_bottleneck(
     state = {k: v.detach().cpu().contiguous() for k, v in bottleneck.state_dict().items()}
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-    meta = {
-        "format": FORMAT_VERSION,
-        "teacher": str(teacher),
-        "preset": preset,
-        "config": bottleneck.config.to_dict(),
-        "codebook": codebook_layout(bottleneck.config, merged_from),
-        "tokens_per_second": bottleneck.config.tokens_per_second,
-    }
-    if vad:
-        meta["vad"] = True
+    meta = bottleneck_meta(bottleneck, teacher, preset, merged_from, vad)
     with atomic_folder(folder) as tmp:
         save_file(state, str(tmp / WEIGHTS_FILE))
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return folder
 
 
+def _checkpoint(folder: Path) -> bool:
+    """Whether ``folder`` is a training checkpoint (``tokenizer train``'s
+    ``checkpoints/step-N``): weights in ``model.safetensors``, metadata in ``state.json``."""
+    return (folder / STATE_FILE).is_file() and (folder / MODEL_FILE).is_file()
+
+
 def resolve_tokenizer(ref: str | Path) -> Path:
-    """A shipped tokenizer's short name or a folder -> the folder, or a clear error."""
+    """A shipped tokenizer's short name, a folder, or a checkpoint of a ``tokenizer train``
+    run (``RUN/checkpoints/step-N``) -> the folder, or a clear error."""
     folder = zoo_path(str(ref)) or Path(ref).expanduser()
-    if not (folder / CONFIG_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
+    whole = (folder / CONFIG_FILE).is_file() and (folder / WEIGHTS_FILE).is_file()
+    if not whole and not _checkpoint(folder):
         shipped = [n for n, p in zoo_models().items() if (p / CONFIG_FILE).exists()]
         raise ModelNotFoundError(
             f"no speech tokenizer at '{ref}': expected a folder with {CONFIG_FILE} and "
-            f"{WEIGHTS_FILE} (make one with `whisperforge tokens init`)"
+            f"{WEIGHTS_FILE} (make one with `whisperforge tokens init`) or a training "
+            "checkpoint (RUN/checkpoints/step-N)"
             + (f"; shipped: {', '.join(shipped)}" if shipped else "")
         )
     return folder
 
 
-def tokenizer_meta(ref: str | Path) -> dict:
-    """The metadata (``speech_tokenizer.json``) of the tokenizer ``ref`` (folder or name),
-    read without loading its weights; a file that is not JSON is a clear ``ValueError``."""
-    path = resolve_tokenizer(ref) / CONFIG_FILE
+def tokenizer_weights(ref: str | Path) -> Path:
+    """The weights file of the tokenizer ``ref`` (folder, name or training checkpoint)."""
+    folder = resolve_tokenizer(ref)
+    whole = (folder / CONFIG_FILE).is_file() and (folder / WEIGHTS_FILE).is_file()
+    return folder / (WEIGHTS_FILE if whole else MODEL_FILE)
+
+
+def _read_json(path: Path) -> dict:
     try:
-        meta = json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{path}: not a speech tokenizer config ({error})") from None
-    if not isinstance(meta, dict):
+    if not isinstance(data, dict):
         raise ValueError(f"{path}: not a speech tokenizer config (expected a JSON object)")
+    return data
+
+
+def tokenizer_meta(ref: str | Path) -> dict:
+    """The metadata (``speech_tokenizer.json``) of the tokenizer ``ref`` (folder, name or
+    training checkpoint), read without loading its weights; a file that is not JSON is a
+    clear ``ValueError``."""
+    folder = resolve_tokenizer(ref)
+    if tokenizer_weights(folder).name == WEIGHTS_FILE:
+        return _read_json(folder / CONFIG_FILE)
+    meta = _read_json(folder / STATE_FILE).get("speech_tokenizer")
+    if not isinstance(meta, dict):
+        raise ValueError(
+            f"{folder}: a training checkpoint without speech tokenizer metadata (not one "
+            "of `whisperforge tokenizer train`, or written by an older whisperforge)"
+        )
     return meta
 
 
@@ -210,16 +253,17 @@ def load_bottleneck(ref: str | Path) -> tuple[WhisperVQ, dict]:
 
     folder = resolve_tokenizer(ref)
     meta = tokenizer_meta(folder)
+    weights = tokenizer_weights(folder)
     if meta.get("format") != FORMAT_VERSION:
         raise ValueError(
-            f"{folder / CONFIG_FILE}: format {meta.get('format')!r} is not supported "
+            f"{folder}: tokenizer format {meta.get('format')!r} is not supported "
             f"(this version reads format {FORMAT_VERSION}); upgrade whisperforge"
         )
     bottleneck = WhisperVQ(VQConfig.from_dict(meta["config"]))
     try:
-        state = load_file(str(folder / WEIGHTS_FILE))
+        state = load_file(str(weights))
     except SafetensorError as error:
-        raise ValueError(f"{folder / WEIGHTS_FILE}: unreadable weights ({error})") from None
+        raise ValueError(f"{weights}: unreadable weights ({error})") from None
     bottleneck.load_state_dict(state)
     return bottleneck.eval(), meta
 

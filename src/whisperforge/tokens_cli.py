@@ -296,7 +296,8 @@ def cmd_average(args: argparse.Namespace) -> int:
     out = _save_as(averaged, loaded[0][1], args)
     weights = args.weights or [1.0] * len(models)
     total = sum(weights)
-    for source, model, weight in zip(args.sources, models, weights):
+    print(f"{args.sources[0]}: weight {weights[0] / total:.3f} (the codes below compare with it)")
+    for source, model, weight in zip(args.sources[1:], models[1:], weights[1:]):
         agreement = code_agreement(models[0], model)
         drifted = int((agreement < 0.5).sum())
         print(f"{source}: weight {weight / total:.3f}, codes against {args.sources[0]}: median "
@@ -320,11 +321,11 @@ def _save_as(bottleneck, meta: dict, args: argparse.Namespace, teacher: str | No
 
 
 def cmd_save(args: argparse.Namespace) -> int:
-    from whisperforge.tokens import load_bottleneck, resolve_tokenizer
+    from whisperforge.tokens import load_bottleneck, tokenizer_weights
 
     bottleneck, meta = load_bottleneck(args.source)
     out = _save_as(bottleneck, meta, args, args.teacher)
-    before = (resolve_tokenizer(args.source) / "speech_tokenizer.safetensors").stat().st_size
+    before = tokenizer_weights(args.source).stat().st_size
     after = (out / "speech_tokenizer.safetensors").stat().st_size
     print(f"{args.source} -> {out} ({args.dtype}, {before / 1e6:.1f} -> {after / 1e6:.1f} MB)")
     return 0

@@ -637,11 +637,15 @@ def evaluate(run: TokenizerRun) -> float | None:
 
 def save_checkpoint(run: TokenizerRun) -> None:
     """Write a checkpoint of the current step (all processes call this)."""
+    from whisperforge.tokens import bottleneck_meta
     from whisperforge.training.checkpoint import save_run_state
 
     usage = torch.stack(list(run.usage)) if run.usage else torch.zeros(0, dtype=torch.long)
+    # the tokenizer's metadata makes the checkpoint loadable as a tokenizer (tokens average)
+    meta = bottleneck_meta(run.vq, _teacher_ref(run), preset_name(run.vq.config))
     save_run_state(run.accelerator, run.checkpointer, run.step, run.vq.state_dict(),
-                   run.optimizer, run.scheduler, {"position": run.position},
+                   run.optimizer, run.scheduler,
+                   {"position": run.position, "speech_tokenizer": meta},
                    {"usage": usage.cpu()})  # fmt: skip
 
 
