@@ -480,6 +480,21 @@ def test_feature_matching_adds_a_positive_term(tmp_path, teacher_dir, data):
         load_config(TokenizerTrainConfig, path, ["feature_weight=-1"])
 
 
+def test_code_swap_changes_what_the_decoder_reads_not_the_codes(tmp_path, teacher_dir, data):
+    rows = {}
+    for name, swap in (("plain", 0.0), ("swap", 0.5)):
+        path = _config(tmp_path, teacher_dir, data, name, phase1_steps=0, phase2_steps=1,
+                       code_swap=swap)  # fmt: skip
+        train(load_config(TokenizerTrainConfig, path), progress=False)
+        rows[name] = read_log(tmp_path / name)[1]
+    # the same codes (usage) from the same start; half the tokens read as another code
+    for key in ("utilisation", "perplexity", "commitment_loss"):
+        assert rows["swap"][key] == rows["plain"][key], key
+    assert float(rows["swap"]["ce_loss"]) != pytest.approx(float(rows["plain"]["ce_loss"]))
+    with pytest.raises(ConfigError, match="code_swap"):
+        load_config(TokenizerTrainConfig, path, ["code_swap=1"])
+
+
 def test_new_bottleneck_output_norm_starts_as_the_encoders(teacher_dir, data, tmp_path):
     from transformers import WhisperForConditionalGeneration
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -234,3 +235,46 @@ def test_quantizer_settings_change_without_changing_the_ids():
     torch.testing.assert_close(copy.quantize(states), vq.quantize(states), rtol=0, atol=0)
     with pytest.raises(ValueError, match="not quantizer settings"):
         with_quantizer_settings(vq, codebook_size=32)
+
+
+def test_swap_to_neighbours_reads_the_next_nearest_code():
+    model = _model()
+    lengths = torch.tensor([11 * 16000, 30 * 16000])
+    states = _states()
+    real = frame_mask(lengths)
+    x = model._pool(states)
+    mask = model.token_mask(real, 2, x.device)
+    quantized, codes, _, _ = model._quantize(x, mask)
+    assert torch.equal(model.swap_to_neighbours(x, quantized, codes, mask, 0.0), quantized)
+    swapped = model.swap_to_neighbours(x, quantized, codes, mask, 1.0)
+    # every real token now reads the code nearest to it after its own; padding is untouched
+    z = F.normalize(model.vq.project_in(x[mask]), dim=-1)
+    sims = z @ F.normalize(model.vq.codebook, dim=-1).T
+    second = sims.topk(2, dim=-1).indices[:, 1]
+    assert torch.equal(sims.argmax(-1), model._ids_to_rows(codes[mask]))
+    expected = model.vq.get_output_from_indices(second)
+    assert torch.allclose(swapped[mask], expected, atol=1e-5)
+    assert torch.equal(swapped[~mask], quantized[~mask])
+    torch.manual_seed(3)
+    half = model.swap_to_neighbours(x, quantized, codes, mask, 0.5)
+    changed = (half != quantized).any(-1)
+    assert not changed[~mask].any() and 0.4 < changed[mask].float().mean() < 0.6
+    # the straight-through gradient to the pooled states is kept
+    x = x.detach().requires_grad_()
+    model.train()
+    out = model.swap_to_neighbours(x, *model._quantize(x, mask)[:2], mask, 1.0)
+    out[mask].sum().backward()
+    assert x.grad is not None and x.grad[mask].abs().sum() > 0
+    # forward: only in training mode; codes stay the nearest ones
+    model.eval()
+    assert torch.equal(model(states, real, swap=1.0).features, model(states, real).features)
+    twin = copy.deepcopy(model).train()
+    model.train()
+    torch.manual_seed(0)
+    out = model(states, real, swap=1.0)
+    torch.manual_seed(0)
+    plain = twin(states, real)
+    assert torch.equal(out.codes, plain.codes)
+    assert not torch.allclose(out.features, plain.features)
+    with pytest.raises(ValueError, match="swap share"):
+        model.swap_to_neighbours(x, quantized, codes, mask, 1.5)

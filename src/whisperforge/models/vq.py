@@ -278,15 +278,46 @@ class WhisperVQ(nn.Module):
             x = block(x)
         return self.ln_post(x)
 
-    def forward(self, encoder_states: Tensor, frame_mask: Tensor | None = None) -> VQOutput:
+    def forward(
+        self, encoder_states: Tensor, frame_mask: Tensor | None = None, swap: float = 0.0
+    ) -> VQOutput:
         """Encoder states ``(batch, n_audio_ctx, d_model)`` -> features, codes and VQ losses.
 
         In training mode the codebook's EMA and dead-code replacement update (real tokens
         only) and gradients pass the quantizer straight-through (or by the rotation trick).
+        ``swap`` (training mode only): the share of real tokens the block after the bottleneck
+        reads as their nearest *other* code (``swap_to_neighbours``); ``codes`` stay the
+        nearest ones.
         """
         mask = self.token_mask(frame_mask, encoder_states.shape[0], encoder_states.device)
-        quantized, codes, loss, commitment = self._quantize(self._pool(encoder_states), mask)
+        x = self._pool(encoder_states)
+        quantized, codes, loss, commitment = self._quantize(x, mask)
+        if swap > 0 and self.training:
+            quantized = self.swap_to_neighbours(x, quantized, codes, mask, swap)
         return VQOutput(self._expand(quantized), codes, loss, commitment, mask)
+
+    def swap_to_neighbours(
+        self, x: Tensor, quantized: Tensor, codes: Tensor, token_mask: Tensor, share: float
+    ) -> Tensor:
+        """``quantized`` with a random ``share`` of its real tokens replaced by the vector of
+        the code nearest to ``x`` after their own code (``codes``): the codes a small shift
+        of the encoder states, as another voice brings, would pick instead. The value changes
+        and the gradient to ``x`` stays the straight-through one."""
+        if not 0 <= share <= 1:
+            raise ValueError(f"swap share must be in [0, 1], not {share}")
+        rows = token_mask & (torch.rand(token_mask.shape, device=x.device) < share)
+        if not rows.any():
+            return quantized
+        with torch.no_grad():
+            own = self._ids_to_rows(codes[rows])
+            z = F.normalize(self.vq.project_in(x[rows].float()), dim=-1)
+            sims = z @ F.normalize(self.vq.codebook.float(), dim=-1).T
+            sims[torch.arange(len(own), device=x.device), own] = -math.inf
+            delta = self.vq.get_output_from_indices(sims.argmax(-1))
+            delta = delta - self.vq.get_output_from_indices(own)
+        out = quantized.clone()
+        out[rows] = quantized[rows] + delta.to(quantized.dtype)
+        return out
 
     @torch.no_grad()
     def quantize(self, encoder_states: Tensor, frame_mask: Tensor | None = None) -> Tensor:

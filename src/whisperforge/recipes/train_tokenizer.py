@@ -148,6 +148,10 @@ class TokenizerTrainConfig:
     # weight of an extra MSE between the bottleneck's features and the encoder states on real
     # frames: not in Ichigo's recipe (0); a dense target that speeds up short CPU runs
     feature_weight: float = 0.0
+    # share of real tokens the block after the bottleneck reads as their nearest other code
+    # in training (WhisperVQ.swap_to_neighbours): robustness to the code flips a new voice
+    # brings; not in Ichigo's recipe (0)
+    code_swap: float = 0.0
     usage_window: int = 50  # codebook usage is logged over the codes of the last N steps
     encoder_cache: str | None = None  # folder for frozen-encoder outputs (multi-epoch runs)
     eval_batch_size: int = 8
@@ -166,6 +170,8 @@ class TokenizerTrainConfig:
             raise ValueError(
                 "kl_weight, feature_weight and grow_noise must be >= 0 and temperature > 0"
             )
+        if not 0 <= self.code_swap < 1:
+            raise ValueError(f"code_swap must be in [0, 1), not {self.code_swap}")
         for name in ("usage_window", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
@@ -526,7 +532,7 @@ def compute_loss(run: TokenizerRun, batch: Batch, samples: torch.Tensor, phase: 
     ids, mask = batch.input_ids.to(device), batch.labels_mask.to(device)
     hidden = run.encoder(batch.audio)  # frozen encoder: once per window, no graph
     real_frames = frame_mask(samples.to(device), hidden.shape[1])
-    out = run.bottleneck(hidden, real_frames)
+    out = run.bottleneck(hidden, real_frames, swap=cfg.code_swap)
     student = decoder_logits(run.teacher.model, out.features, ids, mask)
     teacher = None
     if phase == 1 and cfg.kl_weight > 0:
