@@ -3,6 +3,7 @@ rates and windows, save/load, transcription from ids, LLM text and vocabulary, t
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -170,6 +171,18 @@ def test_averaged_bottlenecks_interpolate_weights_and_codes(tiny_en, tmp_path):
     mixed = 0.75 * base.vq.codebook + 0.25 * tuned.vq.codebook
     codes = torch.nn.functional.normalize(mixed, dim=-1)
     torch.testing.assert_close(mean.vq.codebook, codes)
+    # codes re-seeded in between (unrelated at their index) come from the last bottleneck
+    reseeded = copy.deepcopy(tuned)
+    with torch.no_grad():
+        reseeded.vq._codebook.embed[0, :3] = -reseeded.vq._codebook.embed[0, :3]  # cosine -1
+    moved = reseeded.vq.codebook[:3].clone()
+    kept = average_bottlenecks([base, reseeded])
+    torch.testing.assert_close(kept.vq.codebook[:3], moved)
+    both = torch.nn.functional.normalize(base.vq.codebook + reseeded.vq.codebook, dim=-1)
+    torch.testing.assert_close(kept.vq.codebook[3:], both[3:])
+    averaged_all = average_bottlenecks([base, reseeded], drifted="mean")
+    assert not torch.allclose(averaged_all.vq.codebook[:3], moved)
+    torch.testing.assert_close(averaged_all.vq.codebook[3:], both[3:])
     # averaging a bottleneck with itself changes no token
     same = SpeechTokenizer(average_bottlenecks([base, base]), tiny_en, "whisper-tiny.en")
     original = SpeechTokenizer(base, tiny_en, "whisper-tiny.en")

@@ -284,7 +284,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_average(args: argparse.Namespace) -> int:
-    from whisperforge.models.vq import average_bottlenecks, code_agreement
+    import torch
+
+    from whisperforge.models.vq import DRIFTED_BELOW, average_bottlenecks, code_agreement
     from whisperforge.tokens import load_bottleneck
 
     loaded = [load_bottleneck(source) for source in args.sources]
@@ -292,16 +294,20 @@ def cmd_average(args: argparse.Namespace) -> int:
     if len(teachers) > 1:
         raise ValueError(f"the tokenizers sit in different Whisper models: {sorted(teachers)}")
     models = [model for model, _ in loaded]
-    averaged = average_bottlenecks(models, args.weights)
+    averaged = average_bottlenecks(models, args.weights, args.drifted)
     out = _save_as(averaged, loaded[0][1], args)
     weights = args.weights or [1.0] * len(models)
     total = sum(weights)
-    print(f"{args.sources[0]}: weight {weights[0] / total:.3f} (the codes below compare with it)")
-    for source, model, weight in zip(args.sources[1:], models[1:], weights[1:]):
-        agreement = code_agreement(models[0], model)
-        drifted = int((agreement < 0.5).sum())
-        print(f"{source}: weight {weight / total:.3f}, codes against {args.sources[0]}: median "
-              f"cosine {agreement.median():.3f}, {drifted} below 0.5")  # fmt: skip
+    last = args.sources[-1]
+    for source, model, weight in zip(args.sources[:-1], models[:-1], weights[:-1]):
+        agreement = code_agreement(models[-1], model)
+        moved = int((agreement < DRIFTED_BELOW).sum())
+        print(f"{source}: weight {weight / total:.3f}, codes against {last}: median cosine "
+              f"{agreement.median():.3f}, {moved} below {DRIFTED_BELOW}")  # fmt: skip
+    print(f"{last}: weight {weights[-1] / total:.3f} (the codes above compare with it)")
+    if args.drifted == "last":
+        moved = torch.stack([code_agreement(models[-1], m) for m in models]).min(0).values
+        print(f"{int((moved < DRIFTED_BELOW).sum())} codes re-seeded in between: taken from {last}")
     print(f"averaged {len(models)} tokenizers -> {out}")
     return 0
 
@@ -451,11 +457,14 @@ def add_parser(subparsers) -> None:
         description="Average the weights of speech tokenizers that share a start (checkpoints "
         "of one run, or a tokenizer and a continuation of it): every weight, and the codebook "
         "code by code. Tokenizers trained apart have unrelated codes; the command prints how "
-        "far each one's codes are from the first's (docs/tokens.md, *Averaging*).",
+        "far each one's codes are from the last's (docs/tokens.md, *Averaging*).",
     )  # fmt: skip
     p.add_argument("sources", nargs="+", help="speech tokenizers (folders or names), 2 or more")
     p.add_argument("--weights", type=float, nargs="+", default=None,
                    help="one positive weight per tokenizer (default: equal)")  # fmt: skip
+    p.add_argument("--drifted", choices=("last", "mean"), default="last",
+                   help="codes re-seeded in between (cosine to the last source's below 0.5): "
+                   "take the last source's (default) or average them too")  # fmt: skip
     _copy_options(p, "float32", "the first source")
     p.set_defaults(func=cmd_average)
 

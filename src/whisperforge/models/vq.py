@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -664,16 +665,29 @@ def merge_codebooks(large: WhisperVQ, small: WhisperVQ) -> WhisperVQ:
     return merged
 
 
+DRIFTED_BELOW = 0.5  # cosine between a code and its counterpart: below, it was re-seeded
+
+
 @torch.no_grad()
-def average_bottlenecks(models: list[WhisperVQ], weights: list[float] | None = None) -> WhisperVQ:
+def average_bottlenecks(
+    models: list[WhisperVQ],
+    weights: list[float] | None = None,
+    drifted: Literal["last", "mean"] = "last",
+) -> WhisperVQ:
     """The weighted average of bottlenecks trained from one start (checkpoint averaging, or
     WiSE-FT's interpolation between a model and its fine-tuned copy): every weight is averaged,
     codes index by index (re-normalised for cosine codebooks) with their EMA usage.
 
     Meaningful only where the models share an origin, so that code ``i`` is the same code in
-    each: ``code_agreement`` says how far apart they drifted. ``weights`` (default equal) must
-    be positive; they are normalised to sum to 1.
+    each: ``code_agreement`` says how far apart they drifted. A code whose cosine to the last
+    model's falls below ``DRIFTED_BELOW`` in any model was re-seeded in between (dead-code
+    replacement puts an unrelated code at the index): ``drifted="last"`` takes it, and its
+    usage, from the last model instead of averaging codes that have nothing in common;
+    ``"mean"`` averages every code. ``weights`` (default equal) must be positive; they are
+    normalised to sum to 1.
     """
+    if drifted not in ("last", "mean"):
+        raise ValueError(f"drifted must be 'last' or 'mean', not {drifted!r}")
     if len(models) < 2:
         raise ValueError("averaging needs at least two bottlenecks")
     weights = [1.0] * len(models) if weights is None else [float(w) for w in weights]
@@ -705,6 +719,12 @@ def average_bottlenecks(models: list[WhisperVQ], weights: list[float] | None = N
     if models[0].config.use_cosine_sim:
         codes = F.normalize(codes, dim=-1)
     usage = sum(s * m.vq._codebook.cluster_size[0].detach().float() for s, m in zip(shares, models))
+    if drifted == "last":
+        last = models[-1]
+        moved = torch.stack([code_agreement(last, m) for m in models]).min(0).values
+        moved = moved < DRIFTED_BELOW
+        codes = torch.where(moved[:, None], last.vq.codebook.detach().float(), codes)
+        usage = torch.where(moved, last.vq._codebook.cluster_size[0].detach().float(), usage)
     _set_codebook(averaged, codes, usage)
     return averaged.eval()
 
