@@ -185,6 +185,11 @@ def save_bottleneck(
     return folder
 
 
+def _whole(folder: Path) -> bool:
+    """Whether ``folder`` is a tokenizer folder (``speech_tokenizer.json`` + weights)."""
+    return (folder / CONFIG_FILE).is_file() and (folder / WEIGHTS_FILE).is_file()
+
+
 def _checkpoint(folder: Path) -> bool:
     """Whether ``folder`` is a training checkpoint (``tokenizer train``'s
     ``checkpoints/step-N``): weights in ``model.safetensors``, metadata in ``state.json``."""
@@ -195,8 +200,7 @@ def resolve_tokenizer(ref: str | Path) -> Path:
     """A shipped tokenizer's short name, a folder, or a checkpoint of a ``tokenizer train``
     run (``RUN/checkpoints/step-N``) -> the folder, or a clear error."""
     folder = zoo_path(str(ref)) or Path(ref).expanduser()
-    whole = (folder / CONFIG_FILE).is_file() and (folder / WEIGHTS_FILE).is_file()
-    if not whole and not _checkpoint(folder):
+    if not _whole(folder) and not _checkpoint(folder):
         shipped = [n for n, p in zoo_models().items() if (p / CONFIG_FILE).exists()]
         raise ModelNotFoundError(
             f"no speech tokenizer at '{ref}': expected a folder with {CONFIG_FILE} and "
@@ -210,8 +214,7 @@ def resolve_tokenizer(ref: str | Path) -> Path:
 def tokenizer_weights(ref: str | Path) -> Path:
     """The weights file of the tokenizer ``ref`` (folder, name or training checkpoint)."""
     folder = resolve_tokenizer(ref)
-    whole = (folder / CONFIG_FILE).is_file() and (folder / WEIGHTS_FILE).is_file()
-    return folder / (WEIGHTS_FILE if whole else MODEL_FILE)
+    return folder / (WEIGHTS_FILE if _whole(folder) else MODEL_FILE)
 
 
 def _read_json(path: Path) -> dict:

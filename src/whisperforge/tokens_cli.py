@@ -284,9 +284,12 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_average(args: argparse.Namespace) -> int:
-    import torch
-
-    from whisperforge.models.vq import DRIFTED_BELOW, average_bottlenecks, code_agreement
+    from whisperforge.models.vq import (
+        DRIFTED_BELOW,
+        average_bottlenecks,
+        code_agreement,
+        reseeded_codes,
+    )
     from whisperforge.tokens import load_bottleneck
 
     loaded = [load_bottleneck(source) for source in args.sources]
@@ -306,8 +309,7 @@ def cmd_average(args: argparse.Namespace) -> int:
               f"{agreement.median():.3f}, {moved} below {DRIFTED_BELOW}")  # fmt: skip
     print(f"{last}: weight {weights[-1] / total:.3f} (the codes above compare with it)")
     if args.drifted == "last":
-        moved = torch.stack([code_agreement(models[-1], m) for m in models]).min(0).values
-        print(f"{int((moved < DRIFTED_BELOW).sum())} codes re-seeded in between: taken from {last}")
+        print(f"{int(reseeded_codes(models).sum())} codes re-seeded in between: taken from {last}")
     print(f"averaged {len(models)} tokenizers -> {out}")
     return 0
 
@@ -459,7 +461,8 @@ def add_parser(subparsers) -> None:
         "code by code. Tokenizers trained apart have unrelated codes; the command prints how "
         "far each one's codes are from the last's (docs/tokens.md, *Averaging*).",
     )  # fmt: skip
-    p.add_argument("sources", nargs="+", help="speech tokenizers (folders or names), 2 or more")
+    p.add_argument("sources", nargs="+", help="speech tokenizers (folders, names or training "
+                   "checkpoints RUN/checkpoints/step-N), 2 or more, oldest first")  # fmt: skip
     p.add_argument("--weights", type=float, nargs="+", default=None,
                    help="one positive weight per tokenizer (default: equal)")  # fmt: skip
     p.add_argument("--drifted", choices=("last", "mean"), default="last",
@@ -469,7 +472,7 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=cmd_average)
 
     p = sub.add_parser("save", help="a copy of a tokenizer, e.g. in float16 (half the size)")
-    p.add_argument("source", help="speech tokenizer (folder or name)")
+    p.add_argument("source", help="speech tokenizer (folder, name or RUN/checkpoints/step-N)")
     _copy_options(p, "float16", "the source")
     p.add_argument("--teacher", default=None, help="Whisper reference to store instead")
     p.set_defaults(func=cmd_save)

@@ -720,13 +720,19 @@ def average_bottlenecks(
         codes = F.normalize(codes, dim=-1)
     usage = sum(s * m.vq._codebook.cluster_size[0].detach().float() for s, m in zip(shares, models))
     if drifted == "last":
-        last = models[-1]
-        moved = torch.stack([code_agreement(last, m) for m in models]).min(0).values
-        moved = moved < DRIFTED_BELOW
+        last, moved = models[-1], reseeded_codes(models)
         codes = torch.where(moved[:, None], last.vq.codebook.detach().float(), codes)
         usage = torch.where(moved, last.vq._codebook.cluster_size[0].detach().float(), usage)
     _set_codebook(averaged, codes, usage)
     return averaged.eval()
+
+
+@torch.no_grad()
+def reseeded_codes(models: list[WhisperVQ]) -> Tensor:
+    """``(n_searchable,)`` True where some model's code lies below ``DRIFTED_BELOW`` cosine
+    from the last model's at that index (re-seeded in between, or trained apart)."""
+    agreement = torch.stack([code_agreement(models[-1], m) for m in models])
+    return agreement.min(0).values < DRIFTED_BELOW
 
 
 @torch.no_grad()
