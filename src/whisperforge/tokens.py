@@ -211,10 +211,13 @@ def resolve_tokenizer(ref: str | Path) -> Path:
     return folder
 
 
+def _weights_file(folder: Path) -> Path:
+    return folder / (WEIGHTS_FILE if _whole(folder) else MODEL_FILE)
+
+
 def tokenizer_weights(ref: str | Path) -> Path:
     """The weights file of the tokenizer ``ref`` (folder, name or training checkpoint)."""
-    folder = resolve_tokenizer(ref)
-    return folder / (WEIGHTS_FILE if _whole(folder) else MODEL_FILE)
+    return _weights_file(resolve_tokenizer(ref))
 
 
 def _read_json(path: Path) -> dict:
@@ -232,7 +235,7 @@ def tokenizer_meta(ref: str | Path) -> dict:
     training checkpoint), read without loading its weights; a file that is not JSON is a
     clear ``ValueError``."""
     folder = resolve_tokenizer(ref)
-    if tokenizer_weights(folder).name == WEIGHTS_FILE:
+    if _whole(folder):
         return _read_json(folder / CONFIG_FILE)
     meta = _read_json(folder / STATE_FILE).get("speech_tokenizer")
     if not isinstance(meta, dict):
@@ -250,13 +253,14 @@ def default_vad(ref: str | Path) -> bool:
 
 
 def load_bottleneck(ref: str | Path) -> tuple[WhisperVQ, dict]:
-    """The bottleneck (eval mode, CPU) and metadata of a speech tokenizer folder or name."""
+    """The bottleneck (eval mode, CPU) and metadata of a speech tokenizer folder, name or
+    training checkpoint."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     folder = resolve_tokenizer(ref)
     meta = tokenizer_meta(folder)
-    weights = tokenizer_weights(folder)
+    weights = _weights_file(folder)
     if meta.get("format") != FORMAT_VERSION:
         raise ValueError(
             f"{folder}: tokenizer format {meta.get('format')!r} is not supported "
