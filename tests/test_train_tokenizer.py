@@ -133,6 +133,13 @@ def test_checkpoints_load_as_tokenizers(trained, tmp_path):
     (foreign / "state.json").write_text(json.dumps({"step": 3}))
     with pytest.raises(ValueError, match="without speech tokenizer metadata"):
         load_bottleneck(foreign)
+    (foreign / "state.json").write_text("not json")
+    with pytest.raises(ValueError, match="state.json: not a speech tokenizer config"):
+        load_bottleneck(foreign)
+    (foreign / "state.json").write_text((last / "state.json").read_text())
+    (foreign / "model.safetensors").write_bytes(b"")  # empty
+    with pytest.raises(ValueError, match="model.safetensors: unreadable weights"):
+        load_bottleneck(foreign)
 
 
 def test_phase2_has_no_kl_term(trained):
