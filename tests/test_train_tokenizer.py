@@ -28,7 +28,12 @@ from tests.conftest import (
 
 from whisperforge.cli import main
 from whisperforge.losses import tokenizer_loss
-from whisperforge.recipes.train_tokenizer import TokenizerTrainConfig, target_tokens, train
+from whisperforge.recipes.train_tokenizer import (
+    TokenizerTrainConfig,
+    build_bottleneck,
+    target_tokens,
+    train,
+)
 from whisperforge.tokens import SpeechTokenizer, load_bottleneck
 from whisperforge.training.config import ConfigError, load_config
 from whisperforge.training.mixing import MixedOrder
@@ -263,6 +268,33 @@ def test_continuing_applies_the_quantizer_settings_given(tmp_path, trained, teac
                                                       "threshold_ema_dead_code": 0.05}  # fmt: skip
     config = load_bottleneck(result.tokenizer)[0].config
     assert (config.threshold_ema_dead_code, config.ema_decay) == (0.05, 0.9)
+
+
+def test_continuing_deeper_starts_where_the_source_was(tmp_path, trained, teacher_dir, data):
+    source = trained / "tokenizer"
+    deeper = _config(tmp_path, teacher_dir, data, "deeper", phase1_steps=1, phase2_steps=0,
+                     init_from=str(source), bottleneck={"n_layers": 2})  # fmt: skip
+    config = load_config(TokenizerTrainConfig, deeper)
+    from transformers import WhisperModel
+
+    vq, origin = build_bottleneck(config, WhisperModel.from_pretrained(teacher_dir).encoder)
+    assert origin["deepened"] == {"from_layers": 1, "to_layers": 2}
+    # the new block starts as the identity: same features and codes as the source
+    before = load_bottleneck(source)[0].eval()
+    shape = (1, before.config.n_audio_ctx, before.config.d_model)
+    states = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    a, b = before(states), vq.eval()(states)
+    torch.testing.assert_close(b.features, a.features)
+    assert torch.equal(b.codes, a.codes)
+    result = train(config, progress=False)
+    grown = load_bottleneck(result.tokenizer)[0]
+    assert grown.config.n_layers == 2
+    assert grown.blocks[1].out.weight.abs().sum() > 0  # it trained
+    shallower = _config(tmp_path, teacher_dir, data, "shallower", phase1_steps=1,
+                        phase2_steps=0, init_from=str(result.tokenizer),
+                        bottleneck={"n_layers": 1})  # fmt: skip
+    with pytest.raises(ValueError, match="n_layers 1 is below init_from's 2; blocks only grow"):
+        train(load_config(TokenizerTrainConfig, shallower), progress=False)
 
 
 def test_evaluate_reports_both_wers_bitrates_and_usage(trained, data, tmp_path, capsys):

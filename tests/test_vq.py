@@ -16,6 +16,7 @@ from whisperforge.models.vq import (
     VQConfig,
     WhisperVQ,
     codebook_usage,
+    deepen,
     frame_mask,
     grow_codebook,
     init_from_states,
@@ -278,3 +279,23 @@ def test_swap_to_neighbours_reads_the_next_nearest_code():
     assert not torch.allclose(out.features, plain.features)
     with pytest.raises(ValueError, match="swap share"):
         model.swap_to_neighbours(x, quantized, codes, mask, 1.5)
+
+
+def test_deepen_appends_identity_blocks_that_train():
+    shallow = _model(n_layers=1)
+    deep = deepen(shallow, 3, generator=torch.Generator().manual_seed(0))
+    assert deep.config.n_layers == 3 and len(deep.blocks) == 3
+    states, mask = _states(), frame_mask(torch.tensor([11 * 16000, 30 * 16000]))
+    a, b = shallow(states, mask), deep.eval()(states, mask)
+    torch.testing.assert_close(b.features, a.features)
+    assert torch.equal(b.codes, a.codes)
+    torch.testing.assert_close(deep.vq.codebook, shallow.vq.codebook)
+    # the new blocks learn: their zeroed output projections get gradients
+    deep.train()(states, mask).features.pow(2).mean().backward()
+    assert deep.blocks[2].out.weight.grad.abs().sum() > 0
+    assert deep.blocks[2].mlp[2].weight.grad.abs().sum() > 0
+    again = deepen(shallow, 3, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(again.blocks[2].qkv.weight, deep.blocks[2].qkv.weight)
+    assert deepen(shallow, 1).config == shallow.config
+    with pytest.raises(ValueError, match="n_layers 1 is below the source's 3; blocks only grow"):
+        deepen(deep, 1)

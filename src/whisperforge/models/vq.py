@@ -643,6 +643,33 @@ def grow_codebook(
     return big
 
 
+def deepen(vq: WhisperVQ, n_layers: int, generator: torch.Generator | None = None) -> WhisperVQ:
+    """``vq`` with ``n_layers`` transformer blocks after the bottleneck: its own blocks, then
+    new ones whose output projections (attention and MLP) start at zero, so each new block is
+    the identity and the deeper model gives exactly ``vq``'s features until it trains.
+
+    Everything else (codebook and its EMA state, mask code, positions, projections) is
+    ``vq``'s, so its ids are unchanged. For continuing a trained tokenizer with more capacity
+    to rebuild encoder states from codes.
+    """
+    have = vq.config.n_layers
+    if n_layers < have:
+        raise ValueError(f"n_layers {n_layers} is below the source's {have}; blocks only grow")
+    seed = int(torch.randint(2**62, (), generator=generator))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        deep = WhisperVQ(replace(vq.config, n_layers=n_layers))
+    loaded = deep.load_state_dict(vq.state_dict(), strict=False)
+    new = tuple(f"blocks.{i}." for i in range(have, n_layers))
+    if loaded.unexpected_keys or not all(k.startswith(new) for k in loaded.missing_keys):
+        raise ValueError(f"bottlenecks differ beyond the blocks: {loaded}")
+    with torch.no_grad():
+        for block in deep.blocks[have:]:
+            for layer in (block.out, block.mlp[2]):
+                layer.weight.zero_(), layer.bias.zero_()
+    return deep.to(next(vq.parameters()).device).train(vq.training)
+
+
 def merge_codebooks(large: WhisperVQ, small: WhisperVQ) -> WhisperVQ:
     """``large``'s codes and mask first, then ``small``'s codes: ids ``[0, N)`` are ``large``'s
     codes, ``N`` the mask, ``N + 1 + j`` ``small``'s code ``j`` (2048 + 1 + 512 = 2561 ids).

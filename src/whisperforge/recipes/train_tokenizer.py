@@ -17,7 +17,8 @@ decoder's 448 positions; they are tokenized once at setup. The KL and CE are ave
 label positions, selected before the vocabulary projection: padding never reaches a softmax.
 Manifests are mixed by weight (``training.mixing.MixedOrder``), deterministically for a seed.
 ``init_from`` starts from a trained tokenizer, grown to ``codebook_size`` codes when it has
-fewer (``grow_codebook``); ``whisperforge tokens merge`` then joins the two.
+fewer (``grow_codebook``; ``whisperforge tokens merge`` then joins the two) and deepened to
+``bottleneck.n_layers`` blocks when it has fewer (``deepen``: new blocks start as the identity).
 
 The loop is explicit: ``setup`` -> (``train_step``, ``evaluate``, ``save_checkpoint``)* ->
 ``finish``; Accelerate runs it on one CPU process, ``torchrun --nproc_per_node N`` CPU
@@ -83,7 +84,7 @@ class BottleneckOptions:
 
     codebook_size: int = 2048
     codebook_dim: int = 64
-    n_layers: int = 1
+    n_layers: int | None = None  # None: 1, or init_from's; more than init_from's deepens it
     n_heads: int | None = None  # None: heads of 64 channels (the presets)
     ffn_mult: int = 4
     ema_decay: float | None = None  # VQConfig default 0.8
@@ -104,6 +105,8 @@ class BottleneckOptions:
         fields = to_dict(self)
         fields.pop("init"), fields.pop("init_windows")
         heads = fields.pop("n_heads") or max(1, d_model // 64)
+        if fields["n_layers"] is None:
+            fields["n_layers"] = 1
         for name in QUANTIZER_SETTINGS:
             if fields[name] is None:
                 del fields[name]
@@ -283,7 +286,7 @@ def build_bottleneck(config: TokenizerTrainConfig, encoder) -> tuple[WhisperVQ, 
     the first step its features have the per-channel scale and offset the frozen decoder's
     cross-attention was trained on (otherwise the first hundreds of steps only learn that).
     """
-    from whisperforge.models.vq import grow_codebook, with_quantizer_settings
+    from whisperforge.models.vq import deepen, grow_codebook, with_quantizer_settings
     from whisperforge.tokens import load_bottleneck
 
     size = config.bottleneck.codebook_size
@@ -309,6 +312,14 @@ def build_bottleneck(config: TokenizerTrainConfig, encoder) -> tuple[WhisperVQ, 
     if changed:
         source = with_quantizer_settings(source, **changed)
         origin["quantizer"] = changed
+    layers = have.n_layers if config.bottleneck.n_layers is None else config.bottleneck.n_layers
+    if layers < have.n_layers:
+        raise ValueError(f"bottleneck.n_layers {layers} is below init_from's "
+                         f"{have.n_layers}; blocks only grow")  # fmt: skip
+    if layers > have.n_layers:
+        generator = torch.Generator().manual_seed(config.training.seed)
+        source = deepen(source, layers, generator=generator)
+        origin["deepened"] = {"from_layers": have.n_layers, "to_layers": layers}
     if size == have.codebook_size:
         return source.train(), origin
     generator = torch.Generator().manual_seed(config.training.seed)
