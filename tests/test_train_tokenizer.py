@@ -271,12 +271,12 @@ def test_continuing_applies_the_quantizer_settings_given(tmp_path, trained, teac
 
 
 def test_continuing_deeper_starts_where_the_source_was(tmp_path, trained, teacher_dir, data):
+    from transformers import WhisperModel
+
     source = trained / "tokenizer"
     deeper = _config(tmp_path, teacher_dir, data, "deeper", phase1_steps=1, phase2_steps=0,
                      init_from=str(source), bottleneck={"n_layers": 2})  # fmt: skip
     config = load_config(TokenizerTrainConfig, deeper)
-    from transformers import WhisperModel
-
     vq, origin = build_bottleneck(config, WhisperModel.from_pretrained(teacher_dir).encoder)
     assert origin["deepened"] == {"from_layers": 1, "to_layers": 2}
     # the new block starts as the identity: same features and codes as the source
