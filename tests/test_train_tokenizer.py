@@ -297,6 +297,22 @@ def test_continuing_deeper_starts_where_the_source_was(tmp_path, trained, teache
         train(load_config(TokenizerTrainConfig, shallower), progress=False)
 
 
+def test_frozen_parts_stay_as_they_were(tmp_path, trained, teacher_dir, data):
+    source = trained / "tokenizer"
+    path = _config(tmp_path, teacher_dir, data, "frozen", phase1_steps=2, phase2_steps=0,
+                   init_from=str(source), freeze=["after_codes"])  # fmt: skip
+    result = train(load_config(TokenizerTrainConfig, path), progress=False)
+    assert result.data["bottleneck"]["frozen"]["parts"] == ["after_codes"]
+    before, after = load_bottleneck(source)[0], load_bottleneck(result.tokenizer)[0]
+    torch.testing.assert_close(after.blocks[0].qkv.weight, before.blocks[0].qkv.weight)
+    torch.testing.assert_close(after.positions.weight, before.positions.weight)
+    assert not torch.allclose(after.mlp[0].weight, before.mlp[0].weight)  # the other side trains
+    for parts in (["after_codes", "before_codes"], ["decoder"]):
+        with pytest.raises(ConfigError, match="freeze takes at most one of"):
+            load_config(TokenizerTrainConfig, _config(tmp_path, teacher_dir, data, "bad",
+                                                      freeze=parts))  # fmt: skip
+
+
 def test_evaluate_reports_both_wers_bitrates_and_usage(trained, data, tmp_path, capsys):
     report_path = tmp_path / "report.json"
     tokenizer = str(trained / "tokenizer")

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from whisperforge.models.vq import (
+    BOTTLENECK_PARTS,
     N_AUDIO_CTX,
     VQ_PRESETS,
     RotaryEmbedding,
@@ -18,6 +19,7 @@ from whisperforge.models.vq import (
     codebook_usage,
     deepen,
     frame_mask,
+    freeze_parts,
     grow_codebook,
     init_from_states,
     merge_codebooks,
@@ -299,3 +301,16 @@ def test_deepen_appends_identity_blocks_that_train():
     assert deepen(shallow, 1).config == shallow.config
     with pytest.raises(ValueError, match="n_layers 1 is below the source's 3; blocks only grow"):
         deepen(deep, 1)
+
+
+def test_bottleneck_parts_cover_every_weight_once_and_freeze():
+    model = _model()
+    for name, _ in model.named_parameters():
+        owners = [part for part, prefixes in BOTTLENECK_PARTS.items() if name.startswith(prefixes)]
+        assert len(owners) == 1, (name, owners)
+    total = sum(w.numel() for w in model.parameters())
+    left = freeze_parts(model, ["after_codes"])
+    assert 0 < left < total
+    assert not model.blocks[0].out.weight.requires_grad and model.mlp[0].weight.requires_grad
+    with pytest.raises(ValueError, match="unknown bottleneck parts"):
+        freeze_parts(model, ["decoder"])

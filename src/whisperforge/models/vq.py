@@ -368,6 +368,28 @@ class WhisperVQ(nn.Module):
 QUANTIZER_SETTINGS = ("ema_decay", "commitment_weight", "threshold_ema_dead_code")
 
 
+BOTTLENECK_PARTS = {
+    "before_codes": ("mlp_ln.", "mlp.", "vq.project_in."),
+    "after_codes": ("vq.project_out.", "mask_code", "positions.", "blocks.", "ln_post."),
+}
+"""Trained weights on either side of the codebook, by parameter-name prefix: what maps encoder
+states to codes, and what rebuilds decoder features from them. The codes themselves follow
+their EMA and belong to neither."""
+
+
+def freeze_parts(vq: WhisperVQ, parts: tuple[str, ...] | list[str]) -> int:
+    """Stop gradients to the named ``BOTTLENECK_PARTS``; returns the weights left trainable."""
+    unknown = sorted(set(parts) - set(BOTTLENECK_PARTS))
+    if unknown:
+        raise ValueError(f"unknown bottleneck parts {unknown}; choose from "
+                         f"{list(BOTTLENECK_PARTS)}")  # fmt: skip
+    prefixes = tuple(p for part in parts for p in BOTTLENECK_PARTS[part])
+    for name, weight in vq.named_parameters():
+        if name.startswith(prefixes):
+            weight.requires_grad_(False)
+    return sum(w.numel() for w in vq.parameters() if w.requires_grad)
+
+
 def with_quantizer_settings(vq: WhisperVQ, **settings: float) -> WhisperVQ:
     """A copy of ``vq`` whose quantizer trains with other ``QUANTIZER_SETTINGS`` (EMA decay,
     commitment weight, dead-code threshold); weights and codebook state are ``vq``'s, so its

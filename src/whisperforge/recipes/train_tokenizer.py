@@ -41,11 +41,13 @@ import torch.nn.functional as F
 from whisperforge.audio import SAMPLE_RATE, audio_samples
 from whisperforge.losses import tokenizer_loss
 from whisperforge.models.vq import (
+    BOTTLENECK_PARTS,
     QUANTIZER_SETTINGS,
     VQConfig,
     WhisperVQ,
     codebook_usage,
     frame_mask,
+    freeze_parts,
 )
 from whisperforge.training.config import TrainingConfig, to_dict
 from whisperforge.training.data import Batch, collate
@@ -155,6 +157,9 @@ class TokenizerTrainConfig:
     # in training (WhisperVQ.swap_to_neighbours): robustness to the code flips a new voice
     # brings; not in Ichigo's recipe (0)
     code_swap: float = 0.0
+    # bottleneck parts that do not train (``models.vq.BOTTLENECK_PARTS``): "before_codes",
+    # "after_codes"; the codebook's EMA runs either way
+    freeze: tuple[str, ...] = ()
     usage_window: int = 50  # codebook usage is logged over the codes of the last N steps
     encoder_cache: str | None = None  # folder for frozen-encoder outputs (multi-epoch runs)
     eval_batch_size: int = 8
@@ -175,6 +180,10 @@ class TokenizerTrainConfig:
             )
         if not 0 <= self.code_swap < 1:
             raise ValueError(f"code_swap must be in [0, 1), not {self.code_swap}")
+        unknown = sorted(set(self.freeze) - set(BOTTLENECK_PARTS))
+        if unknown or len(set(self.freeze)) == len(BOTTLENECK_PARTS):
+            raise ValueError(f"freeze takes at most one of {list(BOTTLENECK_PARTS)}, not "
+                             f"{list(self.freeze)}")  # fmt: skip
         for name in ("usage_window", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
@@ -433,7 +442,10 @@ def setup(config: TokenizerTrainConfig) -> TokenizerRun:
     order = MixedOrder(tuple(len(e) for e in examples), tuple(s.weight for s in config.train),
                        tc.batch_size, accelerator.process_index, accelerator.num_processes,
                        tc.seed)  # fmt: skip
-    optimizer = make_optimizer(list(bottleneck.parameters()), tc)
+    if config.freeze:
+        trainable = freeze_parts(bottleneck, config.freeze)
+        report["bottleneck"]["frozen"] = {"parts": list(config.freeze), "trainable": trainable}
+    optimizer = make_optimizer([w for w in bottleneck.parameters() if w.requires_grad], tc)
     scheduler = make_scheduler(optimizer, config.total_steps, tc.warmup_steps, tc.lr_decay,
                                tc.final_lr_fraction)  # fmt: skip
     teacher.model.to(accelerator.device)
