@@ -559,3 +559,40 @@ def test_sampled_decoding_depends_on_the_row_alone(speech_tokenizer):
     alone = [tok.decode_features(feats[i : i + 1], options, ["en"], fallback=False)[0]
              for i in range(3)]  # fmt: skip
     assert batched == alone
+
+
+def test_cli_refine_moves_the_codes_and_reports_a_broken_file(speech_clips, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    model, refined, again = tmp_path / "tok", tmp_path / "refined", tmp_path / "again"
+    assert _run(capsys, "tokens", "init", "--teacher", "whisper-tiny.en", "--codebook-size",
+                "64", "--out", str(model))[0] == 0  # fmt: skip
+    broken = tmp_path / "broken.mp3"
+    broken.write_bytes(b"not audio at all" * 64)
+    rows = [{"audio": str(JFK), "text": "jfk"}, {"audio": str(broken), "text": "x", "duration": 2}]
+    rows += [{"audio": str(path), "text": text} for path, text in speech_clips[:3]]
+    manifest = tmp_path / "train.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cache = tmp_path / "cache"
+    args = ["--manifest", str(manifest), "--cache-dir", str(cache), "--batch-size", "4", "-q"]
+    code, out, err = _run(capsys, "tokens", "refine", str(model), "--out", str(refined), *args)
+    assert code == 1 and f"{broken}: cannot be read" in err and "1 of 5 file(s) failed" in err
+    assert "4 files" in out and "mean squared distance to the nearest code" in out
+    before, after = (float(x) for x in out.split("nearest code ")[1].split()[:3:2])
+    assert after < before
+    old, new = (load_file(str(m / WEIGHTS_FILE)) for m in (model, refined))
+    assert old.keys() == new.keys()
+    codebook = [k for k in old if k.startswith("vq._codebook.embed")]
+    assert codebook and all(torch.equal(old[k], new[k]) for k in old if k not in codebook)
+    assert not torch.equal(old["vq._codebook.embed"], new["vq._codebook.embed"])
+    assert len(list(cache.rglob("*.safetensors"))) == 4  # the readable files, once each
+    # the cached states give the same codebook; the result still tokenizes
+    code, _, _ = _run(capsys, "tokens", "refine", str(model), "--out", str(again), *args)
+    assert code == 1
+    torch.testing.assert_close(load_file(str(again / WEIGHTS_FILE))["vq._codebook.embed"],
+                               new["vq._codebook.embed"])  # fmt: skip
+    code, out, _ = _run(capsys, "tokens", "encode", str(JFK), "--model", str(refined), "-q")
+    assert code == 0 and len(out.split()) == 275
+    code, _, err = _run(capsys, "tokens", "refine", str(model), "--out", str(again),
+                        "--manifest", str(manifest), "--iterations", "0")  # fmt: skip
+    assert code == 2 and "--iterations must be at least 1" in err

@@ -16,6 +16,7 @@ from whisperforge.models.vq import (
     RotaryEmbedding,
     VQConfig,
     WhisperVQ,
+    code_space,
     codebook_usage,
     deepen,
     frame_mask,
@@ -25,6 +26,7 @@ from whisperforge.models.vq import (
     merge_codebooks,
     preset_config,
     preset_for_width,
+    refine_codebook,
     tokens_for_samples,
 )
 
@@ -314,3 +316,65 @@ def test_bottleneck_parts_cover_every_weight_once_and_freeze():
     assert not model.blocks[0].out.weight.requires_grad and model.mlp[0].weight.requires_grad
     with pytest.raises(ValueError, match="unknown bottleneck parts"):
         freeze_parts(model, ["decoder"])
+
+
+def _searched_rows(vectors: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    return (vectors @ F.normalize(codes, dim=-1).T).argmax(-1)
+
+
+def test_refine_moves_each_code_to_the_mean_of_its_vectors():
+    model = _model(kmeans_init=False, codebook_size=512)
+    states = _states(3)
+    mask = frame_mask(torch.tensor([30 * 16000, 7 * 16000, 16000]))
+    real = model.token_mask(mask, 3, states.device)
+    vectors = code_space(model, states, mask)
+    assert vectors.shape == (int(real.sum()), 8)
+    torch.testing.assert_close(vectors.norm(dim=-1), torch.ones(len(vectors)))
+    ids = model.quantize(states, mask)
+    old = model.vq.codebook.detach().clone()
+    rows = _searched_rows(vectors, old)
+    assert rows.tolist() == ids[real].tolist()  # the vectors the codebook is searched with
+    others = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("vq._cod")}
+    single = copy.deepcopy(model)
+
+    result = refine_codebook(single, vectors, iterations=1)
+    used = rows.unique()
+    assert result.vectors == len(vectors) and result.codes_moved == len(used) < 512
+    for code in used.tolist():
+        mean = F.normalize(vectors[rows == code].mean(0), dim=0)
+        torch.testing.assert_close(single.vq.codebook[code], mean)
+    unused = torch.ones(512, dtype=torch.bool)
+    unused[used] = False
+    torch.testing.assert_close(single.vq.codebook[unused], old[unused])
+    assert result.error_after < result.error_before
+    before = (2 - 2 * (vectors @ F.normalize(old, dim=-1).T).max(-1).values).mean()
+    assert result.error_before == pytest.approx(float(before), abs=1e-5)
+    for key, value in single.state_dict().items():
+        if key in others:
+            torch.testing.assert_close(value, others[key])  # only the codebook moves
+    new_ids = single.quantize(states, mask)[real]
+    changed = float((new_ids != ids[real]).float().mean())
+    assert result.ids_changed == pytest.approx(changed) and changed > 0
+    # Lloyd steps never raise the distortion
+    more = refine_codebook(copy.deepcopy(model), vectors, iterations=4)
+    assert more.error_after <= result.error_after + 1e-6
+
+    with pytest.raises(ValueError, match="iterations must be at least 1"):
+        refine_codebook(model, vectors, iterations=0)
+    with pytest.raises(ValueError, match=r"expected vectors \(n > 0, 8\)"):
+        refine_codebook(model, vectors[:, :4])
+    with pytest.raises(ValueError, match="expected vectors"):
+        refine_codebook(model, vectors[:0])
+
+
+def test_refine_a_euclidean_codebook_takes_plain_means():
+    model = _model(kmeans_init=False, codebook_size=16, use_cosine_sim=False)
+    states = _states(2)
+    vectors = code_space(model, states)
+    assert not torch.allclose(vectors.norm(dim=-1), torch.ones(len(vectors)))
+    rows = torch.cdist(vectors, model.vq.codebook.detach()).argmin(-1)
+    assert rows.tolist() == model.quantize(states).flatten().tolist()
+    result = refine_codebook(model, vectors)
+    code = int(rows[0])
+    torch.testing.assert_close(model.vq.codebook[code], vectors[rows == code].mean(0))
+    assert result.error_after < result.error_before

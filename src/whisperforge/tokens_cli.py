@@ -1,4 +1,5 @@
-"""``whisperforge tokens``: speech tokenizers (encode, transcribe, init, grow, merge).
+"""``whisperforge tokens``: speech tokenizers (encode, transcribe, init, grow, merge,
+average, refine, save).
 
 Each command is a thin layer over ``whisperforge.tokens`` and ``whisperforge.models.vq``.
 """
@@ -314,6 +315,93 @@ def cmd_average(args: argparse.Namespace) -> int:
     return 0
 
 
+def _code_space_of(encoder, bottleneck, files: list[str], failed: list) -> tuple:
+    """Code-space vectors of a batch of files (``models.vq.code_space``) and the seconds of
+    audio they hold; a file that cannot be read goes to ``failed`` and the rest go on."""
+    import torch
+
+    from whisperforge.audio import N_SAMPLES_PER_TOKEN, SAMPLE_RATE, AudioError
+    from whisperforge.models.vq import code_space, frame_mask
+
+    try:
+        lengths, states = encoder.samples(files), encoder(files)
+    except (AudioError, OSError):
+        if len(files) == 1:
+            failed.append(files[0])
+            return None, 0.0
+        parts = [_code_space_of(encoder, bottleneck, [f], failed) for f in files]
+        kept = [v for v, _ in parts if v is not None]
+        return (torch.cat(kept) if kept else None), sum(sec for _, sec in parts)
+    lengths = [min(n, states.shape[1] * N_SAMPLES_PER_TOKEN) for n in lengths]
+    mask = frame_mask(torch.tensor(lengths, device=states.device), states.shape[1])
+    return code_space(bottleneck, states, mask).cpu(), sum(lengths) / SAMPLE_RATE
+
+
+def cmd_refine(args: argparse.Namespace) -> int:
+    import random
+
+    import torch
+
+    from whisperforge.cli import _quiet_transformers
+    from whisperforge.models import load_model
+    from whisperforge.models.vq import refine_codebook
+    from whisperforge.progress import progress_bar
+    from whisperforge.tokens import load_bottleneck
+    from whisperforge.training.encoder_cache import (
+        EncoderCache,
+        SharedEncoder,
+        cache_fingerprint,
+        manifest_audio,
+    )
+
+    if args.iterations < 1:
+        raise ValueError(f"--iterations must be at least 1, not {args.iterations}")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    _quiet_transformers()
+    bottleneck, meta = load_bottleneck(args.source)
+    files, skipped = manifest_audio(args.manifest)
+    for reason, count in sorted(skipped.items()):
+        print(f"skipped {count} row(s): {reason}", file=sys.stderr)
+    if args.limit and args.limit < len(files):
+        picked = sorted(random.Random(args.seed).sample(range(len(files)), args.limit))
+        files = [files[i] for i in picked]
+    if not files:
+        raise ValueError("the manifests hold no rows of one 30 s window or less to refine on")
+    whisper = load_model(meta["teacher"], device=args.device)
+    cache = EncoderCache(args.cache_dir, cache_fingerprint(whisper)) if args.cache_dir else None
+    encoder = SharedEncoder(whisper.model.model.encoder, whisper.n_mels, whisper.device, cache)
+    bottleneck = bottleneck.to(whisper.device).eval()
+    vectors, failed, seconds = [], [], 0.0
+    bar = progress_bar(len(files), unit="file", enabled=not args.quiet)
+    for start in range(0, len(files), args.batch_size):
+        batch = files[start : start + args.batch_size]
+        found, batch_seconds = _code_space_of(encoder, bottleneck, batch, failed)
+        if found is not None:
+            vectors.append(found)
+        seconds += batch_seconds
+        bar.update(len(batch))
+    bar.close()
+    for path in failed:
+        print(f"error: {path}: cannot be read; left out", file=sys.stderr)
+    if not vectors:
+        raise ValueError(f"none of the {len(files)} audio files could be read")
+    result = refine_codebook(bottleneck.cpu(), torch.cat(vectors), args.iterations)
+    out = _save_as(bottleneck, meta, args)
+    cosine = ""
+    if bottleneck.config.use_cosine_sim:
+        before, after = (1 - e / 2 for e in (result.error_before, result.error_after))
+        cosine = f" (mean cosine {before:.4f} -> {after:.4f})"
+    print(f"{len(files) - len(failed)} files ({seconds / 3600:.2f} h), {result.vectors} vectors: "
+          f"mean squared distance to the nearest code {result.error_before:.4f} -> "
+          f"{result.error_after:.4f}{cosine} after {result.iterations} iteration(s); "
+          f"{result.codes_moved} of {bottleneck.config.n_searchable} codes moved, "
+          f"{100 * result.ids_changed:.1f} % of the ids change -> {out}")  # fmt: skip
+    if failed:
+        print(f"{len(failed)} of {len(files)} file(s) failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def _save_as(bottleneck, meta: dict, args: argparse.Namespace, teacher: str | None = None):
     """Write ``bottleneck`` to ``args.out`` in ``args.dtype`` with the metadata of the
     tokenizer ``meta`` describes (teacher, preset, merged parts; VAD unless ``args.vad``)."""
@@ -470,6 +558,32 @@ def add_parser(subparsers) -> None:
                    "take the last source's (default) or average them too")  # fmt: skip
     _copy_options(p, "float32", "the first source")
     p.set_defaults(func=cmd_average)
+
+    p = sub.add_parser(
+        "refine", help="move each code to the mean of the training vectors it stands for",
+        description="One or more k-means (Lloyd) steps on a trained tokenizer's codebook: the "
+        "audio of the manifests goes through the Whisper encoder and the bottleneck up to the "
+        "codebook, and each code moves to the mean of the vectors nearest to it. Training "
+        "leaves the codes moving averages of the last few batches; this puts them at the "
+        "means of the training data they quantize (docs/tokens.md, *Refining the codebook*). "
+        "Every other weight stays; ids change where speech now lies nearer another code.",
+    )  # fmt: skip
+    p.add_argument("source", help="speech tokenizer (folder, name or RUN/checkpoints/step-N)")
+    p.add_argument("--manifest", nargs="+", required=True,
+                   help="JSONL manifests of training audio (rows of at most 30 s)")  # fmt: skip
+    p.add_argument("--iterations", type=int, default=1, help="Lloyd steps (default 1)")
+    p.add_argument("--limit", type=int, default=0,
+                   help="use N audio files drawn at random (--seed) instead of all")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="encoder-state cache (the training recipes' encoder_cache_dir): "
+                   "read, and filled with what is not there yet")  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=8, help="30 s windows per forward pass")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _copy_options(p, "float32", "the source")
+    p.set_defaults(func=cmd_refine)
 
     p = sub.add_parser("save", help="a copy of a tokenizer, e.g. in float16 (half the size)")
     p.add_argument("source", help="speech tokenizer (folder, name or RUN/checkpoints/step-N)")

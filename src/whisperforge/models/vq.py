@@ -714,6 +714,88 @@ def merge_codebooks(large: WhisperVQ, small: WhisperVQ) -> WhisperVQ:
     return merged
 
 
+@torch.no_grad()
+def code_space(vq: WhisperVQ, encoder_states: Tensor, frame_mask: Tensor | None = None) -> Tensor:
+    """``(n, codebook_dim)`` the vectors the codebook is searched with, one per real token of
+    ``encoder_states`` (``forward``'s arguments), in order: pooled, through the MLP and
+    ``project_in``, and unit length for a cosine codebook. Float32, no graph."""
+    mask = vq.token_mask(frame_mask, encoder_states.shape[0], encoder_states.device)
+    z = vq.vq.project_in(vq._pool(encoder_states.float())[mask]).float()
+    return F.normalize(z, dim=-1) if vq.config.use_cosine_sim else z
+
+
+@dataclass
+class CodebookRefinement:
+    """What ``refine_codebook`` did: ``vectors`` searched, ``iterations`` run, the mean
+    squared distance from each vector to its nearest code before and after (for unit
+    vectors, 2 - 2 cos), ``codes_moved`` (codes nearest to at least one vector in the last
+    iteration; the others stay where they were) and ``ids_changed``, the share of vectors
+    whose nearest code is a different id afterwards."""
+
+    vectors: int
+    iterations: int
+    error_before: float
+    error_after: float
+    codes_moved: int
+    ids_changed: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _nearest(vectors: Tensor, codes: Tensor, cosine: bool, chunk: int = 32768):
+    """Squared distance to, and row of, each vector's nearest code."""
+    distance, rows = [], []
+    for start in range(0, len(vectors), chunk):
+        v = vectors[start : start + chunk].float()
+        if cosine:
+            best = (v @ codes.T).max(-1)
+            distance.append(2 - 2 * best.values)
+        else:
+            best = torch.cdist(v, codes).min(-1)
+            distance.append(best.values.square())
+        rows.append(best.indices)
+    return torch.cat(distance), torch.cat(rows)
+
+
+@torch.no_grad()
+def refine_codebook(vq: WhisperVQ, vectors: Tensor, iterations: int = 1) -> CodebookRefinement:
+    """Lloyd (k-means) steps on ``vq``'s codebook in place: each code moves to the mean of the
+    ``vectors`` (``code_space`` of training data) nearest to it, re-normalised for a cosine
+    codebook; a code nearest to none stays. Neither step can raise the mean distance from a
+    vector to its code.
+
+    Training leaves every code an exponential moving average of the last few batches' vectors
+    (decay 0.8 by default: about five batches, one or two vectors each at 2048 codes), so the
+    codes sit near, not at, the means of what they stand for; one step over the whole training
+    set puts them there. Ids change where a vector now lies nearer another code. The EMA usage
+    stays as it was, so training can go on from the result."""
+    if iterations < 1:
+        raise ValueError(f"iterations must be at least 1, not {iterations}")
+    if vectors.ndim != 2 or vectors.shape[1] != vq.config.codebook_dim or not len(vectors):
+        raise ValueError(
+            f"expected vectors (n > 0, {vq.config.codebook_dim}), got {tuple(vectors.shape)}"
+        )
+    cosine = vq.config.use_cosine_sim
+    codes = vq.vq.codebook.detach().float().clone()
+    if cosine:
+        codes = F.normalize(codes, dim=-1)
+    before, first = _nearest(vectors, codes, cosine)
+    rows = first
+    for _ in range(iterations):
+        sums = torch.zeros_like(codes).index_add_(0, rows, vectors.float())
+        counts = torch.bincount(rows, minlength=len(codes))
+        means = F.normalize(sums, dim=-1) if cosine else sums / counts.clamp(min=1)[:, None]
+        codes = torch.where(counts[:, None] > 0, means, codes)
+        after, rows = _nearest(vectors, codes, cosine)
+    _set_codebook(vq, codes, vq.vq._codebook.cluster_size[0].detach().clone())
+    return CodebookRefinement(
+        vectors=len(vectors), iterations=iterations, error_before=float(before.mean()),
+        error_after=float(after.mean()), codes_moved=int((counts > 0).sum()),
+        ids_changed=float((rows != first).float().mean()),
+    )  # fmt: skip
+
+
 DRIFTED_BELOW = 0.5  # cosine between a code and its counterpart: below, it was re-seeded
 
 
