@@ -217,8 +217,10 @@ def _torchrun(path: Path, **popen) -> subprocess.Popen:
 
 
 def test_two_processes_killed_after_a_checkpoint_resume_exactly(tmp_path, teacher_dir, data):
-    whole = _torchrun(_config(tmp_path, teacher_dir, data, "whole"), stderr=subprocess.PIPE)
-    path = _config(tmp_path, teacher_dir, data, "killed")
+    # both refine the codebook at the end: each process encodes half the rows
+    whole = _torchrun(_config(tmp_path, teacher_dir, data, "whole", refine_codebook=1),
+                      stderr=subprocess.PIPE)  # fmt: skip
+    path = _config(tmp_path, teacher_dir, data, "killed", refine_codebook=1)
     killed = _torchrun(path, stderr=subprocess.DEVNULL)
     wait_for(tmp_path / "killed" / "checkpoints" / "step-00000002", killed, timeout=120)
     os.killpg(killed.pid, signal.SIGKILL)  # torchrun and both workers
@@ -234,6 +236,11 @@ def test_two_processes_killed_after_a_checkpoint_resume_exactly(tmp_path, teache
     for step in a:
         for column in ("loss", "ce_loss", "commitment_loss", "perplexity"):
             assert float(b[step][column]) == pytest.approx(float(a[step][column]), rel=1e-6)
+    whole_summary = json.loads((tmp_path / "whole" / "summary.json").read_text())
+    assert summary["refinement"] == whole_summary["refinement"]  # refined once, resumed or not
+    torch.testing.assert_close(load_bottleneck(tmp_path / "killed" / "tokenizer")[0].vq.codebook,
+                               load_bottleneck(tmp_path / "whole" / "tokenizer")[0].vq.codebook,
+                               rtol=1e-4, atol=1e-5)  # fmt: skip
 
 
 def test_grow_train_merge_keeps_the_layout(tmp_path, trained, teacher_dir, data, capsys):
@@ -295,6 +302,38 @@ def test_continuing_deeper_starts_where_the_source_was(tmp_path, trained, teache
                         bottleneck={"n_layers": 1})  # fmt: skip
     with pytest.raises(ValueError, match="n_layers 1 is below init_from's 2; blocks only grow"):
         train(load_config(TokenizerTrainConfig, shallower), progress=False)
+
+
+def test_refining_at_the_end_is_tokens_refine_of_the_run(tmp_path, trained, teacher_dir, data,
+                                                          capsys):  # fmt: skip
+    from whisperforge.audio import audio_samples
+    from whisperforge.models.vq import tokens_for_samples
+
+    runs = {}
+    for name, refine in (("plain", 0), ("refined", 1)):
+        path = _config(tmp_path, teacher_dir, data, name, phase1_steps=2, phase2_steps=0,
+                       init_from=str(trained / "tokenizer"), refine_codebook=refine)  # fmt: skip
+        runs[name] = train(load_config(TokenizerTrainConfig, path), progress=False).tokenizer
+    summary = json.loads((tmp_path / "refined" / "summary.json").read_text())
+    refinement = summary["refinement"]
+    files = {r["audio"] for m in (data["a"], data["b"]) for r in map(json.loads, m.open())}
+    folder = data["a"].parent
+    assert refinement["vectors"] == sum(tokens_for_samples(audio_samples(folder / f))
+                                        for f in files)  # fmt: skip
+    assert refinement["error_after"] < refinement["error_before"]
+    assert "refinement" not in json.loads((tmp_path / "plain" / "summary.json").read_text())
+    # the run's refinement is what `tokens refine` does to the unrefined run's tokenizer
+    out = tmp_path / "by-command"
+    code = main(["tokens", "refine", str(runs["plain"]), "--manifest", str(data["a"]),
+                 str(data["b"]), "--out", str(out), "--dtype", "float32", "-q"])  # fmt: skip
+    assert code == 0 and f"{refinement['vectors']} vectors" in capsys.readouterr().out
+    plain, refined, command = (load_bottleneck(f)[0] for f in (runs["plain"], runs["refined"], out))
+    torch.testing.assert_close(refined.vq.codebook, command.vq.codebook)
+    assert not torch.allclose(refined.vq.codebook, plain.vq.codebook)
+    torch.testing.assert_close(refined.mlp[0].weight, plain.mlp[0].weight)
+    with pytest.raises(ConfigError, match="refine_codebook must be >= 0"):
+        load_config(TokenizerTrainConfig, _config(tmp_path, teacher_dir, data, "bad",
+                                                  refine_codebook=-1))  # fmt: skip
 
 
 def test_frozen_parts_stay_as_they_were(tmp_path, trained, teacher_dir, data):

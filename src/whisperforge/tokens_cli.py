@@ -392,7 +392,9 @@ def cmd_refine(args: argparse.Namespace) -> int:
     if bottleneck.config.use_cosine_sim:
         before, after = (1 - e / 2 for e in (result.error_before, result.error_after))
         cosine = f" (mean cosine {before:.4f} -> {after:.4f})"
-    print(f"{len(files) - len(failed)} files ({seconds / 3600:.2f} h), {result.vectors} vectors: "
+    read = len(files) - len(failed)
+    amount = f"{seconds / 3600:.2f} h" if seconds >= 360 else f"{seconds:.0f} s"
+    print(f"{read} file{'s' * (read != 1)} ({amount}), {result.vectors} vectors: "
           f"mean squared distance to the nearest code {result.error_before:.4f} -> "
           f"{result.error_after:.4f}{cosine} after {result.iterations} iteration(s); "
           f"{result.codes_moved} of {bottleneck.config.n_searchable} codes moved, "
@@ -576,7 +578,7 @@ def add_parser(subparsers) -> None:
                    help="use N audio files drawn at random (--seed) instead of all")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", type=Path, default=None,
-                   help="encoder-state cache (the training recipes' encoder_cache_dir): "
+                   help="encoder-state cache (the training configs' encoder_cache): "
                    "read, and filled with what is not there yet")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=8, help="30 s windows per forward pass")
     p.add_argument("--device", default="cpu")

@@ -745,7 +745,8 @@ class CodebookRefinement:
 
 def _nearest(vectors: Tensor, codes: Tensor, cosine: bool, chunk: int = 32768):
     """Squared distance to, and row of, each vector's nearest code."""
-    distance, rows = [], []
+    distance = [vectors.new_zeros(0, dtype=torch.float32)]
+    rows = [torch.zeros(0, dtype=torch.long, device=vectors.device)]
     for start in range(0, len(vectors), chunk):
         v = vectors[start : start + chunk].float()
         if cosine:
@@ -759,7 +760,12 @@ def _nearest(vectors: Tensor, codes: Tensor, cosine: bool, chunk: int = 32768):
 
 
 @torch.no_grad()
-def refine_codebook(vq: WhisperVQ, vectors: Tensor, iterations: int = 1) -> CodebookRefinement:
+def refine_codebook(
+    vq: WhisperVQ,
+    vectors: Tensor,
+    iterations: int = 1,
+    reduce: Callable[[Tensor], Tensor] | None = None,
+) -> CodebookRefinement:
     """Lloyd (k-means) steps on ``vq``'s codebook in place: each code moves to the mean of the
     ``vectors`` (``code_space`` of training data) nearest to it, re-normalised for a cosine
     codebook; a code nearest to none stays. Neither step can raise the mean distance from a
@@ -769,30 +775,39 @@ def refine_codebook(vq: WhisperVQ, vectors: Tensor, iterations: int = 1) -> Code
     (decay 0.8 by default: about five batches, one or two vectors each at 2048 codes), so the
     codes sit near, not at, the means of what they stand for; one step over the whole training
     set puts them there. Ids change where a vector now lies nearer another code. The EMA usage
-    stays as it was, so training can go on from the result."""
+    stays as it was, so training can go on from the result.
+
+    ``reduce`` (for data split over processes, e.g. ``accelerator.reduce(t, "sum")``) sums a
+    tensor over the processes: each passes its own share of the vectors, and all of them end
+    with the same codebook, that of the vectors together."""
     if iterations < 1:
         raise ValueError(f"iterations must be at least 1, not {iterations}")
-    if vectors.ndim != 2 or vectors.shape[1] != vq.config.codebook_dim or not len(vectors):
+    if vectors.ndim != 2 or vectors.shape[1] != vq.config.codebook_dim:
         raise ValueError(
             f"expected vectors (n > 0, {vq.config.codebook_dim}), got {tuple(vectors.shape)}"
         )
+    total = reduce or (lambda t: t)
+    n = int(total(torch.tensor(float(len(vectors)), device=vectors.device)))
+    if not n:
+        raise ValueError(f"expected vectors (n > 0, {vq.config.codebook_dim}), got none")
     cosine = vq.config.use_cosine_sim
-    codes = vq.vq.codebook.detach().float().clone()
+    codes = vq.vq.codebook.detach().float().clone().to(vectors.device)
     if cosine:
         codes = F.normalize(codes, dim=-1)
     before, first = _nearest(vectors, codes, cosine)
     rows = first
     for _ in range(iterations):
-        sums = torch.zeros_like(codes).index_add_(0, rows, vectors.float())
-        counts = torch.bincount(rows, minlength=len(codes))
+        sums = total(torch.zeros_like(codes).index_add_(0, rows, vectors.float()))
+        counts = total(torch.bincount(rows, minlength=len(codes)).float())
         means = F.normalize(sums, dim=-1) if cosine else sums / counts.clamp(min=1)[:, None]
         codes = torch.where(counts[:, None] > 0, means, codes)
         after, rows = _nearest(vectors, codes, cosine)
-    _set_codebook(vq, codes, vq.vq._codebook.cluster_size[0].detach().clone())
+    book = vq.vq._codebook
+    _set_codebook(vq, codes.to(book.embed), book.cluster_size[0].detach().clone())
+    mean = lambda t: float(total(t.sum()) / n)  # noqa: E731
     return CodebookRefinement(
-        vectors=len(vectors), iterations=iterations, error_before=float(before.mean()),
-        error_after=float(after.mean()), codes_moved=int((counts > 0).sum()),
-        ids_changed=float((rows != first).float().mean()),
+        vectors=n, iterations=iterations, error_before=mean(before), error_after=mean(after),
+        codes_moved=int((counts > 0).sum()), ids_changed=mean((rows != first).float()),
     )  # fmt: skip
 
 

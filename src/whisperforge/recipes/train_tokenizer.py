@@ -45,9 +45,11 @@ from whisperforge.models.vq import (
     QUANTIZER_SETTINGS,
     VQConfig,
     WhisperVQ,
+    code_space,
     codebook_usage,
     frame_mask,
     freeze_parts,
+    refine_codebook,
 )
 from whisperforge.training.config import TrainingConfig, to_dict
 from whisperforge.training.data import Batch, collate
@@ -161,6 +163,9 @@ class TokenizerTrainConfig:
     # "after_codes"; the codebook's EMA runs either way
     freeze: tuple[str, ...] = ()
     usage_window: int = 50  # codebook usage is logged over the codes of the last N steps
+    # Lloyd steps on the codebook after the last step, over every training row
+    # (``models.vq.refine_codebook``; ``tokens refine`` does it to a saved tokenizer); 0: none
+    refine_codebook: int = 0
     encoder_cache: str | None = None  # folder for frozen-encoder outputs (multi-epoch runs)
     eval_batch_size: int = 8
     training: TokenizerTraining = field(default_factory=TokenizerTraining)
@@ -184,6 +189,8 @@ class TokenizerTrainConfig:
         if unknown or len(set(self.freeze)) == len(BOTTLENECK_PARTS):
             raise ValueError(f"freeze takes at most one of {list(BOTTLENECK_PARTS)}, not "
                              f"{list(self.freeze)}")  # fmt: skip
+        if self.refine_codebook < 0:
+            raise ValueError(f"refine_codebook must be >= 0, not {self.refine_codebook}")
         for name in ("usage_window", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
@@ -392,6 +399,7 @@ class TokenizerRun:
     usage: deque = field(default_factory=deque)  # code histograms (n_ids,) of the last steps
     step: int = 0
     position: int = 0  # batches of this process consumed
+    refinement: dict | None = None  # refine_at_end's result, once done (kept in checkpoints)
 
     @property
     def vq(self) -> WhisperVQ:
@@ -523,6 +531,7 @@ def _resume(run: TokenizerRun) -> int | None:
     state = restore_run_state(run.accelerator, checkpoint, run.optimizer, run.scheduler)
     run.usage.extend(state["usage"].unbind(0) if state["usage"].numel() else [])
     run.step, run.position = checkpoint.step, int(checkpoint.state["position"])
+    run.refinement = checkpoint.state.get("refinement")  # a finished run is not refined twice
     logger.info("resumed from %s (step %d)", checkpoint.path, run.step)
     return run.step
 
@@ -674,7 +683,8 @@ def save_checkpoint(run: TokenizerRun) -> None:
     meta = bottleneck_meta(run.vq, _teacher_ref(run), preset_name(run.vq.config))
     save_run_state(run.accelerator, run.checkpointer, run.step, run.vq.state_dict(),
                    run.optimizer, run.scheduler,
-                   {"position": run.position, "speech_tokenizer": meta},
+                   {"position": run.position, "speech_tokenizer": meta,
+                    "refinement": run.refinement},
                    {"usage": usage.cpu()})  # fmt: skip
 
 
@@ -723,16 +733,46 @@ class TokenizerResult:
     main_process: bool = True
 
 
+@torch.no_grad()
+def refine_at_end(run: TokenizerRun) -> dict:
+    """``refine_codebook`` Lloyd steps over every training row (each process encodes its
+    share, through the encoder cache; the sums are added up over the processes, so every
+    process ends with the same codebook). Returns ``CodebookRefinement.to_dict()``."""
+    acc, vq = run.accelerator, run.vq
+    rows = [e for source in run.examples for e in source][acc.process_index :: acc.num_processes]
+    size = run.config.eval_batch_size
+    vectors = [torch.zeros(0, vq.config.codebook_dim, device=acc.device)]
+    for start in range(0, len(rows), size):
+        batch = rows[start : start + size]
+        states = run.encoder([e.audio for e in batch])
+        mask = frame_mask(torch.tensor([e.samples for e in batch], device=states.device),
+                          states.shape[1])  # fmt: skip
+        vectors.append(code_space(vq, states, mask))
+    reduce = None
+    if acc.num_processes > 1:
+        reduce = lambda t: acc.reduce(t, reduction="sum")  # noqa: E731
+    result = refine_codebook(vq, torch.cat(vectors), run.config.refine_codebook, reduce)
+    logger.info("codebook refined: mean squared distance to the nearest code %.4f -> %.4f, "
+                "%.1f %% of the ids changed", result.error_before, result.error_after,
+                100 * result.ids_changed)  # fmt: skip
+    return result.to_dict()
+
+
 def finish(run: TokenizerRun) -> TokenizerResult:
-    """Final dev WER, checkpoint, the tokenizer folder, curves and a summary."""
+    """Codebook refinement if asked, final dev WER, checkpoint, the tokenizer folder, curves
+    and a summary."""
     from whisperforge.recipes.evaluate import write_report
 
     acc, out = run.accelerator, Path(run.config.training.output_dir)
+    if run.config.refine_codebook and run.refinement is None:
+        run.refinement = refine_at_end(run)
 
     def write_outputs(wer: float | None) -> None:
         save_tokenizer(run, out / "tokenizer")
         summary = {"steps": run.step, "dev_wer": wer, "processes": acc.num_processes,
                    "data": run.report, "usage": usage_scalars(run)}  # fmt: skip
+        if run.refinement is not None:
+            summary["refinement"] = run.refinement
         write_report(summary, out / "summary.json")
 
     wer = finish_run(run, lambda: evaluate(run), lambda: save_checkpoint(run), write_outputs)
