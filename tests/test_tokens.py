@@ -596,3 +596,12 @@ def test_cli_refine_moves_the_codes_and_reports_a_broken_file(speech_clips, tmp_
     code, _, err = _run(capsys, "tokens", "refine", str(model), "--out", str(again),
                         "--manifest", str(manifest), "--iterations", "0")  # fmt: skip
     assert code == 2 and "--iterations must be at least 1" in err
+    empty, garbled = tmp_path / "empty.jsonl", tmp_path / "garbled.jsonl"
+    empty.write_text("")
+    garbled.write_text("not json\n")
+    for bad in (empty, garbled):
+        code, _, err = _run(capsys, "tokens", "refine", str(model), "--out",
+                            str(tmp_path / "none"), "--manifest", str(bad), "-q")  # fmt: skip
+        assert code == 2 and "the manifests hold no rows" in err
+        assert not (tmp_path / "none").exists()
+    assert "skipped 1 row(s): invalid JSON" in err
