@@ -509,6 +509,14 @@ def _check_dead_code_threshold(run: TokenizerRun) -> None:
     often as the average would be re-seeded every step (WhisperSpeech's 2 assumes batches of
     tens of thousands of tokens)."""
     threshold = run.vq.config.threshold_ema_dead_code
+    if threshold > 0 and not hasattr(run.vq.vq._codebook, "threshold_ema_dead_code"):
+        # vector-quantize-pytorch 1.34 reads the value as a ratio of the mean code usage.
+        raise RuntimeError(
+            f"threshold_ema_dead_code {threshold:g} is an EMA usage count, but the installed "
+            "vector-quantize-pytorch reads it as a ratio of the mean usage; install the "
+            "version the recipe is written for: pip install 'vector-quantize-pytorch<1.33' "
+            "(or set bottleneck.threshold_ema_dead_code=0 to train without re-seeding)"
+        )
     average = tokens_per_code(run)
     run.report["tokens_per_code_per_step"] = round(average, 3)
     if threshold > 0.5 * average:
