@@ -310,9 +310,12 @@ def test_refining_at_the_end_is_tokens_refine_of_the_run(tmp_path, trained, teac
     from whisperforge.models.vq import tokens_for_samples
 
     runs = {}
+    # a source listed twice (to weigh it up) still counts each of its files once
+    train_mix = [{"manifest": str(data[k]), "weight": w} for k, w in (("a", 5), ("b", 3), ("a", 2))]
     for name, refine in (("plain", 0), ("refined", 1)):
         path = _config(tmp_path, teacher_dir, data, name, phase1_steps=2, phase2_steps=0,
-                       init_from=str(trained / "tokenizer"), refine_codebook=refine)  # fmt: skip
+                       init_from=str(trained / "tokenizer"), refine_codebook=refine,
+                       train=train_mix)  # fmt: skip
         runs[name] = train(load_config(TokenizerTrainConfig, path), progress=False).tokenizer
     summary = json.loads((tmp_path / "refined" / "summary.json").read_text())
     refinement = summary["refinement"]

@@ -743,11 +743,14 @@ class TokenizerResult:
 
 @torch.no_grad()
 def refine_at_end(run: TokenizerRun) -> dict:
-    """``refine_codebook`` Lloyd steps over every training row (each process encodes its
-    share, through the encoder cache; the sums are added up over the processes, so every
-    process ends with the same codebook). Returns ``CodebookRefinement.to_dict()``."""
+    """``refine_codebook`` Lloyd steps over every distinct training file (each process encodes
+    its share, through the encoder cache; the sums are added up over the processes, so every
+    process ends with the same codebook). A file in two sources counts once: the mix weights
+    decide how often training draws it, not where its codes belong. Returns
+    ``CodebookRefinement.to_dict()``."""
     acc, vq = run.accelerator, run.vq
-    rows = [e for source in run.examples for e in source][acc.process_index :: acc.num_processes]
+    distinct = {e.audio: e for source in run.examples for e in source}
+    rows = list(distinct.values())[acc.process_index :: acc.num_processes]
     size = run.config.eval_batch_size
     vectors = [torch.zeros(0, vq.config.codebook_dim, device=acc.device)]
     for start in range(0, len(rows), size):
