@@ -687,3 +687,18 @@ def test_encoder_cache_command_fills_what_the_recipes_read(
     states = encoder(good)
     assert torch.equal(states, fresh.half().float())
     assert not list(cache_dir.rglob("*.tmp"))
+
+
+def test_a_dead_code_count_is_refused_where_the_library_reads_a_ratio():
+    from whisperforge.models.vq import VQConfig, WhisperVQ
+    from whisperforge.recipes.train_tokenizer import _check_quantizer_library
+
+    vq = WhisperVQ(VQConfig(d_model=32, n_heads=2, codebook_size=16, codebook_dim=8))
+    _check_quantizer_library(vq)  # the pinned library keeps the count
+    del vq.vq._codebook.threshold_ema_dead_code  # as vector-quantize-pytorch 1.34 builds it
+    with pytest.raises(RuntimeError, match="vector-quantize-pytorch<1.33"):
+        _check_quantizer_library(vq)
+    off = WhisperVQ(VQConfig(d_model=32, n_heads=2, codebook_size=16, codebook_dim=8,
+                             threshold_ema_dead_code=0.0))  # fmt: skip
+    del off.vq._codebook.threshold_ema_dead_code
+    _check_quantizer_library(off)  # no re-seeding: nothing to misread

@@ -447,6 +447,7 @@ def setup(config: TokenizerTrainConfig) -> TokenizerRun:
     teacher.model.requires_grad_(False).eval()
     examples, report = _load_data(config, teacher)
     bottleneck, report["bottleneck"] = build_bottleneck(config, teacher.model.model.encoder)
+    _check_quantizer_library(bottleneck)
     order = MixedOrder(tuple(len(e) for e in examples), tuple(s.weight for s in config.train),
                        tc.batch_size, accelerator.process_index, accelerator.num_processes,
                        tc.seed)  # fmt: skip
@@ -504,19 +505,24 @@ def tokens_per_code(run: TokenizerRun) -> float:
     return per_step / run.vq.config.n_searchable
 
 
-def _check_dead_code_threshold(run: TokenizerRun) -> None:
-    """Warn when ``threshold_ema_dead_code`` is so high for this batch that codes used as
-    often as the average would be re-seeded every step (WhisperSpeech's 2 assumes batches of
-    tens of thousands of tokens)."""
-    threshold = run.vq.config.threshold_ema_dead_code
-    if threshold > 0 and not hasattr(run.vq.vq._codebook, "threshold_ema_dead_code"):
-        # vector-quantize-pytorch 1.34 reads the value as a ratio of the mean code usage.
+def _check_quantizer_library(bottleneck: WhisperVQ) -> None:
+    """Refuse a dead-code threshold the installed vector-quantize-pytorch would misread: from
+    1.34 it takes ``threshold_ema_dead_code`` as a ratio of the mean code usage, not a count."""
+    threshold = bottleneck.config.threshold_ema_dead_code
+    if threshold > 0 and not hasattr(bottleneck.vq._codebook, "threshold_ema_dead_code"):
         raise RuntimeError(
             f"threshold_ema_dead_code {threshold:g} is an EMA usage count, but the installed "
             "vector-quantize-pytorch reads it as a ratio of the mean usage; install the "
             "version the recipe is written for: pip install 'vector-quantize-pytorch<1.33' "
             "(or set bottleneck.threshold_ema_dead_code=0 to train without re-seeding)"
         )
+
+
+def _check_dead_code_threshold(run: TokenizerRun) -> None:
+    """Warn when ``threshold_ema_dead_code`` is so high for this batch that codes used as
+    often as the average would be re-seeded every step (WhisperSpeech's 2 assumes batches of
+    tens of thousands of tokens)."""
+    threshold = run.vq.config.threshold_ema_dead_code
     average = tokens_per_code(run)
     run.report["tokens_per_code_per_step"] = round(average, 3)
     if threshold > 0.5 * average:
