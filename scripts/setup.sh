@@ -31,8 +31,8 @@ python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 # Pin the CPU build of PyTorch first: an unpinned torch pulls gigabytes of CUDA packages.
 .venv/bin/pip install -q "torch==2.13.0"
-# Within the versions the suite last passed with; where this Python has no wheel for one of
-# them, fall back to the newest releases pyproject.toml allows.
+# Within the versions the suite last passed with; where those do not install (another Python
+# version, say), fall back to the newest releases pyproject.toml allows.
 if ! .venv/bin/pip install -q -c scripts/constraints.txt -e ".[${extras}]"; then
   echo "note: the tested versions (scripts/constraints.txt) do not install here;" \
     "installing the newest allowed ones" >&2
