@@ -185,6 +185,7 @@ def test_evaluate_reports_wer_per_speaker(speech_clips, tmp_path, capsys):
         "insertion_rate",
         "cer",
         "repeated_5grams",
+        "echoed_words",
     } <= set(report)
     assert len(report["per_utterance"]) == 8 and "hypothesis" in report["per_utterance"][0]
     assert "WER" in captured.out

@@ -7,6 +7,7 @@ from whisperforge.metrics import (
     ErrorCounts,
     char_errors,
     corpus_error_rates,
+    echoed_words,
     normalize_text,
     real_time_factor,
     repeated_ngram_count,
@@ -166,6 +167,30 @@ def test_repeated_ngrams_flag_a_hallucination_loop():
     assert repeated_ngram_count("", n=5) == 0
     # Shorter n-grams do repeat in ordinary speech: "can do for" occurs twice.
     assert repeated_ngram_count(JFK, n=3) == 1
+
+
+def test_echoed_words_count_short_loops_the_reference_does_not_have():
+    # a two-layer student's loops on held-out sentences: each counts the words of its echo
+    assert echoed_words("Month by month, he said", "Month by month by month, he said") == 2
+    assert echoed_words("from 1476 to 1700.", "from 1476 to 1700 to 1700.") == 2
+    assert echoed_words("A refusal to yield.", "A refusal to kneel to kneel.") == 2
+    # a three-word phrase looped three times: two echoes of three words
+    assert echoed_words("Thank you all.", "thank you all thank you all thank you all") == 6
+    # the 5-gram count misses all of these
+    assert repeated_ngram_count("Month by month by month, the betrayal") == 0
+    # doublings the reference holds are speech, not loops
+    assert echoed_words("Bye bye now.", "bye bye now") == 0
+    assert echoed_words("That that is, is.", "That that is is.") == 0
+    assert echoed_words(JFK, JFK) == 0
+    assert echoed_words(JFK, "") == 0
+    # one word doubled; a span longer than max_span is not looked for
+    assert echoed_words("the cat", "the the cat") == 1
+    assert echoed_words("a", "one two three one two three", max_span=2) == 0
+
+
+def test_echoed_words_rejects_bad_span():
+    with pytest.raises(ValueError, match="max_span must be >= 1"):
+        echoed_words("a", "a a", max_span=0)
 
 
 def test_repeated_ngrams_rejects_bad_n():

@@ -273,7 +273,7 @@ def _print_report(r: dict) -> None:
         f"del {100 * r['deletion_rate']:.2f}, ins {100 * r['insertion_rate']:.2f})"
     )
     print(f"CER         {100 * r['cer']:.2f} %")
-    print(f"repeated 5-grams {r['repeated_5grams']}")
+    print(f"repeated 5-grams {r['repeated_5grams']}, echoed words {r['echoed_words']}")
     print(
         f"throughput  {r['throughput']:.2f} audio s / wall s ({r['wall_seconds']:.1f} s wall, "
         f"{r['machine']['torch_threads']} threads, batch {r['options']['batch_size']}, "

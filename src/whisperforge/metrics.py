@@ -286,6 +286,39 @@ def repeated_ngram_count(text: str, n: int = 5, language: str | None = "en") -> 
     return sum(c - 1 for c in counts.values())
 
 
+def echoed_words(
+    reference: str, hypothesis: str, language: str | None = "en", max_span: int = 4
+) -> int:
+    """Stutter count: hypothesis words that repeat the span right before them (1 to
+    ``max_span`` words, "by month by month") where the reference holds no such doubled span.
+
+    The short loops of a small decoder, which repeated 5-grams miss until a loop is long.
+    Computed on the normalised texts, scanning left to right and taking the longest span at
+    each place, so one echo is counted once: "month by month by month" against "month by
+    month" gives 2. A doubling the reference has ("bye bye") is not counted.
+    """
+    if max_span < 1:
+        raise ValueError(f"max_span must be >= 1, got {max_span}")
+
+    def doubled(words: list[str], i: int) -> list[int]:
+        """Lengths ``n``, longest first, of the spans at ``i`` that the next ``n`` words repeat."""
+        fits = range(min(max_span, (len(words) - i) // 2), 0, -1)
+        return [n for n in fits if words[i : i + n] == words[i + n : i + 2 * n]]
+
+    ref = normalize_text(reference, language).split()
+    allowed = {tuple(ref[i : i + n]) for i in range(len(ref)) for n in doubled(ref, i)}
+    hyp = normalize_text(hypothesis, language).split()
+    echoes, i = 0, 0
+    while i < len(hyp):
+        spans = [n for n in doubled(hyp, i) if tuple(hyp[i : i + n]) not in allowed]
+        if spans:
+            echoes += spans[0]
+            i += spans[0]  # the echo itself may start the next doubling
+        else:
+            i += 1
+    return echoes
+
+
 def _check_positive(name: str, value: float) -> None:
     if not value > 0:
         raise ValueError(f"{name} must be > 0 seconds, got {value!r}")

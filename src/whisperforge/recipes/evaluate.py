@@ -2,7 +2,9 @@
 
 The protocol (``docs/evaluation.md``): corpus-level rates (total errors over total reference
 words), Whisper's English normaliser for English and the basic normaliser otherwise, the
-count of repeated word 5-grams in hypotheses (a hallucination indicator), and throughput as
+count of repeated word 5-grams in hypotheses (a hallucination indicator), the words that echo
+the span before them where the reference does not (a small decoder's short loops), and
+throughput as
 seconds of audio per wall-clock second of the whole loop (decoding audio files included),
 with the thread count and batch size recorded next to it.
 """
@@ -23,7 +25,7 @@ from pathlib import Path
 import torch
 
 from whisperforge.fileio import append_lines, resume_jsonl
-from whisperforge.metrics import char_errors, repeated_ngram_count, word_errors
+from whisperforge.metrics import char_errors, echoed_words, repeated_ngram_count, word_errors
 from whisperforge.transcribe import Transcriber
 
 logger = logging.getLogger(__name__)
@@ -60,6 +62,9 @@ def summarize(rows: list[dict]) -> dict:
     for r in rows:
         for key in ("ref_words", "substitutions", "deletions", "insertions", "repeated_5grams"):
             totals[key] += r[key]
+        if "echoed_words" not in r:  # a row journaled before the count existed
+            r["echoed_words"] = echoed_words(r["reference"], r["hypothesis"], r["language"])
+        totals["echoed_words"] += r["echoed_words"]
     words = totals["ref_words"]
     summary = _group_rates(rows)
     summary.update(
@@ -67,6 +72,7 @@ def summarize(rows: list[dict]) -> dict:
         deletion_rate=totals["deletions"] / words if words else 0.0,
         insertion_rate=totals["insertions"] / words if words else 0.0,
         repeated_5grams=totals["repeated_5grams"],
+        echoed_words=totals["echoed_words"],
         ref_words=words,
     )
     return summary
@@ -94,6 +100,7 @@ def score_utterance(item: EvalItem, hypothesis: str, language: str, duration: fl
         "wer": words.wer,
         "cer": chars.wer,
         "repeated_5grams": repeated_ngram_count(hypothesis, 5, language=language),
+        "echoed_words": echoed_words(item.text, hypothesis, language=language),
     }
 
 
