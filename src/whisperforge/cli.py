@@ -288,6 +288,20 @@ def _print_report(r: dict) -> None:
             )
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from whisperforge.recipes.compare import compare_reports, format_comparison, load_report
+    from whisperforge.recipes.evaluate import write_report
+
+    a, b = (load_report(path) for path in args.reports)
+    comparison = compare_reports(a, b, resamples=args.resamples, seed=args.seed, top=args.top)
+    comparison["reports"] = [str(path) for path in args.reports]
+    print(format_comparison(comparison))
+    if args.report:
+        write_report(comparison, args.report)
+        print(f"comparison written to {args.report}")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from whisperforge.models.convert import cache_dir
     from whisperforge.models.presets import DEFAULT_MODEL, PRESETS, package_dir
@@ -436,6 +450,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N utterances")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "compare", help="compare two evaluation reports of the same utterances",
+        description="The WER difference B - A with a paired bootstrap interval over the "
+        "utterances, the utterances each report wins, per-speaker WER and the utterances that "
+        "differ most. A and B are `whisperforge evaluate --report` (or `tokenizer evaluate "
+        "--report`) files of one manifest; rows are matched by id and audio path.",
+    )  # fmt: skip
+    p.add_argument("reports", nargs=2, type=Path, metavar="REPORT", help="A, then B")
+    p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (1000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (0)")
+    p.add_argument("--top", type=int, default=5, help="utterances listed each way (5)")
+    p.add_argument("--report", type=Path, default=None, help="write the comparison as JSON")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("models", help="list the built-in models")
     p.set_defaults(func=cmd_models)
