@@ -167,3 +167,57 @@ def test_cli_validate_and_stats(broken_manifest, tmp_path, capsys):
     assert data_main(["data", "stats", str(clean)]) == 0
     out = capsys.readouterr().out
     assert "utterances 2" in out and "kept 2 of 2 rows" in out
+
+
+def _corpus(folder, split, texts):
+    rows = [Utterance(str(_wav(folder / "audio" / f"{split}-{i}.wav", 0.5)), t, "en", 0.5, "s")
+            for i, t in enumerate(texts)]  # fmt: skip
+    return write_manifest(rows, folder / f"{split}.jsonl")
+
+
+def test_combine_keeps_a_fresh_set_apart_from_other_corpora(tmp_path):
+    from whisperforge.data.combine import combine, sentence_key, texts_in
+
+    _corpus(tmp_path / "trained", "train", ["The cat sat.", "A dog ran."])
+    _corpus(tmp_path / "trained", "dev", ["Birds  fly south."])
+    tested = _corpus(tmp_path / "tested", "test", ["Rain fell."])
+    exclude = texts_in([tmp_path / "trained", tested])  # a folder: all its splits
+    assert exclude == {"the cat sat.", "a dog ran.", "birds fly south.", "rain fell."}
+    assert sentence_key("  the  CAT sat. ") == "the cat sat."
+    new = [Utterance(f"{i}.wav", t) for i, t in enumerate(
+        ["the cat  sat.", "Snow fell.", "Rain fell.", "Snow fell.", "Fog rose.", "BIRDS fly south."]
+    )]  # fmt: skip
+    rows, report = combine([("new", new)], exclude, unique_texts=True)
+    assert [u.text for u in rows] == ["Snow fell.", "Fog rose."]
+    assert report.sources == [{"source": "new", "read": 6, "excluded": 3, "repeated": 1,
+                               "kept": 2}]  # fmt: skip
+    # without --unique-texts both renderings of a sentence stay; sources keep their order
+    rows, report = combine([("a", new[:2]), ("b", new[3:5])], exclude)
+    assert [u.audio for u in rows] == ["1.wav", "3.wav", "4.wav"] and report.kept == 3
+    with pytest.raises(ManifestError, match="no such manifest or folder"):
+        texts_in([tmp_path / "nowhere"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ManifestError, match="no .jsonl manifest"):
+        texts_in([tmp_path / "empty"])
+
+
+def test_cli_combine_rebases_audio_paths(tmp_path, capsys):
+    _corpus(tmp_path / "a", "test", ["One sentence.", "Two sentences."])
+    _corpus(tmp_path / "b", "test", ["two sentences.", "Three sentences."])
+    _corpus(tmp_path / "seen", "dev", ["Three sentences."])
+    out = tmp_path / "sets" / "fresh.jsonl"
+    argv = ["data", "combine", str(tmp_path / "a"), str(tmp_path / "b"), "--unique-texts",
+            "--exclude-texts", str(tmp_path / "seen"), "--out", str(out)]  # fmt: skip
+    assert data_main(argv) == 0
+    text = capsys.readouterr().out
+    assert "1 with an excluded sentence, 1 repeating an earlier sentence, 0 kept" in text
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["text"] for r in rows] == ["One sentence.", "Two sentences."]
+    assert rows[0]["audio"] == "../a/audio/test-0.wav"
+    assert [u.text for u in load_utterances(out).kept] == ["One sentence.", "Two sentences."]
+    # everything excluded: nothing written, status 1
+    none = tmp_path / "none.jsonl"
+    argv = ["data", "combine", str(tmp_path / "seen"), "--split", "dev",
+            "--exclude-texts", str(tmp_path / "b"), "--out", str(none)]  # fmt: skip
+    assert data_main(argv) == 1 and not none.exists()
+    assert "no rows left" in capsys.readouterr().err

@@ -7,6 +7,7 @@ whisperforge data validate corpus/train.jsonl             -> hf.load_utterances
 whisperforge data voices                                  -> tts.available_voices
 whisperforge data pack corpus/train.jsonl --out packed/   -> packing.write_packs
 whisperforge data pad corpus/train.jsonl --out padded/    -> padding.write_padded
+whisperforge data combine a.jsonl b/ --out c.jsonl       -> combine.combine
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     _add_voices(sub)
     _add_pack(sub)
     _add_pad(sub)
+    _add_combine(sub)
     return parser
 
 
@@ -313,3 +315,47 @@ def run_pad(args) -> int:
 
     result = _write_rows(args, "pad", write)
     return 0 if result is not None and result.written + result.reused else 1
+
+
+def _add_combine(sub) -> None:
+    p = sub.add_parser(
+        "combine", help="join manifests into one; drop sentences other corpora hold",
+        description="Join the rows of SOURCES in order into one manifest (audio paths relative "
+        "to it). --exclude-texts drops rows whose sentence (case and whitespace folded) is in "
+        "the given manifests or corpus folders (every split): a held-out set none of whose "
+        "sentences was trained, tuned or tested on before. --unique-texts keeps the first "
+        "rendering of each sentence.",
+    )  # fmt: skip
+    p.add_argument("sources", nargs="+", help="manifests, corpus folders or datasets, in order")
+    p.add_argument("--out", required=True, help="the manifest to write (.jsonl)")
+    p.add_argument("--split", default="test", help="split of a folder or dataset (test)")
+    p.add_argument(
+        "--exclude-texts", nargs="+", default=[], metavar="MANIFEST_OR_FOLDER",
+        help="drop rows whose sentence is in these manifests (a folder: all its .jsonl files)",
+    )  # fmt: skip
+    p.add_argument("--unique-texts", action="store_true", help="keep one row per sentence")
+    p.add_argument("--no-check-audio", action="store_true", help="do not open the audio files")
+    p.set_defaults(func=run_combine)
+
+
+def run_combine(args) -> int:
+    import sys
+
+    from whisperforge.data.combine import combine, texts_in
+    from whisperforge.data.hf import load_utterances
+    from whisperforge.data.manifest import write_manifest
+
+    exclude = texts_in(args.exclude_texts)
+    sources = []
+    for source in args.sources:
+        report = load_utterances(source, args.split, not args.no_check_audio)
+        if report.skipped:
+            print(f"{source}: {report.summary()}")
+        sources.append((source, report.kept))
+    rows, report = combine(sources, exclude, args.unique_texts)
+    print(report.summary())
+    if not rows:
+        print("error: no rows left; nothing written", file=sys.stderr)
+        return 1
+    print(f"wrote {write_manifest(rows, args.out)}")
+    return 0
