@@ -111,6 +111,8 @@ def test_reports_of_different_utterances_are_refused_or_matched():
         row["id"] = "x" + row["id"]
     with pytest.raises(ValueError, match="share no utterance"):
         compare_reports(a, moved)
+    with pytest.raises(ValueError, match="top must be >= 0"):
+        compare_reports(a, a, top=-1)
 
 
 def test_load_report_names_what_is_wrong(tmp_path):

@@ -118,6 +118,8 @@ def compare_reports(
     report_a: dict, report_b: dict, resamples: int = 1000, seed: int = 0, top: int = 5
 ) -> dict:
     """The comparison of two reports (see the module docstring) as a JSON-ready dict."""
+    if top < 0:
+        raise ValueError(f"top must be >= 0, got {top}")
     rows_a, rows_b = _keyed(report_a["per_utterance"]), _keyed(report_b["per_utterance"])
     common = [key for key in rows_a if key in rows_b]
     if not common:

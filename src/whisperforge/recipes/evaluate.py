@@ -4,9 +4,8 @@ The protocol (``docs/evaluation.md``): corpus-level rates (total errors over tot
 words), Whisper's English normaliser for English and the basic normaliser otherwise, the
 count of repeated word 5-grams in hypotheses (a hallucination indicator), the words that echo
 the span before them where the reference does not (a small decoder's short loops), and
-throughput as
-seconds of audio per wall-clock second of the whole loop (decoding audio files included),
-with the thread count and batch size recorded next to it.
+throughput as seconds of audio per wall-clock second of the whole loop (decoding audio files
+included), with the thread count and batch size recorded next to it.
 """
 
 from __future__ import annotations
