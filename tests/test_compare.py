@@ -111,6 +111,21 @@ def test_reports_of_different_utterances_are_refused_or_matched():
         row["id"] = "x" + row["id"]
     with pytest.raises(ValueError, match="share no utterance"):
         compare_reports(a, moved)
+    # the same manifest evaluated from another folder: other audio paths, the same ids
+    elsewhere = _report("b", refs, refs)
+    for row in elsewhere["per_utterance"]:
+        row["audio"] = "../corpus/" + row["audio"]
+    assert compare_reports(a, elsewhere)["utterances"] == 8
+    # ids repeated (two corpora joined): rows are told apart by audio path as well
+    joined = _report("a", refs + refs, refs + refs)
+    for i, row in enumerate(joined["per_utterance"][8:]):
+        row["id"], row["audio"] = f"u{i}", "other/" + row["audio"]
+    c = compare_reports(joined, joined)
+    assert c["utterances"] == 16 and c["same"] == 16
+    with pytest.raises(ValueError, match="share no utterance"):  # paths differ, ids repeat
+        compare_reports(joined, {"per_utterance": [
+            {**row, "audio": "x/" + row["audio"]} for row in joined["per_utterance"]
+        ]})  # fmt: skip
     with pytest.raises(ValueError, match="top must be >= 0"):
         compare_reports(a, a, top=-1)
 

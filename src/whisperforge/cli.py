@@ -456,7 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="The WER difference B - A with a paired bootstrap interval over the "
         "utterances, the utterances each report wins, per-speaker WER and the utterances that "
         "differ most. A and B are `whisperforge evaluate --report` (or `tokenizer evaluate "
-        "--report`) files of one manifest; rows are matched by id and audio path.",
+        "--report`) files of one manifest; rows are matched by id (and audio path where ids "
+        "are missing or repeated).",
     )  # fmt: skip
     p.add_argument("reports", nargs=2, type=Path, metavar="REPORT", help="A, then B")
     p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (1000)")

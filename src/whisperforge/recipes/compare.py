@@ -5,8 +5,8 @@ it is (a paired bootstrap over utterances: the utterances are resampled with rep
 both systems scored on each resample, so the interval reflects which sentences happened to be
 in the test set), the utterances each system wins, and the ones that differ most. Reads the
 ``per_utterance`` rows of ``whisperforge evaluate --report`` and ``whisperforge tokenizer
-evaluate --report`` files; rows are matched by id and audio path, and their references must
-agree.
+evaluate --report`` files; rows are matched by id (by id and audio path where a report lacks
+ids or repeats one), and their references must agree.
 """
 
 from __future__ import annotations
@@ -38,8 +38,16 @@ def load_report(path: str | Path) -> dict:
     return report
 
 
-def _keyed(rows: list[dict]) -> dict[tuple, dict]:
-    """Rows by (id, audio, occurrence): a manifest may list one file twice."""
+def _unique_ids(rows: list[dict]) -> bool:
+    ids = [row.get("id") for row in rows]
+    return all(ids) and len(set(ids)) == len(ids)
+
+
+def _keyed(rows: list[dict], by_id: bool) -> dict[tuple, dict]:
+    """Rows by id (where both reports give every row its own), else by (id, audio,
+    occurrence): a manifest may list one file twice."""
+    if by_id:
+        return {(row["id"], None, 0): row for row in rows}
     seen: Counter = Counter()
     keyed = {}
     for row in rows:
@@ -102,10 +110,10 @@ def _side(report: dict, rows: list[dict]) -> dict:
     }
 
 
-def _example(key: tuple, a: dict, b: dict) -> dict:
+def _example(a: dict, b: dict) -> dict:
     return {
-        "id": key[0],
-        "audio": key[1],
+        "id": a.get("id"),
+        "audio": a.get("audio"),
         "reference": a["reference"],
         "errors_a": a["word_errors"],
         "errors_b": b["word_errors"],
@@ -120,15 +128,22 @@ def compare_reports(
     """The comparison of two reports (see the module docstring) as a JSON-ready dict."""
     if top < 0:
         raise ValueError(f"top must be >= 0, got {top}")
-    rows_a, rows_b = _keyed(report_a["per_utterance"]), _keyed(report_b["per_utterance"])
+    a_rows, b_rows = report_a["per_utterance"], report_b["per_utterance"]
+    # ids survive a run from another folder, where the audio paths read differently
+    by_id = _unique_ids(a_rows) and _unique_ids(b_rows)
+    rows_a, rows_b = _keyed(a_rows, by_id), _keyed(b_rows, by_id)
     common = [key for key in rows_a if key in rows_b]
     if not common:
-        raise ValueError("the reports share no utterance (matched by id and audio path)")
+        raise ValueError(
+            "the reports share no utterance (matched by id, or by id and audio path where "
+            "ids are missing or repeated)"
+        )
     differing = [k for k in common if rows_a[k]["reference"] != rows_b[k]["reference"]]
     if differing:
         raise ValueError(
             f"{len(differing)} utterance(s) have different references in the two reports "
-            f"(first: {differing[0][0] or differing[0][1]}): compare reports of one manifest"
+            f"(first: {rows_a[differing[0]].get('id') or rows_a[differing[0]].get('audio')}): "
+            "compare reports of one manifest"
         )
     a = [rows_a[k] for k in common]
     b = [rows_b[k] for k in common]
@@ -138,8 +153,8 @@ def compare_reports(
     side_a, side_b = _side(report_a, a), _side(report_b, b)
     delta = errors_b - errors_a
     order = np.argsort(-delta, kind="stable")
-    losses = [_example(common[i], a[i], b[i]) for i in order[:top] if delta[i] > 0]
-    gains = [_example(common[i], a[i], b[i]) for i in order[::-1][:top] if delta[i] < 0]
+    losses = [_example(a[i], b[i]) for i in order[:top] if delta[i] > 0]
+    gains = [_example(a[i], b[i]) for i in order[::-1][:top] if delta[i] < 0]
     speakers_a, speakers_b = rates_by(a, "speaker"), rates_by(b, "speaker")
     return {
         "a": side_a,
