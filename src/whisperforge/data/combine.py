@@ -9,11 +9,10 @@ after folding case and whitespace.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from whisperforge.data.manifest import ManifestError, Utterance
+from whisperforge.data.manifest import ManifestError, Utterance, iter_manifest
 
 
 def sentence_key(text: str) -> str:
@@ -36,13 +35,9 @@ def texts_in(sources: list[str | Path]) -> set[str]:
         else:
             raise ManifestError(f"{source}: no such manifest or folder")
         for path in files:
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(row, dict) and isinstance(row.get("text"), str):
-                    found.add(sentence_key(row["text"]))
+            for _, row in iter_manifest(path):  # unparseable lines come as Skipped
+                if isinstance(row, Utterance) and row.text:
+                    found.add(sentence_key(row.text))
     return found
 
 
