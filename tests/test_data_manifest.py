@@ -175,7 +175,7 @@ def _corpus(folder, split, texts):
     return write_manifest(rows, folder / f"{split}.jsonl")
 
 
-def test_combine_keeps_a_fresh_set_apart_from_other_corpora(tmp_path):
+def test_combine_keeps_a_fresh_set_apart_from_other_corpora(tmp_path, caplog):
     from whisperforge.data.combine import combine, sentence_key, texts_in
 
     _corpus(tmp_path / "trained", "train", ["The cat sat.", "A dog ran."])
@@ -194,6 +194,11 @@ def test_combine_keeps_a_fresh_set_apart_from_other_corpora(tmp_path):
     # without --unique-texts both renderings of a sentence stay; sources keep their order
     rows, report = combine([("a", new[:2]), ("b", new[3:5])], exclude)
     assert [u.audio for u in rows] == ["1.wav", "3.wav", "4.wav"] and report.kept == 3
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"text": "Hail fell."}\n{not json\n[1]\n', encoding="utf-8")
+    with caplog.at_level("WARNING"):
+        assert texts_in([broken]) == {"hail fell."}
+    assert "2 line(s) are not JSON rows" in caplog.text
     with pytest.raises(ManifestError, match="no such manifest or folder"):
         texts_in([tmp_path / "nowhere"])
     (tmp_path / "empty").mkdir()

@@ -9,10 +9,13 @@ after folding case and whitespace.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from whisperforge.data.manifest import ManifestError, Utterance, iter_manifest
+
+logger = logging.getLogger(__name__)
 
 
 def sentence_key(text: str) -> str:
@@ -22,8 +25,8 @@ def sentence_key(text: str) -> str:
 
 def texts_in(sources: list[str | Path]) -> set[str]:
     """The sentence keys of every row of ``sources``: ``.jsonl`` manifests, or corpus folders
-    (every ``*.jsonl`` directly in them: all splits). Only ``text`` is read; rows that are
-    not JSON objects with a text are ignored."""
+    (every ``*.jsonl`` directly in them: all splits). Only ``text`` is read; lines that are
+    not JSON objects are counted in a warning."""
     found: set[str] = set()
     for source in map(Path, sources):
         if source.is_dir():
@@ -35,9 +38,16 @@ def texts_in(sources: list[str | Path]) -> set[str]:
         else:
             raise ManifestError(f"{source}: no such manifest or folder")
         for path in files:
-            for _, row in iter_manifest(path):  # unparseable lines come as Skipped
-                if isinstance(row, Utterance) and row.text:
-                    found.add(sentence_key(row.text))
+            broken = 0
+            for _, row in iter_manifest(path):
+                if isinstance(row, Utterance):
+                    if row.text:
+                        found.add(sentence_key(row.text))
+                else:
+                    broken += 1
+            if broken:  # their sentences cannot be excluded: say so
+                logger.warning("%s: %d line(s) are not JSON rows; their text is not excluded",
+                               path, broken)  # fmt: skip
     return found
 
 
