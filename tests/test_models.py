@@ -85,6 +85,32 @@ def test_bfloat16_encoder_runs_on_a_copy_and_hands_back_float32_states(tiny_en):
         InferenceSession(tiny_en.model, "int4")
 
 
+def test_cpu_encoder_takes_a_batch_in_groups_with_the_states_of_one_call(tiny_en, monkeypatch):
+    from whisperforge.models import inference
+    from whisperforge.models.inference import cpu_encoder_rows, encoder_states
+
+    assert cpu_encoder_rows(3000) == 1 and cpu_encoder_rows(1000) == 3
+    assert cpu_encoder_rows(200) == 15 and cpu_encoder_rows(2) == 1500
+    session = InferenceSession(tiny_en.model)
+    gen = torch.Generator().manual_seed(0)
+    calls = []
+    original = inference.encoder_states
+
+    def spy(encoder, features):
+        calls.append(features.shape[0])
+        return original(encoder, features)
+
+    monkeypatch.setattr(inference, "encoder_states", spy)
+    for frames, groups in ((3000, [1, 1, 1]), (1000, [3]), (600, [3])):
+        features = torch.randn(3, 80, frames, generator=gen)
+        calls.clear()
+        grouped = session.encode(features)
+        assert calls == groups, frames
+        whole = encoder_states(session.encoder, features)  # one call
+        assert grouped.shape == whole.shape
+        torch.testing.assert_close(grouped, whole, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("shape", [(1, 384), (1, 1, 384), (5, 1, 384), (2, 3, 384)])
 def test_vocabulary_projection_matches_linear_for_any_row_count(tiny_en, shape):
     session = InferenceSession(tiny_en.model, vocab_screen=False)

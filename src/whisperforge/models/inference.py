@@ -150,6 +150,22 @@ def encoder_dtype_of(name: str | torch.dtype | None) -> torch.dtype | None:
     raise ValueError(f"encoder dtype must be one of {', '.join(ENCODER_DTYPES)}, not {name!r}")
 
 
+# encoder states per CPU encoder call: larger batches spill the caches and run slower per row
+CPU_ENCODER_STATES = 1500
+
+
+def cpu_encoder_rows(n_frames: int) -> int:
+    """How many windows of ``n_frames`` log-mel frames the encoder takes at once on CPU.
+
+    A CPU encodes a batch of windows faster one group of about ``CPU_ENCODER_STATES``
+    states at a time than all at once: past that the activations of a layer (a 30 s
+    window's MLP alone holds 12 MB) no longer stay in cache. On 2 threads of an AMD EPYC,
+    whisper-base took 0.55 s a 30 s window one at a time against 0.66 s in a batch of 8,
+    0.34 s against 0.41 s a 21 s window, 0.081 s against 0.093 s a 6 s one (two at a time;
+    ``benchmarks/bench_encoder.py``)."""
+    return max(1, CPU_ENCODER_STATES // max(1, n_frames // 2))
+
+
 # exact (float32) logits for each row's this many best text tokens of the bfloat16 screen
 SCREEN_EXACT = 32
 
@@ -240,9 +256,17 @@ class InferenceSession:
     @torch.inference_mode()
     def encode(self, features: Tensor) -> Tensor:
         """``(batch, n_mels, n_frames)`` log-mel -> ``(batch, n_frames // 2, d_model)``
-        (30 s: 3000 frames -> 1500 states)."""
+        (30 s: 3000 frames -> 1500 states).
+
+        On CPU the rows go through the encoder in groups of ``cpu_encoder_rows`` (each
+        row's states do not depend on the others in its batch)."""
         features = features.to(device=self.embed.device, dtype=self.encoder_dtype)
-        return encoder_states(self.encoder, features).to(self.dtype)
+        group = features.shape[0]
+        if features.device.type == "cpu":
+            group = cpu_encoder_rows(features.shape[-1])
+        parts = [encoder_states(self.encoder, part) for part in features.split(group)]
+        states = parts[0] if len(parts) == 1 else torch.cat(parts)
+        return states.to(self.dtype)
 
     def _heads(self, x: Tensor) -> Tensor:
         b, t, _ = x.shape
