@@ -6,7 +6,9 @@ speculative ``assistant`` (the student drafts, the teacher verifies; the text is
 teacher's own greedy output). Each runs short clips (one window each) at batch 1 and batch N,
 and a ~5 minute long-form file chunked at batch N and sequential at batch 1. The short clips
 run again with the student at its other audio context (full 30 s windows, or dynamic: the
-batch's longest + 1 s) and with the teacher at the dynamic context.
+batch's longest + 1 s) and with the teacher at the dynamic context, and the long-form file
+with both models cut at pauses (``long_form="segmented"``: no overlap, no timestamps; in the
+table's chunked row, as ``teacher-segmented`` and ``student-segmented``).
 
 Decoding is greedy (``beam_size=1``, temperature 0 only: no fallback, so every window of the
 assisted system is decoded speculatively) with ``language="en"``; ``--fallback`` restores
@@ -48,6 +50,7 @@ from bench_common import (
     report_from,
     run_facts,
     summarize,
+    transcribe_run,
     transcriber_cases,
 )
 
@@ -182,6 +185,15 @@ def build_cases(
         group = transcriber_cases(transcriber, system, system, batch_size, options,
                                   SystemProbe(transcriber))  # fmt: skip
         cases += [c for c in group if c.workload == "long" and c.mode == "chunked"]
+    # long-form cut at pauses (``long_form="segmented"``) for both, in the chunked row
+    for system, bundle in (("teacher-segmented", teacher), ("student-segmented", student)):
+        transcriber = Transcriber(bundle, encoder_dtype=encoder_dtype)
+        group = transcriber_cases(transcriber, system, system, batch_size, decode,
+                                  SystemProbe(transcriber))  # fmt: skip
+        (case,) = [c for c in group if c.workload == "long" and c.mode == "chunked"]
+        options = dict(decode, batch_size=batch_size, long_form="segmented")
+        case.run, case.mode = transcribe_run(transcriber, system, options), "segmented"
+        cases.append(case)
     models = {"teacher": teacher, "student": student}
     return cases, models, transcribers["assisted"].assistant_shares_encoder
 

@@ -12,7 +12,15 @@ from tests.conftest import JFK, JFK_TEXT
 
 from whisperforge.audio import SAMPLE_RATE, load_audio
 from whisperforge.metrics import corpus_error_rates, normalize_text
-from whisperforge.transcribe import TranscribeOptions, Transcriber, plan_windows, transcribe
+from whisperforge.transcribe import (
+    FRAME_SECONDS,
+    TranscribeOptions,
+    Transcriber,
+    plan_segments,
+    plan_windows,
+    speech_extent,
+    transcribe,
+)
 
 
 def test_jfk_whisper_base_exact(base_transcriber):
@@ -141,6 +149,59 @@ def test_plan_windows_of_a_shorter_chunk():
     assert all(e - s <= 20.0 for s, e in windows)
 
 
+def _probs(seconds: float, pauses: list[tuple[float, float]], level: float = 0.9) -> np.ndarray:
+    """Speech probabilities of ``seconds`` of audio: ``level`` except 0.05 in ``pauses``."""
+    probs = np.full(int(np.ceil(seconds / FRAME_SECONDS)), level, np.float32)
+    for a, b in pauses:
+        probs[round(a / FRAME_SECONDS) : round(b / FRAME_SECONDS)] = 0.05
+    return probs
+
+
+def _check_cover(windows, duration, length):
+    assert windows[0][0] == 0.0 and windows[-1][1] == duration
+    assert all(e0 == s1 for (_, e0), (s1, _) in zip(windows, windows[1:]))  # end to end
+    assert all(0 < e - s <= length + 1e-9 for s, e in windows)
+
+
+def test_plan_segments_cut_in_the_latest_pause_in_reach():
+    assert plan_segments(_probs(19, []), 19.0, 20.0) == [(0.0, 19.0)]
+    # pauses at 6-6.5 (too early: a cut is looked for from 10 s), 12-12.5 and 17-17.4;
+    # the first window ends in the latest one, the next looks from 27.2 to 37.2 s
+    probs = _probs(50, [(6, 6.5), (12, 12.5), (17, 17.4), (29, 29.5), (33, 33.1)])
+    windows = plan_segments(probs, 50.0, 20.0)
+    _check_cover(windows, 50.0, 20.0)
+    assert windows[0][1] == pytest.approx(17.2, abs=FRAME_SECONDS)
+    assert windows[1][1] == pytest.approx(29.25, abs=FRAME_SECONDS)  # not the 0.1 s gap at 33
+    # with only gaps shorter than a pause in reach, the longest of them
+    probs = _probs(30, [(11, 11.1), (14, 14.25), (18, 18.1)])
+    windows = plan_segments(probs, 30.0, 20.0)
+    _check_cover(windows, 30.0, 20.0)
+    assert windows[0][1] == pytest.approx(14.125, abs=FRAME_SECONDS)
+
+
+def test_plan_segments_without_a_pause_cut_at_the_least_likely_frame():
+    probs = _probs(45, [])
+    probs[round(23.0 / FRAME_SECONDS)] = 0.6  # speech throughout, least sure here
+    windows = plan_segments(probs, 45.0, 30.0)
+    _check_cover(windows, 45.0, 30.0)
+    assert windows[0][1] == pytest.approx(23.0 + FRAME_SECONDS / 2, abs=FRAME_SECONDS)
+    # scores that stop short of the audio: plain cuts of the full length after them
+    windows = plan_segments(_probs(10, []), 70.0, 30.0)
+    _check_cover(windows, 70.0, 30.0)
+    assert [e for _, e in windows] == [30.0, 60.0, 70.0]
+
+
+def test_speech_extent_is_a_windows_speech_padded_inside_the_window():
+    probs = _probs(30, [(0, 3), (12, 30)], level=0.9)  # speech from 3 s to 12 s
+    start, end = speech_extent(probs, 0.0, 20.0)
+    assert start == pytest.approx(2.8, abs=FRAME_SECONDS) and end == pytest.approx(
+        12.2, abs=FRAME_SECONDS
+    )
+    assert speech_extent(probs, 4.0, 10.0) == (4.0, 10.0)  # speech throughout: the window
+    assert speech_extent(probs, 13.0, 30.0) == (13.0, 30.0)  # no speech: the window
+    assert speech_extent(probs, 2.9, 30.0)[0] == 2.9  # never outside the window
+
+
 def test_chunk_length_and_stride_are_checked_and_default_to_the_models(
     tiny_en, long_recording, monkeypatch
 ):
@@ -181,15 +242,38 @@ def test_chunk_length_and_stride_are_checked_and_default_to_the_models(
     assert shorter <= corpus_error_rates([reference], [whole])["wer"] + 0.05
 
 
-@pytest.mark.parametrize("mode", ["chunked", "sequential"])
-def test_long_form_matches_short_form(base_transcriber, speech_clips, long_recording, mode):
+@pytest.mark.parametrize("mode", ["chunked", "sequential", "segmented"])
+def test_long_form_matches_short_form(
+    base_transcriber, speech_clips, long_recording, mode, monkeypatch
+):
     """Several minutes of joined clips give the words the clips gave one by one."""
     path, reference = long_recording
-    assert len(load_audio(path)) / SAMPLE_RATE > 170  # about three minutes
+    audio = load_audio(path)
+    assert len(audio) / SAMPLE_RATE > 170  # about three minutes
     short = list(base_transcriber.transcribe_batch([p for p, _ in speech_clips], language="en"))
     short_wer = corpus_error_rates([t for _, t in speech_clips], [r.text for r in short])["wer"]
-    segments, _ = base_transcriber.transcribe(path, long_form=mode, language="en")
+    plans = []
+    original = plan_segments
+
+    def spy(*args, **kwargs):
+        plans.append(original(*args, **kwargs))
+        return plans[-1]
+
+    monkeypatch.setattr("whisperforge.transcribe.plan_segments", spy)
+    segments, info = base_transcriber.transcribe(path, long_form=mode, language="en")
     segments = list(segments)
+    if mode == "segmented":  # cut only where the recording is silent (between the clips)
+        (windows,) = plans
+        assert len(windows) >= len(audio) / SAMPLE_RATE / 30 and all(
+            e - s <= 30.0 for s, e in windows
+        )
+        for _, cut in windows[:-1]:
+            around = audio[int((cut - 0.05) * SAMPLE_RATE) : int((cut + 0.05) * SAMPLE_RATE)]
+            assert np.abs(around).max() < 1e-3, cut
+        # one segment a window, over the speech in it, decoded without timestamps
+        assert info.options["without_timestamps"] and len(segments) == len(windows)
+        for seg, (s, e) in zip(segments, windows):
+            assert s <= seg.start < seg.end <= e and seg.end - seg.start > (e - s) / 2
     long_wer = corpus_error_rates([reference], ["".join(s.text for s in segments)])["wer"]
     assert short_wer < 0.10
     assert long_wer <= short_wer + 0.02, (mode, short_wer, long_wer)

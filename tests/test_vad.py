@@ -10,7 +10,14 @@ from whisperforge.audio import SAMPLE_RATE, load_audio
 from whisperforge.metrics import corpus_error_rates, normalize_text
 from whisperforge.segments import Segment
 from whisperforge.transcribe import TranscribeOptions, Transcriber
-from whisperforge.vad import MAX_GAIN, SpeechMap, level_gain, speech_map
+from whisperforge.vad import (
+    FRAME,
+    MAX_GAIN,
+    SpeechMap,
+    frame_probabilities,
+    level_gain,
+    speech_map,
+)
 
 
 def seconds(n: float) -> np.ndarray:
@@ -61,6 +68,28 @@ def test_finds_each_utterance_between_long_silences():
     assert found.duration_after_vad < len(audio) / SAMPLE_RATE - 8  # the silences are gone
     # a shorter min_silence splits jfk at its pauses
     assert len(speech_map(audio, min_silence=0.3, speech_pad=0.1).chunks) > 2
+
+
+def test_frame_probabilities_score_every_frame_as_speech_map_does():
+    jfk = load_audio(JFK)
+    audio = np.concatenate([seconds(4), jfk, seconds(3)])
+    probs = frame_probabilities(audio)
+    assert probs.shape == (-(-len(audio) // FRAME),) and probs.dtype == np.float32
+    found = speech_map(audio)
+    ((start, end),) = found.chunks
+    assert np.array_equal(found.probs, probs)  # the scores VAD decided on, kept
+    kept = found.speech_probabilities()  # ... and those of the compacted audio
+    assert len(kept) == -(-len(found.compact(audio)) // FRAME)
+    assert np.array_equal(kept, probs[start // FRAME : start // FRAME + len(kept)])
+    frames = np.flatnonzero(probs >= 0.5)
+    # the frames heard as speech lie in the stretch speech_map found (widened by its pad)
+    assert start <= frames[0] * FRAME and (frames[-1] + 1) * FRAME <= end + FRAME
+    assert probs[: 3 * SAMPLE_RATE // FRAME].max() < 0.5  # the leading silence
+    assert probs[(4 * SAMPLE_RATE + len(jfk)) // FRAME + 16 :].max() < 0.5  # the trailing
+    # quiet audio is lifted as speech_map lifts it: the same speech frames
+    lifted = frame_probabilities(audio * 0.003)
+    assert np.mean((lifted >= 0.5) != (probs >= 0.5)) < 0.02
+    assert len(frame_probabilities(np.zeros(0, np.float32))) == 0
 
 
 def test_quiet_speech_is_found_as_loud_speech_is():

@@ -46,10 +46,16 @@ def _add_decoding_args(p: argparse.ArgumentParser) -> None:
         help="time every word (from the decoder's cross-attention, moved off pauses): json "
         "lists them per segment, and segments span their words",
     )  # fmt: skip
-    p.add_argument("--long-form", choices=("chunked", "sequential"), default="chunked")
+    p.add_argument(
+        "--long-form", choices=("chunked", "sequential", "segmented"), default="chunked",
+        help="chunked: overlapping windows merged where they agree (default); sequential: "
+        "each window from the end of the last one's text; segmented: windows cut at pauses "
+        "Silero VAD hears, no overlap (needs the vad extra)",
+    )  # fmt: skip
     p.add_argument(
         "--chunk-length", type=float, default=None,
-        help="chunked long-form: window length, 5-30 s; default: the model's (30 s for Whisper)",
+        help="chunked and segmented long-form: (longest) window length, 5-30 s; default: the "
+        "model's (30 s for Whisper)",
     )  # fmt: skip
     p.add_argument(
         "--stride-length", type=float, default=None,

@@ -177,6 +177,12 @@ def merge_windows(
     return _monotonic([s for s in merged if s.tokens])
 
 
+def join_windows(windows: list[list[RawSegment]]) -> list[RawSegment]:
+    """The segments of consecutive windows that do not overlap (segmented long-form), in
+    order, times clamped as ``merge_windows`` clamps them."""
+    return _monotonic([s for segments in windows for s in segments if s.tokens])
+
+
 def _monotonic(segments: list[RawSegment]) -> list[RawSegment]:
     """Clamp times so segments never start before the previous one or end before they start."""
     out: list[RawSegment] = []

@@ -1,6 +1,6 @@
 """Transcription: plan windows -> encode and decode them in batches -> stitch segments.
 
-Two long-form modes (``docs/transcribe.md``):
+Three long-form modes (``docs/transcribe.md``):
 
 - ``chunked`` (Distil-Whisper, HF pipeline): windows of ``chunk_length`` seconds (30 unless
   the model or the caller says otherwise) that overlap by ``2 * stride``, decoded
@@ -9,8 +9,13 @@ Two long-form modes (``docs/transcribe.md``):
 - ``sequential`` (openai-whisper): each window starts where the last complete segment of the
   previous one ended, optionally conditioned on the previous text, with temperature fallback.
   Several files advance in lockstep so their windows still share a batch.
+- ``segmented`` (faster-whisper's batched pipeline, WhisperX): windows of at most
+  ``chunk_length`` seconds cut at pauses that Silero VAD hears (``plan_segments``), with no
+  overlap, each decoded without timestamps into one segment over its speech and joined end
+  to end: nothing is decoded twice and no window starts or ends inside a word, so with a
+  dynamic audio context the encoder reads each second of audio about once.
 
-Audio of at most 30 s is one window in both modes. ``transcribe()`` returns a lazy
+Audio of at most 30 s is one window in every mode. ``transcribe()`` returns a lazy
 ``(segments, info)`` pair in faster-whisper's manner; ``Transcriber.transcribe_batch`` streams
 results for many files, one ``FileResult`` each, reporting unreadable files without stopping.
 """
@@ -51,21 +56,23 @@ from whisperforge.models.loading import ModelBundle, load_model
 from whisperforge.models.presets import DEFAULT_MODEL
 from whisperforge.segments import Segment, TranscriptionInfo
 from whisperforge.speculative import SpeculativeStats, speculative_decode
-from whisperforge.stitch import RawSegment, merge_windows, parse_window
+from whisperforge.stitch import RawSegment, join_windows, merge_windows, parse_window
 from whisperforge.timing import align_window, median_word_duration, split_words, tidy_words
 from whisperforge.tokenizer import TASKS, normalize_language
 from whisperforge.vad import (
     DEFAULT_MIN_SILENCE,
     DEFAULT_SPEECH_PAD,
     DEFAULT_THRESHOLD,
+    FRAME,
     SpeechMap,
     default_on,
+    frame_probabilities,
     speech_map,
 )
 from whisperforge.vad import check_options as check_vad_options
 
 logger = logging.getLogger(__name__)
-LONG_FORM_MODES = ("chunked", "sequential")
+LONG_FORM_MODES = ("chunked", "sequential", "segmented")
 WINDOW_SECONDS = N_SAMPLES / SAMPLE_RATE
 AUDIO_CONTEXTS = ("full", "dynamic")
 CONTEXT_MARGIN = SAMPLE_RATE  # dynamic audio context: 1 s of padding after the longest window
@@ -112,7 +119,8 @@ class TranscribeOptions:
     max_initial_timestamp: float = 1.0
     suppress_blank: bool = True
     long_form: str = "chunked"
-    # chunked: window length, and the context each window shares with each neighbour (s);
+    # chunked: window length (segmented: the longest), and the context each chunked window
+    # shares with each neighbour (s);
     # None: the model's (ModelBundle.chunk_length / stride_length: 30 s and a sixth of it,
     # as the HF pipeline, unless its config says otherwise)
     chunk_length: float | None = None
@@ -206,6 +214,7 @@ class _File:
     context: list[int] = field(default_factory=list)  # sequential: previous tokens
     raw: list[RawSegment] = field(default_factory=list)
     speech: SpeechMap | None = None  # set when VAD compacted ``audio`` to its speech
+    extents: list[tuple[float, float]] = field(default_factory=list)  # segmented: speech
 
     @property
     def duration(self) -> float:
@@ -266,6 +275,82 @@ def plan_windows(
     if windows[-1][1] < duration:
         windows.append((float(windows[-1][0] + step), duration))
     return windows
+
+
+PAUSE_SECONDS = 0.3  # segmented: a quiet stretch this long is a pause to cut at
+FRAME_SECONDS = FRAME / SAMPLE_RATE
+EXTENT_PAD = 0.2  # s: kept around the speech of a segmented window for its segment's times
+
+
+def plan_segments(
+    probs: np.ndarray, duration: float, length: float, threshold: float = DEFAULT_THRESHOLD
+) -> list[tuple[float, float]]:
+    """Segmented mode: ``(start, end)`` seconds of windows of at most ``length`` seconds
+    that cover ``duration`` seconds end to end, cut where the speech probabilities ``probs``
+    (one per 32 ms frame, ``vad.frame_probabilities``) say nobody speaks.
+
+    Each cut is looked for in the second half of the next ``length`` seconds: the latest
+    stretch of frames under ``threshold`` at least ``PAUSE_SECONDS`` long, else the longest
+    shorter one, else (speech throughout) the least likely frame; the window ends in its
+    middle. So a window ends between words wherever there is any gap, and at a pause between
+    phrases wherever there is one in reach."""
+    if duration <= length:
+        return [(0.0, duration)]
+    probs = np.asarray(probs, dtype=np.float32)
+    windows, start = [], 0.0
+    while duration - start > length:
+        lo = int(np.ceil((start + length / 2) / FRAME_SECONDS))
+        hi = min(int((start + length) / FRAME_SECONDS), len(probs))
+        if hi <= lo:  # no scores this far (probs shorter than the audio): a plain cut
+            cut = start + length
+        else:
+            cut = _quietest(probs[lo:hi], threshold, lo) * FRAME_SECONDS
+            cut = min(max(cut, start + FRAME_SECONDS), start + length)
+        windows.append((start, cut))
+        start = cut
+    windows.append((start, duration))
+    return windows
+
+
+def speech_extent(
+    probs: np.ndarray, start: float, end: float, threshold: float = DEFAULT_THRESHOLD
+) -> tuple[float, float]:
+    """Segmented mode: where a window's speech lies, from its first to its last frame of
+    ``probs`` at or over ``threshold``, widened by ``EXTENT_PAD`` seconds on each side and
+    kept inside the window; the whole window where no frame is speech."""
+    lo = int(np.ceil(start / FRAME_SECONDS))
+    hi = min(int(end / FRAME_SECONDS), len(probs))
+    speech = np.flatnonzero(np.asarray(probs[lo:hi]) >= threshold) if hi > lo else []
+    if len(speech) == 0:
+        return start, end
+    first, last = (lo + speech[0]) * FRAME_SECONDS, (lo + speech[-1] + 1) * FRAME_SECONDS
+    return max(start, first - EXTENT_PAD), min(end, last + EXTENT_PAD)
+
+
+def _quietest(probs: np.ndarray, threshold: float, offset: int) -> float:
+    """The frame position (from ``offset``, in frames, may be fractional) to cut
+    ``plan_segments``' search range at."""
+    quiet = probs < threshold
+    runs, i = [], 0
+    while i < len(quiet):
+        if quiet[i]:
+            j = i
+            while j < len(quiet) and quiet[j]:
+                j += 1
+            runs.append((i, j))
+            i = j
+        else:
+            i += 1
+    pause = round(PAUSE_SECONDS / FRAME_SECONDS)
+    long_runs = [r for r in runs if r[1] - r[0] >= pause]
+    if long_runs:
+        a, b = long_runs[-1]
+    elif runs:
+        a, b = max(runs, key=lambda r: (r[1] - r[0], r[0]))
+    else:
+        a = len(probs) - 1 - int(np.argmin(probs[::-1]))  # the latest of equal minima
+        b = a + 1
+    return offset + (a + b) / 2
 
 
 class Transcriber:
@@ -377,8 +462,11 @@ class Transcriber:
         self.check(opts)
         chunk, stride = self.chunking(opts.chunk_length, opts.stride_length)
         condition = self.prompts_previous_text(opts.condition_on_previous_text)
+        # segmented windows are the segments: their text is decoded without timestamps
+        bare = opts.without_timestamps or opts.long_form == "segmented"
         return replace(opts, vad=self.uses_vad(opts.vad), chunk_length=chunk,
-                       stride_length=stride, condition_on_previous_text=condition)  # fmt: skip
+                       stride_length=stride, condition_on_previous_text=condition,
+                       without_timestamps=bare)  # fmt: skip
 
     def chunking(
         self, chunk_length: float | None, stride_length: float | None
@@ -466,7 +554,7 @@ class Transcriber:
         )
 
     def _run(self, files: Iterable[_File], opts, progress) -> Iterator[FileResult]:
-        run = self._run_chunked if opts.long_form == "chunked" else self._run_sequential
+        run = self._run_sequential if opts.long_form == "sequential" else self._run_chunked
         for f in run(files, opts, progress):
             segments = _to_segments(f.raw, self.tokenizer, f.language)
             if f.speech is not None:
@@ -534,7 +622,10 @@ class Transcriber:
         file_iter = iter(files)
 
         def admit(f: _File) -> None:
-            f.windows = plan_windows(f.duration, opts.stride_length, opts.chunk_length)
+            if opts.long_form == "segmented":
+                f.windows, f.extents = self._cut_at_pauses(f, opts)
+            else:
+                f.windows = plan_windows(f.duration, opts.stride_length, opts.chunk_length)
             open_files[f.index] = f
             queue.extend((f, w) for w in range(len(f.windows)))
 
@@ -547,10 +638,30 @@ class Transcriber:
             self._chunked_batch(batch, opts, progress)
             for f in {id(f): f for f, _ in batch}.values():
                 if len(f.decoded) == len(f.windows):
-                    f.raw = merge_windows([f.decoded[w] for w in range(len(f.windows))], f.windows)
+                    decoded = [f.decoded[w] for w in range(len(f.windows))]
+                    if opts.long_form == "segmented":
+                        f.raw = join_windows(decoded)
+                    else:
+                        f.raw = merge_windows(decoded, f.windows)
                     yield open_files.pop(f.index)
 
+    @staticmethod
+    def _cut_at_pauses(f: _File, opts: TranscribeOptions) -> tuple[list, list]:
+        """Segmented mode's windows of a file, ``plan_segments`` on Silero's scores of the
+        audio being transcribed (with VAD on, only its speech: the scores VAD made of it),
+        and where the speech in each lies (``speech_extent``). A file that fits one window
+        is not scored: one window, its segment the whole file."""
+        if f.duration <= opts.chunk_length:
+            return [(0.0, f.duration)], [(0.0, f.duration)]
+        probs = None if f.speech is None else f.speech.speech_probabilities()
+        if probs is None:
+            probs = frame_probabilities(f.audio)
+        windows = plan_segments(probs, f.duration, opts.chunk_length, opts.vad_threshold)
+        return windows, [speech_extent(probs, s, e, opts.vad_threshold) for s, e in windows]
+
     def _chunked_batch(self, batch, opts, progress) -> None:
+        """Encode and decode a batch of windows into each file's ``decoded``; a segmented
+        window's text (decoded without timestamps) is one segment over its speech."""
         spans = [f.windows[w] for f, w in batch]
         audio = [
             f.audio[int(s * SAMPLE_RATE) : int(e * SAMPLE_RATE)]
@@ -565,19 +676,21 @@ class Transcriber:
         for (f, w), (start, end), result in zip(
             batch, spans, self._decode_with_fallback(enc, mel, languages, contexts, opts)
         ):
-            f.decoded[w] = (
-                []
-                if _is_silence(result, opts)
-                else parse_window(
-                    result.tokens, self.tokenizer.timestamp_begin, start, end, result, window_id=w
-                )[0]
-            )
+            if _is_silence(result, opts):
+                f.decoded[w] = []
+                continue
+            if opts.long_form == "segmented":
+                start, end = f.extents[w]
+            f.decoded[w] = parse_window(
+                result.tokens, self.tokenizer.timestamp_begin, start, end, result, window_id=w
+            )[0]
         if opts.word_timestamps:
             segments = [f.decoded[w] for f, w in batch]
             self._time_words(enc, segments, [s for s, _ in spans], audio, languages, opts)
         if progress:
+            shared = 0.0 if opts.long_form == "segmented" else opts.stride_length * 2
             for (_, w), (start, end) in zip(batch, spans):
-                progress(end - start if w == 0 else end - start - opts.stride_length * 2)
+                progress(end - start if w == 0 else end - start - shared)
 
     def _time_words(self, enc, segments, offsets, windows, languages, opts) -> None:
         """Time each token of each row's segments (``RawSegment.timing``) from the

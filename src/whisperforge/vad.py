@@ -16,7 +16,7 @@ import importlib.util
 import logging
 import threading
 from bisect import bisect_left, bisect_right
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cache, cached_property, lru_cache
 
 import numpy as np
@@ -97,6 +97,20 @@ class SpeechMap:
     chunks: tuple[tuple[int, int], ...]
     total: int  # samples of the original audio
     pad: int = 0  # samples of non-speech kept on each side of a stretch apart from the next
+    # Silero's score of each 32 ms frame of the original audio, where they were kept
+    probs: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    def speech_probabilities(self) -> np.ndarray | None:
+        """The frame scores of the compacted audio (``compact``): each kept stretch's own
+        frames, joined as the stretches are (a frame's worth of drift at a join at most);
+        None where the scores were not kept."""
+        if self.probs is None:
+            return None
+        parts = [
+            self.probs[start // FRAME : start // FRAME + -(-(end - start) // FRAME)]
+            for start, end in self.chunks
+        ]
+        return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
     @property
     def kept(self) -> int:
@@ -322,6 +336,28 @@ def speech_probabilities(model, samples) -> list[float]:
     return scores
 
 
+def frame_probabilities(audio: np.ndarray) -> np.ndarray:
+    """Silero's speech probability for each 32 ms frame (``FRAME`` samples) of 16 kHz mono
+    ``audio``, scored as ``speech_map`` scores it (quiet audio lifted by ``level_gain``)."""
+    import torch
+
+    if len(audio) == 0:
+        return np.zeros(0, dtype=np.float32)
+    model = _model()
+    samples = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
+    gain = level_gain(audio)
+    if gain != 1.0:
+        samples = samples * gain
+    with _lock, torch.inference_mode():
+        if hasattr(model, "audio_forward"):
+            probs = speech_probabilities(model, samples)
+        else:  # an older silero-vad: one frame at a time
+            model.reset_states()
+            padded = torch.nn.functional.pad(samples, (0, -len(samples) % FRAME))
+            probs = [model(frame, SAMPLE_RATE).item() for frame in padded.split(FRAME)]
+    return np.asarray(probs, dtype=np.float32)
+
+
 def speech_map(
     audio: np.ndarray,
     threshold: float = DEFAULT_THRESHOLD,
@@ -351,6 +387,7 @@ def speech_map(
         speech_pad_ms=int(speech_pad * 1000),
     )
     from_probs = getattr(silero_vad, "get_speech_timestamps_from_probs", None)
+    probs = None
     with _lock, torch.inference_mode():
         if from_probs is not None and hasattr(model, "audio_forward"):
             probs = speech_probabilities(model, samples)
@@ -359,4 +396,5 @@ def speech_map(
             found = silero_vad.get_speech_timestamps(samples, model, **settings)
     chunks = [(max(int(t["start"]), 0), min(int(t["end"]), total)) for t in found]
     kept = tuple((s, e) for s, e in chunks if e > s)
-    return SpeechMap(kept, total, pad=int(speech_pad * SAMPLE_RATE))
+    scores = None if probs is None else np.asarray(probs, dtype=np.float32)
+    return SpeechMap(kept, total, pad=int(speech_pad * SAMPLE_RATE), probs=scores)
