@@ -92,6 +92,15 @@ def test_frame_probabilities_score_every_frame_as_speech_map_does():
     assert len(frame_probabilities(np.zeros(0, np.float32))) == 0
 
 
+def test_kept_scores_follow_the_compacted_audio_without_drift():
+    probs = np.arange(40, dtype=np.float32)  # frame k scored k
+    found = SpeechMap(((1000, 3000), (10000, 12000)), total=40 * FRAME, probs=probs)
+    # compacted frames start at 0, 512, ... of 4000 samples: 1000-3000, then 10000-12000
+    assert found.speech_probabilities().tolist() == [1, 2, 3, 4, 19, 20, 21, 22]
+    assert SpeechMap((), 0, probs=probs).speech_probabilities().tolist() == []
+    assert SpeechMap(((0, 100),), 100).speech_probabilities() is None
+
+
 def test_quiet_speech_is_found_as_loud_speech_is():
     # Silero on its own drops the first words of jfk at -40 dB and all of it at -50 dB
     jfk = load_audio(JFK)
@@ -260,3 +269,39 @@ def test_a_model_can_make_vad_its_default(tiny_en, monkeypatch, caplog, capsys):
     for argv, wanted in (([], None), (["--vad"], True), (["--no-vad"], False)):
         assert parser.parse_args(["transcribe", "a.wav", *argv]).vad is wanted
         assert parser.parse_args(["evaluate", "--manifest", "m.jsonl", *argv]).vad is wanted
+
+
+def test_segmented_long_form_with_vad_cuts_on_the_scores_vad_kept(
+    tiny_en, speech_clips, monkeypatch
+):
+    clips = [(load_audio(p), t) for p, t in speech_clips[:10]]
+    pieces, starts, ends, t = [seconds(3)], [], [], 3.0
+    for audio, _ in clips:
+        starts.append(t)
+        t += len(audio) / SAMPLE_RATE
+        ends.append(t)
+        pieces += [audio, seconds(2.5)]
+        t += 2.5
+    audio = np.concatenate(pieces)
+    reference = " ".join(text for _, text in clips)
+
+    def unwanted(_audio):
+        raise AssertionError("segmented mode scored audio VAD had scored already")
+
+    monkeypatch.setattr("whisperforge.transcribe.frame_probabilities", unwanted)
+    transcriber = Transcriber(tiny_en)
+    segments, info = transcriber.transcribe(audio, vad=True, long_form="segmented", language="en")
+    segments = list(segments)
+    assert info.duration_after_vad > 30  # more than one window of speech after VAD
+    assert len(segments) >= 2
+    # each window's segment starts at a clip's first word and ends after a clip's last one,
+    # in the file's own times
+    for seg in segments:
+        assert any(s - 0.7 <= seg.start <= s + 0.3 for s in starts), seg.start
+        assert any(e - 0.3 <= seg.end <= e + 0.7 for e in ends), seg.end
+    assert all(b.start >= a.end for a, b in zip(segments, segments[1:]))
+    alone = " ".join(
+        r.text for r in transcriber.transcribe_batch([a for a, _ in clips], language="en")
+    )
+    wer = corpus_error_rates([reference], ["".join(s.text for s in segments)])["wer"]
+    assert wer <= corpus_error_rates([reference], [alone])["wer"] + 0.05

@@ -101,16 +101,18 @@ class SpeechMap:
     probs: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def speech_probabilities(self) -> np.ndarray | None:
-        """The frame scores of the compacted audio (``compact``): each kept stretch's own
-        frames, joined as the stretches are (a frame's worth of drift at a join at most);
-        None where the scores were not kept."""
+        """A score for each 32 ms frame of the compacted audio (``compact``): the score of
+        the original frame its first sample comes from. None where no scores were kept."""
         if self.probs is None:
             return None
-        parts = [
-            self.probs[start // FRAME : start // FRAME + -(-(end - start) // FRAME)]
-            for start, end in self.chunks
-        ]
-        return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+        if not self.chunks or not len(self.probs):
+            return np.zeros(0, np.float32)
+        positions = np.arange(-(-self.kept // FRAME)) * FRAME  # samples of the compacted audio
+        offsets = np.asarray(self._offsets)
+        chunk = np.searchsorted(offsets, positions, side="right") - 1
+        starts = np.asarray([start for start, _ in self.chunks])
+        original = starts[chunk] + positions - offsets[chunk]
+        return self.probs[np.minimum(original // FRAME, len(self.probs) - 1)]
 
     @property
     def kept(self) -> int:
