@@ -233,6 +233,11 @@ def test_chunk_length_and_stride_are_checked_and_default_to_the_models(
     assert transcriber.chunking(15.0, None) == (15.0, 2.5)  # its stride was for its length
     with pytest.raises(ValueError, match="stride_length must be in \\[0, 10\\)"):
         transcriber.chunking(None, 12.0)
+    from whisperforge.recipes.evaluate import chunking_of  # what an evaluate report records
+
+    assert chunking_of(transcriber, {}) == {"chunk_length": 20.0, "stride_length": 2.0}
+    segmented = chunking_of(transcriber, {"long_form": "segmented", "chunk_length": 25.0})
+    assert segmented == {"chunk_length": 25.0, "stride_length": None}
     segments, info = transcriber.transcribe(path, language="en")
     segments = list(segments)
     assert info.options["chunk_length"] == 20.0 and info.options["stride_length"] == 2.0

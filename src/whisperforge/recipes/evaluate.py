@@ -170,12 +170,7 @@ def evaluate(
         condition_on_previous_text=transcriber.prompts_previous_text(
             options.get("condition_on_previous_text")
         ),
-        chunking=dict(
-            zip(
-                ("chunk_length", "stride_length"),
-                transcriber.chunking(options.get("chunk_length"), options.get("stride_length")),
-            )
-        ),
+        chunking=chunking_of(transcriber, options),
         encoder_dtype=transcriber.session.encoder_dtype_name,
         vocab_screen=transcriber.session.screen is not None,
         machine=machine_info(),
@@ -183,6 +178,15 @@ def evaluate(
         resumed=len(items) - len(todo),
     )
     return report
+
+
+def chunking_of(transcriber, options: dict) -> dict:
+    """The windows a run's long-form mode used: chunked, their length and shared context;
+    segmented, the longest window (no shared context: ``stride_length`` None)."""
+    chunk, stride = transcriber.chunking(options.get("chunk_length"), options.get("stride_length"))
+    if options.get("long_form") == "segmented":
+        stride = None
+    return {"chunk_length": chunk, "stride_length": stride}
 
 
 def item_keys(items: list[EvalItem]) -> list[str]:
