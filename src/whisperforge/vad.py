@@ -338,6 +338,15 @@ def speech_probabilities(model, samples) -> list[float]:
     return scores
 
 
+def _lifted(audio: np.ndarray):
+    """``audio`` as the tensor Silero scores: quiet audio lifted by ``level_gain``."""
+    import torch
+
+    samples = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
+    gain = level_gain(audio)
+    return samples if gain == 1.0 else samples * gain
+
+
 def frame_probabilities(audio: np.ndarray) -> np.ndarray:
     """Silero's speech probability for each 32 ms frame (``FRAME`` samples) of 16 kHz mono
     ``audio``, scored as ``speech_map`` scores it (quiet audio lifted by ``level_gain``)."""
@@ -346,10 +355,7 @@ def frame_probabilities(audio: np.ndarray) -> np.ndarray:
     if len(audio) == 0:
         return np.zeros(0, dtype=np.float32)
     model = _model()
-    samples = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
-    gain = level_gain(audio)
-    if gain != 1.0:
-        samples = samples * gain
+    samples = _lifted(audio)
     with _lock, torch.inference_mode():
         if hasattr(model, "audio_forward"):
             probs = speech_probabilities(model, samples)
@@ -377,10 +383,7 @@ def speech_map(
     model = _model()  # first: a missing package is reported with the extra to install
     import silero_vad
 
-    samples = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
-    gain = level_gain(audio)
-    if gain != 1.0:
-        samples = samples * gain
+    samples = _lifted(audio)
     settings = dict(
         threshold=threshold,
         sampling_rate=SAMPLE_RATE,

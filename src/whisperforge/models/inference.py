@@ -160,9 +160,9 @@ def cpu_encoder_rows(n_frames: int) -> int:
     A CPU encodes a batch of windows faster one group of about ``CPU_ENCODER_STATES``
     states at a time than all at once: past that the activations of a layer (a 30 s
     window's MLP alone holds 12 MB) no longer stay in cache. On 2 threads of an AMD EPYC,
-    whisper-base took 0.55 s a 30 s window one at a time against 0.66 s in a batch of 8,
-    0.34 s against 0.41 s a 21 s window, 0.081 s against 0.093 s a 6 s one (two at a time;
-    ``benchmarks/bench_encoder.py``)."""
+    whisper-base took 0.576 s a 30 s window one at a time against 0.655 s in a batch of 8,
+    0.371 s against 0.407 s a 21 s window; 10 s and 5 s windows, in groups of 3 and 6, as
+    long as in one call (``benchmarks/bench_encoder.py``, BENCHMARKS.md)."""
     return max(1, CPU_ENCODER_STATES // max(1, n_frames // 2))
 
 
