@@ -19,6 +19,7 @@ from whisperforge.transcribe import (
     plan_segments,
     plan_windows,
     speech_extent,
+    split_sentences,
     transcribe,
 )
 
@@ -200,6 +201,22 @@ def test_speech_extent_is_a_windows_speech_padded_inside_the_window():
     assert speech_extent(probs, 4.0, 10.0) == (4.0, 10.0)  # speech throughout: the window
     assert speech_extent(probs, 13.0, 30.0) == (13.0, 30.0)  # no speech: the window
     assert speech_extent(probs, 2.9, 30.0)[0] == 2.9  # never outside the window
+
+
+def test_split_sentences_cuts_timed_segments_after_each_sentence(tiny_en_tokenizer):
+    from whisperforge.stitch import RawSegment
+
+    tokens = tiny_en_tokenizer.encode(" It costs 3.5 dollars. Is that so? Yes! Fine")
+    timing = [(float(i), i + 0.5, 0.9) for i in range(len(tokens))]
+    seg = RawSegment(0.0, 30.0, tokens, False, timing=timing)
+    parts = split_sentences(seg, tiny_en_tokenizer)
+    texts = [tiny_en_tokenizer.decode(p.tokens) for p in parts]
+    assert texts == [" It costs 3.5 dollars.", " Is that so?", " Yes!", " Fine"]
+    assert [t for p in parts for t in p.tokens] == tokens
+    for p in parts:  # each part spans its own tokens' times
+        assert (p.start, p.end) == (p.timing[0][0], p.timing[-1][1])
+    untimed = RawSegment(0.0, 30.0, tokens, False)
+    assert split_sentences(untimed, tiny_en_tokenizer) == [untimed]
 
 
 def test_chunk_length_and_stride_are_checked_and_default_to_the_models(

@@ -305,3 +305,13 @@ def test_segmented_long_form_with_vad_cuts_on_the_scores_vad_kept(
     )
     wer = corpus_error_rates([reference], ["".join(s.text for s in segments)])["wer"]
     assert wer <= corpus_error_rates([reference], [alone])["wer"] + 0.05
+    # with word timestamps each window's sentences are segments of their own: the same text
+    worded, _ = transcriber.transcribe(
+        audio, vad=True, long_form="segmented", language="en", word_timestamps=True
+    )
+    worded = list(worded)
+    assert "".join(s.text for s in worded) == "".join(s.text for s in segments)
+    assert len(worded) >= len(clips) - 2 > len(segments)
+    assert all(b.start >= a.end for a, b in zip(worded, worded[1:]))
+    for seg in worded:
+        assert seg.words and (seg.start, seg.end) == (seg.words[0].start, seg.words[-1].end)

@@ -11,8 +11,8 @@ Three long-form modes (``docs/transcribe.md``):
   Several files advance in lockstep so their windows still share a batch.
 - ``segmented`` (faster-whisper's batched pipeline, WhisperX): windows of at most
   ``chunk_length`` seconds cut at pauses that Silero VAD hears (``plan_segments``), with no
-  overlap, each decoded without timestamps into one segment over its speech and joined end
-  to end: nothing is decoded twice and no window starts or ends inside a word, so with a
+  overlap, each decoded without timestamps into one segment over its speech (cut into
+  sentences by ``split_sentences`` when words are timed) and joined end to end: nothing is decoded twice and no window starts or ends inside a word, so with a
   dynamic audio context the encoder reads each second of audio about once.
 
 Audio of at most 30 s is one window in every mode. ``transcribe()`` returns a lazy
@@ -325,6 +325,29 @@ def speech_extent(
         return start, end
     first, last = (lo + speech[0]) * FRAME_SECONDS, (lo + speech[-1] + 1) * FRAME_SECONDS
     return max(start, first - EXTENT_PAD), min(end, last + EXTENT_PAD)
+
+
+SENTENCE_ENDS = (".", "?", "!")
+
+
+def split_sentences(seg: RawSegment, tokenizer) -> list[RawSegment]:
+    """A segment with timed tokens (word timestamps) cut after each token that ends a
+    sentence (``.``, ``?``, ``!`` before a token that starts a word), each part spanning its
+    own tokens' times; a segment without timings as it is."""
+    if seg.timing is None or not seg.tokens:
+        return [seg]
+    texts = [tokenizer.decode([t]) for t in seg.tokens]
+    cuts = [
+        i + 1
+        for i in range(len(texts) - 1)
+        if texts[i].rstrip().endswith(SENTENCE_ENDS) and texts[i + 1].startswith(" ")
+    ]
+    bounds = list(zip([0, *cuts], [*cuts, len(texts)]))
+    if len(bounds) == 1:
+        return [seg]
+    return [
+        seg.part(lo, hi, start=seg.timing[lo][0], end=seg.timing[hi - 1][1]) for lo, hi in bounds
+    ]
 
 
 def _quietest(probs: np.ndarray, threshold: float, offset: int) -> float:
@@ -687,6 +710,13 @@ class Transcriber:
         if opts.word_timestamps:
             segments = [f.decoded[w] for f, w in batch]
             self._time_words(enc, segments, [s for s, _ in spans], audio, languages, opts)
+            if opts.long_form == "segmented":  # timed words: a window's sentences apart
+                for f, w in batch:
+                    f.decoded[w] = [
+                        part
+                        for seg in f.decoded[w]
+                        for part in split_sentences(seg, self.tokenizer)
+                    ]
         if progress:
             shared = 0.0 if opts.long_form == "segmented" else opts.stride_length * 2
             for (_, w), (start, end) in zip(batch, spans):
