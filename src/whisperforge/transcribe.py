@@ -12,8 +12,9 @@ Three long-form modes (``docs/transcribe.md``):
 - ``segmented`` (faster-whisper's batched pipeline, WhisperX): windows of at most
   ``chunk_length`` seconds cut at pauses that Silero VAD hears (``plan_segments``), with no
   overlap, each decoded without timestamps into one segment over its speech (cut into
-  sentences by ``split_sentences`` when words are timed) and joined end to end: nothing is decoded twice and no window starts or ends inside a word, so with a
-  dynamic audio context the encoder reads each second of audio about once.
+  sentences by ``split_sentences`` when words are timed) and joined end to end: nothing is
+  decoded twice and no window starts or ends inside a word, so with a dynamic audio context
+  the encoder reads each second of audio about once.
 
 Audio of at most 30 s is one window in every mode. ``transcribe()`` returns a lazy
 ``(segments, info)`` pair in faster-whisper's manner; ``Transcriber.transcribe_batch`` streams
