@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from whisperforge.cli import main
-from whisperforge.recipes.compare import bootstrap_difference, compare_reports, load_report
-from whisperforge.recipes.evaluate import EvalItem, score_utterance
+from whisperforge.recipes.compare import bootstrap_difference, compare_reports
+from whisperforge.recipes.evaluate import EvalItem, load_report, score_utterance
 
 SENTENCES = [
     "the quick brown fox jumps over the lazy dog",
@@ -137,6 +137,11 @@ def test_load_report_names_what_is_wrong(tmp_path):
     (tmp_path / "summary.json").write_text(json.dumps({"wer": 0.1}))
     with pytest.raises(ValueError, match="no per_utterance rows"):
         load_report(tmp_path / "summary.json")
+    with pytest.raises(ValueError, match="cannot read the report"):
+        load_report(tmp_path / "missing.json")
+    (tmp_path / "empty.json").write_text("")
+    with pytest.raises(ValueError, match="not a JSON report"):
+        load_report(tmp_path / "empty.json")
 
 
 def test_compare_cli(tmp_path, capsys):

@@ -391,6 +391,10 @@ def test_evaluate_reports_both_wers_bitrates_and_usage(trained, data, tmp_path, 
     assert "other options (without_timestamps)" in capsys.readouterr().err
     assert main(["tokenizer", "evaluate", *args[:4], *reuse[:2], "--limit", "4"]) == 2
     assert "is not in the report" in capsys.readouterr().err
+    (tmp_path / "broken.json").write_text("{cut off")
+    broken = ["--teacher-from", str(tmp_path / "broken.json")]
+    assert main(["tokenizer", "evaluate", *args[:4], *broken]) == 2
+    assert "broken.json: not a JSON report" in capsys.readouterr().err
     assert report["encoder_dtype"] == "float32"
     from whisperforge.models.inference import cpu_has_bf16_matmul
 

@@ -295,8 +295,8 @@ def _print_report(r: dict) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from whisperforge.recipes.compare import compare_reports, format_comparison, load_report
-    from whisperforge.recipes.evaluate import write_report
+    from whisperforge.recipes.compare import compare_reports, format_comparison
+    from whisperforge.recipes.evaluate import load_report, write_report
 
     a, b = (load_report(path) for path in args.reports)
     comparison = compare_reports(a, b, resamples=args.resamples, seed=args.seed, top=args.top)

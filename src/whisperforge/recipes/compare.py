@@ -11,9 +11,7 @@ ids or repeats one), and their references must agree.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 
@@ -21,21 +19,6 @@ from whisperforge.recipes.evaluate import rates_by, summarize
 
 RATES = ("wer", "cer", "substitution_rate", "deletion_rate", "insertion_rate")
 COUNTS = ("utterances", "ref_words", "repeated_5grams", "echoed_words")
-
-
-def load_report(path: str | Path) -> dict:
-    """An evaluation report with ``per_utterance`` rows; a clear error for anything else."""
-    path = Path(path)
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not a JSON report ({error})") from None
-    rows = report.get("per_utterance") if isinstance(report, dict) else None
-    if not rows:
-        raise ValueError(
-            f"{path}: no per_utterance rows (write one with `whisperforge evaluate --report`)"
-        )
-    return report
 
 
 def _unique_ids(rows: list[dict]) -> bool:

@@ -234,6 +234,24 @@ def machine_info() -> dict:
     }
 
 
+def load_report(path: str | Path) -> dict:
+    """An evaluation report (``write_report``) with ``per_utterance`` rows; ValueError
+    naming what is wrong with anything else (unreadable, not JSON, no rows)."""
+    path = Path(path)
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read the report ({error.strerror})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not a JSON report ({error})") from None
+    rows = report.get("per_utterance") if isinstance(report, dict) else None
+    if not rows:
+        raise ValueError(
+            f"{path}: no per_utterance rows (write one with `whisperforge evaluate --report`)"
+        )
+    return report
+
+
 def write_report(report: dict, path: str | Path) -> None:
     """Write the report as JSON, atomically."""
     path = Path(path)

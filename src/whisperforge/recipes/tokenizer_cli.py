@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -51,7 +50,7 @@ def _load_tokenizer(args: argparse.Namespace):
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from whisperforge.decoding import DecodingOptions
     from whisperforge.progress import progress_bar
-    from whisperforge.recipes.evaluate import usable_items, write_report
+    from whisperforge.recipes.evaluate import load_report, usable_items, write_report
     from whisperforge.recipes.evaluate_tokens import evaluate_tokens, teacher_texts
     from whisperforge.tokens_cli import resolve_vad
 
@@ -62,8 +61,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                               without_timestamps=not args.timestamps)  # fmt: skip
     teacher = None
     if args.teacher_from:
-        previous = json.loads(args.teacher_from.read_text(encoding="utf-8"))
         try:
+            previous = load_report(args.teacher_from)
             teacher = teacher_texts(previous, items, tokenizer, options, args.language, vad,
                                     args.fallback)  # fmt: skip
         except ValueError as error:
