@@ -21,7 +21,6 @@ weights in one process, alternating:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
@@ -30,11 +29,10 @@ from pathlib import Path
 import torch
 from bench_common import (
     EncoderClock,
-    atomic_write,
-    load_workloads,
     machine_sentence,
     markdown_table,
     publish,
+    report_from,
     run_facts,
 )
 
@@ -216,6 +214,23 @@ alone and in whole transcriptions.
 """
 
 
+def run_benchmark(args: argparse.Namespace, workloads, note: str) -> dict:
+    load = os.getloadavg()
+    # students share their teacher's encoder: the first model's is timed alone
+    encoder = encoder_alone(args.models[0], args.rows, args.seconds, args.rounds)
+    whole = [r for m in args.models for r in transcribe_both(m, workloads, 8, args.repeats)]
+    set_way("groups")
+    return {
+        "facts": run_facts(("torch",), load),
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "repeats": args.repeats,
+        "note": note,
+        "encoder": encoder,
+        "transcribe": whole,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["whisper-base"])
@@ -229,27 +244,8 @@ def main() -> None:
     parser.add_argument("--markdown", type=Path)
     parser.add_argument("--render", type=Path, help="re-render a saved report, measure nothing")
     args = parser.parse_args()
-    if args.render:
-        report = json.loads(args.render.read_text(encoding="utf-8"))
-    else:
-        torch.set_num_threads(args.threads)
-        load = os.getloadavg()
-        workloads, note = load_workloads(args.quick)
-        # students share their teacher's encoder: the first model's is timed alone
-        encoder = encoder_alone(args.models[0], args.rows, args.seconds, args.rounds)
-        whole = [r for m in args.models for r in transcribe_both(m, workloads, 8, args.repeats)]
-        set_way("groups")
-        report = {
-            "facts": run_facts(("torch",), load),
-            "threads": args.threads,
-            "rounds": args.rounds,
-            "repeats": args.repeats,
-            "note": note,
-            "encoder": encoder,
-            "transcribe": whole,
-        }
-        if args.out:
-            atomic_write(args.out, json.dumps(report, indent=2) + "\n")
+    torch.set_num_threads(args.threads)
+    report = report_from(args, lambda workloads, note: run_benchmark(args, workloads, note))
     publish(render(report), args.markdown, START_MARK, END_MARK, INTRO)
 
 
